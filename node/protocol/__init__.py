@@ -1,0 +1,1 @@
+"""Sans-I/O consensus core: no asyncio, sockets, clock or disk."""

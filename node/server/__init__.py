@@ -1,0 +1,1 @@
+"""aiohttp node: register service, proposer gateway, metrics."""

@@ -1,0 +1,1 @@
+"""Deterministic simulator driving the sans-I/O core."""

@@ -1,0 +1,6 @@
+"""Durable register storage: SQLite (WAL, synchronous=FULL) behind a group-commit thread."""
+
+from .errors import StoreError
+from .store import UNSAFE_ENV, RegisterStore
+
+__all__ = ["UNSAFE_ENV", "RegisterStore", "StoreError"]

@@ -1,0 +1,1 @@
+"""Graven Kubernetes operator (kopf handlers and pure render functions)."""
