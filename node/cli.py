@@ -15,6 +15,8 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "layout": "graven.node.cli_layout",
     "simulate": "graven.node.cli_simulate",
+    "node": "graven.node.cli_node",
+    "operator": "graven.operator.cli",
 }
 
 
@@ -46,4 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module so subcommands and this entry share one UsageError class.
+    from graven.node.cli import main as package_main
+
+    sys.exit(package_main())

@@ -1,0 +1,187 @@
+"""A throw-away etcd cluster on 127.0.0.1 for benchmarks (Debian's etcd 3.4).
+
+    with EtcdCluster(members=3) as etcd:
+        print(etcd.endpoints, etcd.pids)
+
+Members get their own ports and a temporary data directory; they are stopped by PID (SIGTERM,
+then SIGKILL) and the directory removed when the block exits, also on error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from procstat import stop_popen
+
+HOST = "127.0.0.1"
+APT_PACKAGES = ("etcd-server", "etcd-client")
+DEFAULT_BASE_PORT = 42379  # member i: client base+10*i, peer base+10*i+1
+HEALTH_TIMEOUT_S = 30.0
+
+
+class EtcdError(RuntimeError):
+    """etcd could not be installed or did not become healthy."""
+
+
+def ensure_etcd() -> str:
+    """Return the etcd binary path, installing the Debian packages first if needed."""
+    found = shutil.which("etcd")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise EtcdError("etcd not installed; run: apt-get install -y etcd-server etcd-client")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *APT_PACKAGES]):
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
+    found = shutil.which("etcd")
+    if not found:
+        raise EtcdError("apt-get finished but no etcd binary on PATH")
+    return found
+
+
+def etcd_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    first = out.stdout.splitlines()[0] if out.stdout else "etcd ?"
+    return first.replace("etcd Version:", "etcd").strip()
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_base_port(members: int, start: int = DEFAULT_BASE_PORT, tries: int = 20) -> int:
+    """First block of ports (step 1000) where every client and peer port is free."""
+    for attempt in range(tries):
+        base = start + 1000 * attempt
+        ports = [base + 10 * i + off for i in range(members) for off in (0, 1)]
+        if all(port_free(p) for p in ports):
+            return base
+    raise EtcdError(f"no free port block for {members} etcd members from {start}")
+
+
+class EtcdCluster:
+    """Context manager: start N etcd members, wait until all report healthy, stop them."""
+
+    def __init__(self, members: int = 3, base_port: int | None = None) -> None:
+        self.members = members
+        self.base_port = base_port
+        self.binary = ""
+        self.version = ""
+        self.data_dir: Path | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.endpoints: list[str] = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def __enter__(self) -> EtcdCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.binary = ensure_etcd()
+        self.version = etcd_version(self.binary)
+        base = self.base_port or pick_base_port(self.members)
+        self.data_dir = Path(tempfile.mkdtemp(prefix="graven-bench-etcd-"))
+        names = [f"e{i}" for i in range(self.members)]
+        peers = [f"http://{HOST}:{base + 10 * i + 1}" for i in range(self.members)]
+        self.endpoints = [f"http://{HOST}:{base + 10 * i}" for i in range(self.members)]
+        initial = ",".join(f"{n}={u}" for n, u in zip(names, peers, strict=True))
+        token = f"graven-bench-{os.getpid()}-{int(time.time())}"
+        for name, client, peer in zip(names, self.endpoints, peers, strict=True):
+            cmd = [
+                self.binary,
+                f"--name={name}",
+                f"--data-dir={self.data_dir / name}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster={initial}",
+                f"--initial-cluster-token={token}",
+                "--initial-cluster-state=new",
+                "--logger=zap",
+                "--log-outputs=stderr",
+                "--log-level=warn",
+            ]
+            log = open(self.data_dir / f"{name}.log", "wb")  # noqa: SIM115 (child owns it)
+            with log:
+                self.procs.append(
+                    subprocess.Popen(
+                        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                        start_new_session=True,
+                    )
+                )
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = HEALTH_TIMEOUT_S) -> None:
+        """Poll each member's /health until every one reports a leader."""
+        deadline = time.monotonic() + timeout
+        pending = set(self.endpoints)
+        while pending and time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise EtcdError(f"etcd pid {proc.pid} exited early: {self.log_tail()}")
+            pending = {ep for ep in pending if not _healthy(ep)}
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            raise EtcdError(f"etcd not healthy after {timeout}s: {sorted(pending)}")
+
+    def log_tail(self, lines: int = 5) -> str:
+        if self.data_dir is None:
+            return ""
+        tails = []
+        for log in sorted(self.data_dir.glob("*.log")):
+            tails += log.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(tails)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_popen(proc)
+        self.procs = []
+        if self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
+
+
+def _healthy(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(endpoint + "/health", timeout=2) as resp:
+            return json.loads(resp.read()).get("health") == "true"
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+if __name__ == "__main__":
+    with EtcdCluster() as cluster:
+        print(cluster.version, cluster.endpoints, cluster.pids)

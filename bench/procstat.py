@@ -1,0 +1,83 @@
+"""CPU accounting for benchmark runs: server processes via /proc, the load generator via rusage."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process (all its threads), or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces or ')': split after its last ')'.
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def servers_cpu_seconds(pids: Iterable[int]) -> float:
+    """Summed CPU seconds of the given processes (vanished ones count as 0)."""
+    return sum(proc_cpu_seconds(pid) or 0.0 for pid in pids)
+
+
+def self_cpu_seconds() -> float:
+    """CPU seconds used so far by this process (the load generator)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def is_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop_popen(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM one child we started, wait, then SIGKILL it if it did not exit."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def stop_pids(pids: Iterable[int], must_contain: str, timeout: float = 10.0) -> None:
+    """SIGTERM then SIGKILL processes by PID, only if their command line still matches."""
+    targets = [pid for pid in pids if must_contain in _cmdline(pid)]
+    for pid in targets:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(is_alive(pid) for pid in targets):
+        time.sleep(0.05)
+    for pid in targets:
+        if is_alive(pid) and must_contain in _cmdline(pid):
+            _signal(pid, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,47 @@
+"""Liveness, readiness and the cluster description every node serves."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..clusterconfig import dump
+from .appkeys import CLUSTER, NODE, STORE
+from .errors import error_response
+from .jsonio import json_response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the configuration is loaded and the store takes writes."""
+    app = request.app
+    if CLUSTER not in app:
+        return error_response(503, "not_ready", "no cluster configuration loaded")
+    store = app.get(STORE)
+    if store is None or not store.is_open:
+        reason = store.failure if store is not None and store.failure else "store not open"
+        return error_response(503, "not_ready", f"register store unavailable: {reason}")
+    return json_response({"status": "ready", "node": app[NODE]})
+
+
+async def cluster(request: web.Request) -> web.Response:
+    app = request.app
+    doc = dump(app[CLUSTER])
+    return json_response(
+        {
+            "cluster": doc["cluster"],
+            "epoch": doc["epoch"],
+            "members": doc["members"],
+            "layout": doc["quorums"],
+            "limits": doc["limits"],
+            "node": app[NODE],
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/cluster", cluster)

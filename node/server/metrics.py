@@ -1,0 +1,117 @@
+"""Prometheus metrics of one node, in a registry owned by its app.
+
+The metric names and labels are a contract with the dashboard and alert rules: change them only
+together. A per-app registry (not the process-global one) keeps tests that run several apps in
+one process from mixing their numbers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from ..clusterconfig import ClusterConfig
+from ..storage import RegisterStore
+
+COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class NodeMetrics:
+    def __init__(self, cfg: ClusterConfig, node: str, store: RegisterStore) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.register_ops = Counter(
+            "graven_register_ops",
+            "Register operations by kind and result (per key item, not per HTTP request).",
+            ["op", "result"],
+            registry=r,
+        )
+        for op, result in (("read", "ok"), ("write", "ok"), ("write", "refused"), ("fence", "ok")):
+            self.register_ops.labels(op, result)  # export zeros so rate() works from the start
+        self.http_duration = Histogram(
+            "graven_http_request_duration_seconds",
+            "HTTP request handling time.",
+            ["route", "method", "status"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.commit_duration = Histogram(
+            "graven_commit_duration_seconds",
+            "Time of one group commit (transaction + fsync).",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.commit_batch = Histogram(
+            "graven_commit_batch_size",
+            "Changes made durable per group commit.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        Gauge("graven_stored_keys", "Keys with stored state.", registry=r).set_function(
+            lambda: store.stored_keys
+        )
+        Gauge(
+            "graven_fence_watermark", "Global fence: every register set below is nil.", registry=r
+        ).set_function(lambda: store.global_fence)
+        Gauge("graven_storage_bytes", "Size of the register database.", registry=r).set_function(
+            lambda: _storage_bytes(store)
+        )
+        Gauge("graven_config_epoch", "Configuration epoch served.", registry=r).set(cfg.epoch)
+        Gauge("graven_node_info", "Node identity.", ["node", "cluster"], registry=r).labels(
+            node, cfg.cluster
+        ).set(1)
+
+    def observe_commit(self, seconds: float, changes: int) -> None:
+        self.commit_duration.observe(seconds)
+        self.commit_batch.observe(changes)
+
+    def count(self, op: str, ok: int, refused: int = 0) -> None:
+        if ok:
+            self.register_ops.labels(op, "ok").inc(ok)
+        if refused:
+            self.register_ops.labels(op, "refused").inc(refused)
+
+    def middleware(self) -> Middleware:
+        @web.middleware
+        async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+            started = time.perf_counter()
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            finally:
+                resource = request.match_info.route.resource
+                # unknown paths share one label: clients must not be able to mint series
+                route = resource.canonical if resource is not None else "unmatched"
+                method = request.method if request.method in _METHODS else "other"
+                self.http_duration.labels(route, method, str(status)).observe(
+                    time.perf_counter() - started
+                )
+
+        return timed
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _storage_bytes(store: RegisterStore) -> float:
+    try:
+        return store.storage_bytes()
+    except sqlite3.Error:  # closed while a scrape was on its way: report nothing, not an error
+        return float("nan")

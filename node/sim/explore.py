@@ -1,0 +1,190 @@
+"""Exhaustive small-scope check: every interleaving of a tiny system, message loss included.
+
+Two proposers with different inputs, the acceptors of a layout, one key. From every reachable
+state, every enabled event is tried: deliver any in-flight message or time a proposer out
+(bounded number of attempts). Message loss needs no transition of its own: safety is checked in
+every reachable state, and an execution that loses a message reaches exactly the acceptor and
+proposer states of one that simply never delivers it. States are deduplicated by a fingerprint,
+so the search is a complete enumeration of reachable states for the bound. In every state: at
+most one value is chosen by the acceptors' registers (some phase-2 quorum of some set holds it),
+and every proposer output equals it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from ..protocol import acceptor as acc
+from ..protocol.config import Configuration
+from ..protocol.proposer import Backoff, Decide, Persist, Proposer, Read, Send, Write
+from ..protocol.quorums import mask_of
+
+KEY = "k"
+
+
+@dataclass
+class State:
+    acceptors: list[acc.KeyState]
+    proposers: list[Proposer]
+    attempts_left: list[int]
+    timeouts: list[bool]  # a timeout/backoff is pending for the proposer
+    in_flight: list[tuple] = field(default_factory=list)  # ("req", p, server, msg) / ("rep", ...)
+    outputs: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class ExploreResult:
+    states: int
+    transitions: int
+    violation: str | None
+    complete: bool
+
+
+def _apply(state: State, p: int, actions: list) -> None:
+    queue = list(actions)
+    while queue:
+        action = queue.pop(0)
+        if isinstance(action, Send):
+            state.in_flight.append(("req", p, action.server, action.message))
+        elif isinstance(action, Persist):
+            queue.extend(state.proposers[p].on_persisted(action.rs))
+        elif isinstance(action, Backoff):
+            state.timeouts[p] = True
+        elif isinstance(action, Decide):
+            state.outputs[p] = action.value
+
+
+def _fingerprint(state: State) -> tuple:
+    accs = tuple((a.fence, tuple(sorted(a.values.items()))) for a in state.acceptors)
+    props = tuple(
+        (
+            pr.phase,
+            pr.rs,
+            pr.value,
+            pr.attempt,
+            tuple(pr.knowledge.fences),
+            tuple(tuple(sorted(h.items())) for h in pr.knowledge.held),
+        )
+        for pr in state.proposers
+    )
+    flight = tuple(sorted(map(repr, state.in_flight)))
+    return (
+        accs,
+        props,
+        flight,
+        tuple(state.attempts_left),
+        tuple(state.timeouts),
+        tuple(sorted(state.outputs.items())),
+    )
+
+
+def _chosen(config: Configuration, state: State) -> set[str]:
+    holders: dict[tuple[int, str], list[int]] = {}
+    for i, a in enumerate(state.acceptors):
+        for rs, value in a.values.items():
+            holders.setdefault((rs, value), []).append(i)
+    return {
+        value
+        for (rs, value), who in holders.items()
+        if config.segment_of(rs).phase2.is_quorum(mask_of(who))
+    }
+
+
+def _check(config: Configuration, state: State, inputs: list[str]) -> str | None:
+    chosen = _chosen(config, state)
+    if len(chosen) > 1:
+        return f"two values chosen by the acceptors: {sorted(chosen)}"
+    for p, value in state.outputs.items():
+        if value not in inputs:
+            return f"proposer {p} output {value!r}, nobody's input"
+        if chosen and value not in chosen:
+            return f"proposer {p} output {value!r} but the acceptors chose {sorted(chosen)}"
+    if len(set(state.outputs.values())) > 1:
+        return f"proposers output different values: {state.outputs}"
+    return None
+
+
+def _clone_proposer(pr: Proposer) -> Proposer:
+    twin = copy.copy(pr)
+    k = copy.copy(pr.knowledge)
+    k.fences = list(k.fences)
+    k.held = [dict(h) for h in k.held]
+    k.by_set = {rs: dict(v) for rs, v in k.by_set.items()}
+    twin.knowledge = k
+    return twin
+
+
+def _clone(state: State) -> State:
+    return State(
+        [a.copy() for a in state.acceptors],
+        [_clone_proposer(p) for p in state.proposers],
+        list(state.attempts_left),
+        list(state.timeouts),
+        list(state.in_flight),
+        dict(state.outputs),
+    )
+
+
+def _successors(state: State) -> list[State]:
+    out = []
+    seen_items = set()
+    for i, item in enumerate(state.in_flight):
+        label = repr(item)
+        if label in seen_items:
+            continue  # a duplicate of a message already tried from this state
+        seen_items.add(label)
+        nxt = _clone(state)
+        kind, p, server, payload = nxt.in_flight.pop(i)
+        if kind == "req":
+            a = nxt.acceptors[server]
+            if isinstance(payload, Read):
+                change, reply = acc.read(a, payload.rs)
+            else:
+                assert isinstance(payload, Write)
+                change, reply = acc.write(a, payload.rs, payload.value)
+            if change is not None:
+                acc.apply(a, change)
+            nxt.in_flight.append(("rep", p, server, reply))
+        else:
+            _apply(nxt, p, nxt.proposers[p].on_reply(server, payload))
+        out.append(nxt)
+    for p, prop in enumerate(state.proposers):
+        if prop.phase == "done" or state.attempts_left[p] <= 0:
+            continue
+        nxt = _clone(state)
+        nxt.attempts_left[p] -= 1
+        nxt.timeouts[p] = False
+        pr = nxt.proposers[p]
+        _apply(nxt, p, pr.on_timeout(pr.attempt))
+        out.append(nxt)
+    return out
+
+
+def explore(config: Configuration, attempts: int = 1, max_states: int = 2_000_000) -> ExploreResult:
+    """Enumerate every reachable state of 2 proposers on one key; ``attempts`` retries each."""
+    inputs = ["A", "B"]
+    proposers = [Proposer(config, slot, KEY) for slot in range(2)]
+    state = State(
+        [acc.KeyState() for _ in range(config.n)], proposers, [attempts] * 2, [False, False]
+    )
+    for p, prop in enumerate(proposers):
+        _apply(state, p, prop.start(inputs[p]))
+    seen = {_fingerprint(state)}
+    stack = [state]
+    transitions = 0
+    while stack:
+        current = stack.pop()
+        problem = _check(config, current, inputs)
+        if problem:
+            return ExploreResult(len(seen), transitions, problem, False)
+        for nxt in _successors(current):
+            transitions += 1
+            fp = _fingerprint(nxt)
+            if fp in seen:
+                continue
+            seen.add(fp)
+            if len(seen) > max_states:
+                return ExploreResult(len(seen), transitions, None, False)
+            stack.append(nxt)
+    return ExploreResult(len(seen), transitions, None, True)

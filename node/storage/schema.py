@@ -1,0 +1,151 @@
+"""The on-disk format of the register store: creation, identification and checks at open.
+
+Write-once is a property of the database itself, not only of the code in front of it: registers
+are added with a plain INSERT (a second write hits the primary key), and triggers refuse every
+UPDATE or DELETE of a register and every lowering of a fence. ``recursive_triggers`` is switched
+on for our connections so that ``INSERT OR REPLACE`` (a delete + insert) is refused as well.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from .errors import StoreError
+
+FORMAT_VERSION = 1
+# Marks the file as ours in the SQLite header, so a foreign database is recognised as foreign.
+APPLICATION_ID = 0x47525645  # "GRVE"
+DB_NAME = "registers.sqlite3"
+
+_DDL = (
+    "CREATE TABLE meta(name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE registers(
+        key   TEXT NOT NULL,
+        rs    INTEGER NOT NULL CHECK (rs >= 0),
+        value TEXT NOT NULL,
+        PRIMARY KEY (key, rs)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER registers_write_once BEFORE UPDATE ON registers
+    BEGIN SELECT RAISE(ABORT, 'write-once: a written register never changes'); END""",
+    """CREATE TRIGGER registers_no_delete BEFORE DELETE ON registers
+    BEGIN SELECT RAISE(ABORT, 'write-once: a written register is never removed'); END""",
+    """CREATE TABLE fences(
+        key   TEXT PRIMARY KEY,
+        fence INTEGER NOT NULL CHECK (fence >= 0)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER fences_only_rise BEFORE UPDATE ON fences WHEN NEW.fence < OLD.fence
+    BEGIN SELECT RAISE(ABORT, 'a fence is never lowered'); END""",
+    """CREATE TABLE global_fence(
+        id    INTEGER PRIMARY KEY CHECK (id = 0),
+        fence INTEGER NOT NULL CHECK (fence >= 0)
+    )""",
+    """CREATE TRIGGER global_fence_only_rise BEFORE UPDATE ON global_fence
+    WHEN NEW.fence < OLD.fence
+    BEGIN SELECT RAISE(ABORT, 'a fence is never lowered'); END""",
+    "INSERT INTO global_fence(id, fence) VALUES (0, 0)",
+)
+
+
+def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A connection with our pragmas; autocommit mode so transactions are explicit."""
+    # check_same_thread=False: the writer connection is created here and handed to its thread;
+    # each connection is still used by one thread at a time.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA recursive_triggers = ON")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
+    return conn
+
+
+def open_db(
+    path: Path, *, cluster: str, node: str, synchronous: str = "FULL"
+) -> sqlite3.Connection:
+    """Create the store file or check an existing one; returns a connection to it."""
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = connect(path, synchronous=synchronous)
+        _create_or_check(conn, path, cluster=cluster, node=node)
+    except sqlite3.OperationalError as exc:
+        if conn is not None:
+            conn.close()
+        raise StoreError(f"{path}: cannot open: {exc}") from None
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise StoreError(
+            f"{path} is not a readable graven register store (damaged or foreign file: {exc})"
+        ) from None
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
+    return conn
+
+
+def _create_or_check(conn: sqlite3.Connection, path: Path, *, cluster: str, node: str) -> None:
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if app_id == 0 and tables == 0:
+        _create(conn, cluster=cluster, node=node)
+        return
+    if app_id != APPLICATION_ID:
+        raise StoreError(f"{path} is not a graven register store (foreign SQLite database)")
+    _quick_check(conn, path)
+    meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+    version = meta.get("format", "")
+    if not version.isdigit():
+        raise StoreError(f"{path} has no readable format version ({version!r})")
+    if int(version) > FORMAT_VERSION:
+        raise StoreError(
+            f"{path} uses format {version}, newer than this graven reads ({FORMAT_VERSION}); "
+            "upgrade graven"
+        )
+    if int(version) != FORMAT_VERSION:
+        raise StoreError(f"{path} uses unsupported format {version} (expected {FORMAT_VERSION})")
+    if meta.get("cluster") != cluster:
+        raise StoreError(
+            f"{path} belongs to cluster {meta.get('cluster')!r}, not {cluster!r}; "
+            "refusing to mix clusters' registers"
+        )
+    if meta.get("node") != node:
+        raise StoreError(
+            f"{path} belongs to node {meta.get('node')!r}, not {node!r}; "
+            "refusing to serve another member's registers"
+        )
+    # WAL is a property of the file; re-assert in case someone switched it off by hand.
+    conn.execute("PRAGMA journal_mode = WAL")
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    rows = [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
+    if rows == ["ok"]:
+        return
+    # SQLite may pack several problems into one row; the operator gets one line
+    lines = [ln for row in rows for ln in str(row).splitlines() if not ln.startswith("***")]
+    first = lines[0] if lines else "unknown problem"
+    more = f" (and {len(lines) - 1} more problems)" if len(lines) > 1 else ""
+    raise StoreError(f"{path} is damaged: integrity check failed: {first}{more}")
+
+
+def _create(conn: sqlite3.Connection, *, cluster: str, node: str) -> None:
+    # journal_mode cannot change inside a transaction; everything else is one atomic step, so a
+    # crash during creation leaves an empty file that the next open creates again.
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _DDL:
+            conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO meta(name, value) VALUES (?, ?)",
+            [("format", str(FORMAT_VERSION)), ("cluster", cluster), ("node", node)],
+        )
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

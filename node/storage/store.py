@@ -1,0 +1,240 @@
+"""The durable register store one acceptor serves from.
+
+Reads come from an in-memory cache of key states (filled from SQLite on a miss); changes are
+applied to that cache when they are submitted, in submission order, so the next request already
+sees them, and are written by the group-commit thread. Callers reply only once the future of
+their submission (or a barrier) has resolved: nothing is acknowledged before it is durable.
+
+Every key touched since start stays cached: the whole working set lives in memory. That is fine
+for the sizes Graven targets today; an eviction policy can come later because a cache miss is
+always safe (the disk holds everything that is not pending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..protocol.acceptor import Change, KeyState, apply
+from .errors import StoreError
+from .lock import DirLock
+from .schema import DB_NAME, connect, open_db
+from .writer import CommitHook, CommitWriter, Op, Pending
+
+# Test-only switch that makes the store lie: acknowledge at submit and write later, without
+# fsync. The crash test uses it to prove that it notices lost acknowledged writes.
+UNSAFE_ENV = "GRAVEN_UNSAFE_ACK_BEFORE_SYNC"
+UNSAFE_DELAY = 0.2  # seconds an acknowledged batch waits before it is even written
+
+
+class RegisterStore:
+    def __init__(
+        self,
+        data_dir: Path,
+        lock: DirLock,
+        writer_conn: sqlite3.Connection,
+        reader_conn: sqlite3.Connection,
+        *,
+        unsafe: bool,
+    ) -> None:
+        self.data_dir = data_dir
+        self.unsafe = unsafe
+        self._lock = lock
+        self._reader = reader_conn
+        self._cache: dict[str, KeyState] = {}
+        self._global_fence: int = reader_conn.execute(
+            "SELECT fence FROM global_fence WHERE id = 0"
+        ).fetchone()[0]
+        self._stored_keys: int = reader_conn.execute("SELECT count(*) FROM fences").fetchone()[0]
+        self._last: asyncio.Future[None] | None = None  # newest internal commit future
+        self._closed = False
+        self.last_batch_size = 0
+        self.on_commit: CommitHook | None = None
+        self._writer = CommitWriter(
+            writer_conn, self._committed, delay_before_write=UNSAFE_DELAY if unsafe else 0.0
+        )
+
+    @classmethod
+    def open(cls, path: str | Path, *, cluster: str, node: str) -> RegisterStore:
+        """Open (or create) the store in data directory ``path``; raises StoreError."""
+        data_dir = Path(path)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create data directory {data_dir}: {exc.strerror}") from None
+        lock = DirLock.acquire(data_dir)
+        unsafe = os.environ.get(UNSAFE_ENV) == "1"
+        synchronous = "OFF" if unsafe else "FULL"
+        writer_conn = reader_conn = None
+        try:
+            db = data_dir / DB_NAME
+            writer_conn = open_db(db, cluster=cluster, node=node, synchronous=synchronous)
+            reader_conn = connect(db, synchronous=synchronous)
+            store = cls(data_dir, lock, writer_conn, reader_conn, unsafe=unsafe)
+        except BaseException:
+            for conn in (writer_conn, reader_conn):
+                if conn is not None:
+                    conn.close()
+            lock.release()
+            raise
+        if unsafe:
+            print(f"graven: WARNING: {UNSAFE_ENV}=1, acknowledging before durable", file=sys.stderr)
+        return store
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> KeyState:
+        """The key's current state (including submitted, not yet durable changes).
+
+        The returned object is shared: treat it as read-only.
+        """
+        state = self._cache.get(key)
+        if state is None:
+            state = self._load(key)
+            if state is None:
+                return KeyState()  # unknown keys are not cached: probing must not fill memory
+            self._cache[key] = state
+        return state
+
+    @property
+    def global_fence(self) -> int:
+        return self._global_fence
+
+    @property
+    def stored_keys(self) -> int:
+        return self._stored_keys
+
+    def storage_bytes(self) -> int:
+        pages = self._reader.execute("PRAGMA page_count").fetchone()[0]
+        size = self._reader.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages * size)
+
+    @property
+    def failure(self) -> StoreError | None:
+        return self._writer.failure
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed and self._writer.failure is None
+
+    def enumerate_keys(self, after: str | None, limit: int) -> list[tuple[str, KeyState]]:
+        """Stored keys in key order, starting after ``after``; durable ones only.
+
+        Callers that need keys submitted just before should ``await barrier()`` first.
+        """
+        rows = self._reader.execute(
+            "SELECT key FROM fences WHERE key > ? ORDER BY key LIMIT ?", (after or "", limit)
+        ).fetchall()
+        return [(key, self.get(key)) for (key,) in rows]
+
+    def keys_with_values_below(
+        self, rs: int, after: str | None, limit: int
+    ) -> list[tuple[str, KeyState]]:
+        """Keys holding a written register below ``rs`` (to carry over at reconfiguration)."""
+        rows = self._reader.execute(
+            "SELECT DISTINCT key FROM registers WHERE rs < ? AND key > ? ORDER BY key LIMIT ?",
+            (rs, after or "", limit),
+        ).fetchall()
+        return [(key, self.get(key)) for (key,) in rows]
+
+    def _load(self, key: str) -> KeyState | None:
+        row = self._reader.execute("SELECT fence FROM fences WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        values = dict(self._reader.execute("SELECT rs, value FROM registers WHERE key = ?", (key,)))
+        return KeyState(row[0], values)
+
+    # -- changing --------------------------------------------------------------------------
+
+    def submit(self, changes: Sequence[tuple[str, Change]]) -> asyncio.Future[None]:
+        """Apply ``changes`` to the cache now; the returned future resolves once durable.
+
+        A plain function returning a future (rather than a coroutine) so the changes are
+        applied at the call, in call order, not whenever a task first runs.
+        """
+        self._check_usable()
+        if not changes:
+            return self.barrier()
+        states = self._prepare(changes)
+        for (_, change), state in zip(changes, states, strict=True):
+            apply(state, change)
+        return self._enqueue(list(changes))
+
+    def raise_global_fence(self, rs: int) -> asyncio.Future[None]:
+        """Fence every key, present and future, below ``rs``; resolves once durable."""
+        self._check_usable()
+        if rs <= self._global_fence:
+            return self.barrier()
+        self._global_fence = rs
+        return self._enqueue([(None, Change(rs))])
+
+    def barrier(self) -> asyncio.Future[None]:
+        """Resolves once everything submitted so far is durable."""
+        loop = asyncio.get_running_loop()
+        if self._last is None or self._last.done() or self.unsafe:
+            settled = loop.create_future()
+            if self._writer.failure is not None:
+                settled.set_exception(self._writer.failure)
+            else:
+                settled.set_result(None)
+            return settled
+        # shield: one waiter giving up must not cancel the commit future others wait for
+        return asyncio.shield(self._last)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, release the data directory."""
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        self._reader.close()
+        self._lock.release()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StoreError("the register store is closed")
+        if self._writer.failure is not None:
+            raise self._writer.failure
+
+    def _prepare(self, changes: Sequence[tuple[str, Change]]) -> list[KeyState]:
+        """Load every key's state and check write-once before applying anything."""
+        states: list[KeyState] = []
+        new: dict[str, KeyState] = {}
+        planned: set[tuple[str, int]] = set()
+        for key, change in changes:
+            state = self._cache.get(key) or new.get(key) or self._load(key)
+            if state is None:
+                state = new[key] = KeyState()
+            rs = change.register_set
+            if rs is not None:
+                if rs in state.values or (key, rs) in planned:
+                    raise StoreError(f"write-once violated for key {key!r} register {rs}")
+                planned.add((key, rs))
+            states.append(state)
+        # only now (nothing can fail any more) do loaded and new keys enter the cache
+        for key, state in zip((k for k, _ in changes), states, strict=True):
+            self._cache.setdefault(key, state)
+        self._stored_keys += len(new)
+        return states
+
+    def _enqueue(self, ops: list[Op]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        internal: asyncio.Future[None] = loop.create_future()
+        self._writer.enqueue(Pending(ops, internal))
+        self._last = internal
+        if self.unsafe:
+            acked = loop.create_future()
+            acked.set_result(None)  # the lie: acknowledged before anything is written
+            return acked
+        return asyncio.shield(internal)
+
+    def _committed(self, elapsed: float, count: int) -> None:
+        self.last_batch_size = count
+        if self.on_commit is not None:
+            self.on_commit(elapsed, count)

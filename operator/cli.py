@@ -1,0 +1,137 @@
+"""`graven operator`: run the ConsensusCluster operator (kopf) against the current cluster.
+
+    graven operator [--namespace NS ... | --all-namespaces] [--liveness URL]
+                    [--peering NAME | --standalone] [--priority N]
+                    [--health-interval S] [--drift-interval S] [--probe-members]
+
+Credentials: in a pod, the service account; elsewhere, the current kubeconfig context.
+kopf is imported only when the command runs, so `graven --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from typing import Any
+
+DEFAULT_PEERING = "graven"
+# kopf logs every successful handler run; the timers run every few seconds per cluster.
+QUIET_TIMERS = re.compile(r"^Timer '(health|drift)' succeeded")
+
+
+class _QuietTimers(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not QUIET_TIMERS.match(record.getMessage())
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "operator",
+        help="run the Kubernetes operator for ConsensusCluster resources",
+        description=(
+            "Run the operator that turns ConsensusCluster resources into running Graven "
+            "clusters (StatefulSet, services, configuration, disruption budget, monitoring)."
+        ),
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch this namespace (repeat for more; glob patterns such as 'team-*' work)",
+    )
+    scope.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="watch every namespace (the default when no --namespace is given)",
+    )
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        help="serve a liveness endpoint for the kubelet, e.g. http://0.0.0.0:8080/healthz",
+    )
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument(
+        "--peering",
+        metavar="NAME",
+        help=(
+            "kopf peering object that decides which operator replica is active; given "
+            f"explicitly, it must exist (default: {DEFAULT_PEERING!r} if present)"
+        ),
+    )
+    peering.add_argument(
+        "--standalone", action="store_true", help="no peering: assume this is the only operator"
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        help="peering priority; the live replica with the highest priority is the active one",
+    )
+    parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between member readiness checks (default 5)",
+    )
+    parser.add_argument(
+        "--drift-interval",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds between comparisons of live children with the spec (default 30)",
+    )
+    parser.add_argument(
+        "--probe-members",
+        action="store_true",
+        help="also GET each member's /readyz directly (needs pod network access)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from graven.node.cli import UsageError
+
+    if args.health_interval <= 0 or args.drift_interval <= 0:
+        raise UsageError("--health-interval and --drift-interval must be positive")
+
+    import kopf
+
+    from .handlers import register
+    from .reconcile import Operator, Options
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietTimers())
+    registry = kopf.OperatorRegistry()
+    operator = Operator(
+        Options(
+            health_interval=args.health_interval,
+            drift_interval=args.drift_interval,
+            probe_members=args.probe_members,
+        )
+    )
+    register(registry, operator)
+    settings = kopf.OperatorSettings()
+    settings.peering.name = DEFAULT_PEERING
+    kopf.run(
+        registry=registry,
+        settings=settings,
+        clusterwide=not args.namespaces,
+        namespaces=args.namespaces or (),
+        standalone=True if args.standalone else None,
+        peering_name=args.peering,
+        priority=args.priority,
+        liveness_endpoint=args.liveness,
+    )
+    return 0

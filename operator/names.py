@@ -1,0 +1,61 @@
+"""Names shared by the CRD, the render functions and the handlers (one place to change them)."""
+
+from __future__ import annotations
+
+GROUP = "graven.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ConsensusCluster"
+PLURAL = "consensusclusters"
+
+# The port every member listens on (peer traffic, client API, probes and metrics share it).
+PORT = 7100
+PORT_NAME = "http"
+CONFIG_FILE = "cluster.yaml"
+CONFIG_DIR = "/etc/graven"
+DATA_DIR = "/data"
+DATA_VOLUME = "data"
+
+# Pods run as this non-root uid/gid; fsGroup makes the PVC writable for it.
+RUN_AS_USER = 10001
+
+# StatefulSet pods are named NAME-<ordinal>, and `controller-revision-hash` labels carry
+# NAME-<10 chars>: the cluster name must leave room for both and for the "-peers" service.
+MAX_NAME_LENGTH = 45
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_VERSION = "app.kubernetes.io/version"
+APP = "graven"
+MANAGER = "graven-operator"
+
+ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+ANNOTATION_PDB_REASON = f"{GROUP}/pdb-reason"
+ANNOTATION_TOLERATES = f"{GROUP}/tolerates"
+
+FINALIZER = f"{GROUP}/cleanup"
+
+
+def peers_service(name: str) -> str:
+    return f"{name}-peers"
+
+
+def config_map(name: str) -> str:
+    return f"{name}-config"
+
+
+def member(name: str, index: int) -> str:
+    return f"{name}-{index}"
+
+
+def member_url(name: str, namespace: str, index: int) -> str:
+    """A member's stable address: the pod's record under the headless peer service."""
+    return f"http://{member(name, index)}.{peers_service(name)}.{namespace}.svc:{PORT}"
+
+
+def selector(name: str) -> dict[str, str]:
+    """Labels that select a cluster's pods; never changes over the cluster's life."""
+    return {LABEL_NAME: APP, LABEL_INSTANCE: name}

@@ -1,0 +1,412 @@
+"""Reconcile one ConsensusCluster: check, refuse or apply, and report status.
+
+kopf-free on purpose except for ``kopf.adopt``: the handlers (handlers.py) decide *when* this
+runs (create/update/resume, the drift timer, the health timer) and post the events; this module
+decides *what* happens. Order matters and never changes: the layout is checked and the running
+topology compared BEFORE any child is touched, so a refused spec leaves the cluster as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import kopf
+
+from . import drift, health, names, render, status, topology
+from .kube import ApiError, Kube, object_path, path
+from .layout import LayoutVerdict, check_layout, summary
+from .spec import ClusterSpec, SpecError, check_name, parse
+
+log = logging.getLogger("graven.operator")
+
+MAX_EVENT_MESSAGE = 1000  # the apiserver caps event messages at 1 KiB
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+    # About a lasting state (a refusal): post it when the state begins, not on every pass.
+    sticky: bool = False
+
+
+@dataclass
+class Options:
+    health_interval: float = 5.0
+    drift_interval: float = 30.0
+    probe_members: bool = False
+    probe_timeout: float = 1.0
+    # (cluster name, namespace, member) -> /readyz URL; default: the pod IP on the member port.
+    probe_url: Callable[[str, str, health.MemberHealth], str | None] | None = None
+    capabilities_ttl: float = 60.0
+
+
+def default_probe_url(name: str, namespace: str, member: health.MemberHealth) -> str | None:
+    if not member.pod_ip:
+        return None
+    host = f"[{member.pod_ip}]" if ":" in member.pod_ip else member.pod_ip
+    return f"http://{host}:{names.PORT}/readyz"
+
+
+@dataclass
+class ApplyReport:
+    created: list[str] = field(default_factory=list)
+    patched: dict[str, list[str]] = field(default_factory=dict)
+    immutable: dict[str, list[str]] = field(default_factory=dict)
+    foreign: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_EVENT_MESSAGE else text[: MAX_EVENT_MESSAGE - 3] + "..."
+
+
+def _label(obj: Mapping[str, Any]) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_verdict(quorums_key: str, members: int, epoch: int) -> LayoutVerdict:
+    import json
+
+    return check_layout(json.loads(quorums_key), members, epoch)
+
+
+def running_verdict(running: topology.Topology) -> LayoutVerdict:
+    return _cached_verdict(running.quorums_key, running.members, running.epoch)
+
+
+class Operator:
+    """State shared by all handlers of one operator process."""
+
+    def __init__(self, options: Options | None = None, kube: Kube | None = None) -> None:
+        self.options = options or Options()
+        self.kube = kube or Kube()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._caps: tuple[float, render.Capabilities] | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
+
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(f"{namespace}/{name}", asyncio.Lock())
+
+    async def close(self) -> None:
+        await self.kube.close()
+        if self._probe_session is not None:
+            await self._probe_session.close()
+            self._probe_session = None
+
+    # ------------------------------------------------------------------ reading the cluster
+
+    async def capabilities(self) -> render.Capabilities:
+        """Which prometheus-operator kinds exist (re-checked every capabilities_ttl)."""
+        now = time.monotonic()
+        if self._caps and now - self._caps[0] < self.options.capabilities_ttl:
+            return self._caps[1]
+        served = await self.kube.resources("monitoring.coreos.com/v1") or set()
+        caps = render.Capabilities(
+            service_monitor="servicemonitors" in served,
+            prometheus_rule="prometheusrules" in served,
+        )
+        self._caps = (now, caps)
+        return caps
+
+    async def children(
+        self, namespace: str, name: str, caps: render.Capabilities
+    ) -> dict[tuple[str, str], dict | None]:
+        wanted = [
+            ("ConfigMap", names.config_map(name)),
+            ("Service", names.peers_service(name)),
+            ("Service", name),
+            ("StatefulSet", name),
+            ("PodDisruptionBudget", name),
+        ]
+        if caps.service_monitor:
+            wanted.append(("ServiceMonitor", name))
+        if caps.prometheus_rule:
+            wanted.append(("PrometheusRule", name))
+        found = await asyncio.gather(
+            *(self.kube.get(path(kind, namespace, obj)) for kind, obj in wanted)
+        )
+        return dict(zip(wanted, found, strict=True))
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def reconcile(self, body: Mapping[str, Any]) -> tuple[status.Outcome, list[Event]]:
+        meta = body["metadata"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+        generation = int(meta.get("generation") or 0)
+        try:
+            check_name(name)
+            spec = parse(body.get("spec"))
+        except SpecError as exc:
+            return status.Outcome(
+                generation,
+                status.Cond(None, "NotChecked", "the spec could not be read"),
+                status.Cond(False, status.INVALID_SPEC, str(exc)),
+            ), [Event("Warning", status.INVALID_SPEC, _short(str(exc)), sticky=True)]
+
+        verdict = check_layout(spec.quorums, spec.replicas)
+        layout_valid = status.Cond(verdict.ok, verdict.reason, verdict.message)
+        if spec.paused:
+            return status.Outcome(
+                generation,
+                layout_valid,
+                status.Cond(False, status.PAUSED, "spec.paused is true: no child is changed"),
+            ), []
+        if not verdict.ok:
+            message = (
+                f"spec.quorums ({verdict.summary} over {spec.replicas} members) is "
+                f"{'unsafe' if verdict.reason != 'LayoutInvalid' else 'invalid'}; nothing "
+                "was changed. " + verdict.message
+            )
+            return status.Outcome(
+                generation, layout_valid, status.Cond(False, status.LAYOUT_REJECTED, message)
+            ), [Event("Warning", verdict.reason, _short(message), sticky=True)]
+
+        try:
+            caps = await self.capabilities()
+            live = await self.children(namespace, name, caps)
+            running = topology.running(
+                live[("ConfigMap", names.config_map(name))], live[("StatefulSet", name)]
+            )
+            refusal = _refusal(running, spec)
+            if refusal:
+                return status.Outcome(
+                    generation, layout_valid, status.Cond(False, status.REFUSED, refusal)
+                ), [Event("Warning", status.REFUSED, _short(refusal), sticky=True)]
+
+            epoch = running.epoch if running else 0
+            tolerates = verdict.tolerates or 0
+            desired = render.render_all(name, namespace, spec, tolerates, caps, epoch)
+            kopf.adopt(desired, owner=dict(body))
+            report = await self.apply(desired, live, uid)
+            await self._prune(spec, caps, live, uid, report)
+        except ApiError as exc:
+            if exc.retryable or exc.status == 0:
+                raise  # the caller retries later
+            # The apiserver refused a child (422, 403...): the same render would be refused
+            # again, so say so and leave the retry to the drift timer.
+            message = f"the Kubernetes API refused a change: {exc}"
+            return status.Outcome(
+                generation, layout_valid, status.Cond(False, status.APPLY_FAILED, message)
+            ), [Event("Warning", status.APPLY_FAILED, _short(message), sticky=True)]
+        return self._outcome(generation, layout_valid, report, running is None)
+
+    async def apply(
+        self,
+        desired: list[dict],
+        live: Mapping[tuple[str, str], dict | None],
+        uid: str,
+    ) -> ApplyReport:
+        report = ApplyReport()
+        for obj in desired:
+            current = live.get((obj["kind"], obj["metadata"]["name"]))
+            if current is None:
+                try:
+                    await self.kube.create(object_path(obj).rsplit("/", 1)[0], obj)
+                    report.created.append(_label(obj))
+                    continue
+                except ApiError as exc:
+                    if exc.status != 409:
+                        raise
+                    current = await self.kube.get(object_path(obj))  # lost a race: compare
+                    if current is None:
+                        raise
+            if not _owned_by(current, uid):
+                report.foreign.append(_label(obj))
+                continue
+            plan = drift.plan(obj, current)
+            if plan.patch:
+                await self.kube.patch(object_path(obj), plan.patch)
+                report.patched[_label(obj)] = plan.drifted
+            if plan.immutable:
+                report.immutable[_label(obj)] = plan.immutable
+        return report
+
+    async def _prune(
+        self,
+        spec: ClusterSpec,
+        caps: render.Capabilities,
+        live: Mapping[tuple[str, str], dict | None],
+        uid: str,
+        report: ApplyReport,
+    ) -> None:
+        """Delete the monitoring objects we made once they are no longer asked for."""
+        unwanted = []
+        if caps.service_monitor and not spec.monitoring.service_monitor:
+            unwanted.append("ServiceMonitor")
+        if caps.prometheus_rule and not spec.monitoring.prometheus_rule:
+            unwanted.append("PrometheusRule")
+        for (kind, _), obj in live.items():
+            if kind not in unwanted or obj is None or not _owned_by(obj, uid):
+                continue
+            if await self.kube.delete(object_path(obj)):
+                report.deleted.append(_label(obj))
+
+    @staticmethod
+    def _outcome(
+        generation: int, layout_valid: status.Cond, report: ApplyReport, fresh: bool
+    ) -> tuple[status.Outcome, list[Event]]:
+        events = []
+        if report.created:
+            verb = "Created" if fresh else "Recreated"
+            events.append(Event("Normal", verb, _short(f"{verb}: {', '.join(report.created)}")))
+        if report.patched:
+            what = "; ".join(f"{k} ({', '.join(v[:5])})" for k, v in report.patched.items())
+            events.append(Event("Normal", "Updated", _short(f"patched {what}")))
+        if report.deleted:
+            events.append(Event("Normal", "Deleted", f"deleted {', '.join(report.deleted)}"))
+        progressing = None
+        if report.foreign:
+            message = (
+                f"{', '.join(report.foreign)} already exist and are not owned by this cluster; "
+                "rename or delete them (the operator never takes over objects it did not create)"
+            )
+            progressing = status.Cond(False, status.APPLY_FAILED, message)
+            events.append(Event("Warning", status.APPLY_FAILED, _short(message), sticky=True))
+        elif report.immutable:
+            what = "; ".join(f"{k}: {', '.join(v)}" for k, v in report.immutable.items())
+            message = (
+                f"fields that cannot change after creation differ ({what}); other changes were "
+                "applied. Storage size or class changes need a manual migration."
+            )
+            progressing = status.Cond(False, status.IMMUTABLE_CHANGED, message)
+            events.append(Event("Warning", status.IMMUTABLE_CHANGED, _short(message), sticky=True))
+        return status.Outcome(generation, layout_valid, progressing), events
+
+    # ------------------------------------------------------------------ status
+
+    async def probe(self, name: str, namespace: str, members: list[health.MemberHealth]) -> dict:
+        """GET each member's /readyz directly: sees a dead member before the kubelet does."""
+        if self._probe_session is None or self._probe_session.closed:
+            # A separate session: the API token must never be sent to a member.
+            self._probe_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.options.probe_timeout)
+            )
+        url_of = self.options.probe_url or default_probe_url
+        session = self._probe_session
+
+        async def one(member: health.MemberHealth) -> tuple[str, bool]:
+            url = url_of(name, namespace, member)
+            if not url:
+                return member.name, False
+            try:
+                async with session.get(url) as rsp:
+                    return member.name, rsp.status == 200
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                return member.name, False
+
+        return dict(await asyncio.gather(*(one(m) for m in members)))
+
+    async def observe(self, name: str, namespace: str, spec: Mapping[str, Any]) -> status.Observed:
+        replicas = spec.get("replicas", 3) if isinstance(spec, Mapping) else 3
+        cm = await self.kube.get(path("ConfigMap", namespace, names.config_map(name)))
+        sts = await self.kube.get(path("StatefulSet", namespace, name))
+        running = topology.running(cm, sts)
+        obs = status.Observed(
+            spec_replicas=replicas if isinstance(replicas, int) else 0,
+            spec_layout=summary(spec.get("quorums") if isinstance(spec, Mapping) else None),
+            running=running,
+            statefulset=sts,
+        )
+        if running is None:
+            return obs
+        pods = await self.kube.list(path("Pod", namespace), names.selector(name))
+        members = health.members(name, running.members, pods)
+        if self.options.probe_members:
+            probes = await self.probe(name, namespace, members)
+            members = health.members(name, running.members, pods, probes)
+        verdict = running_verdict(running)
+        return status.Observed(obs.spec_replicas, obs.spec_layout, running, verdict, members, sts)
+
+    async def refresh(
+        self, namespace: str, name: str, outcome: status.Outcome | None = None
+    ) -> dict | None:
+        """Recompute and write the status (only if it changed). Serialised per cluster."""
+        async with self.lock(namespace, name):
+            url = path(names.KIND, namespace, name)
+            cr = await self.kube.get(url)
+            if cr is None or cr["metadata"].get("deletionTimestamp"):
+                return None
+            observed = await self.observe(name, namespace, cr.get("spec") or {})
+            old = cr.get("status") or {}
+            new = status.build(old, observed, outcome, _now())
+            if new != old:
+                patch = {"status": {**dict.fromkeys(old), **new}}  # null drops stale keys
+                await self.kube.patch(f"{url}/status", patch)
+            return new
+
+    # ------------------------------------------------------------------ deletion
+
+    async def cleanup(self, body: Mapping[str, Any]) -> list[Event]:
+        """Delete children explicitly (also where no garbage collector runs) and, if asked,
+        the members' volumes. Runs even when paused: deletion is an explicit request."""
+        meta = body["metadata"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+        try:
+            spec = parse(body.get("spec"))
+        except SpecError:
+            spec = ClusterSpec()  # unreadable spec: keep the data (Retain is the default)
+        caps = await self.capabilities()
+        live = await self.children(namespace, name, caps)
+        deleted = []
+        for obj in live.values():
+            if obj is not None and _owned_by(obj, uid) and await self.kube.delete(object_path(obj)):
+                deleted.append(_label(obj))
+        events = []
+        if spec.storage.retention.when_deleted == "Delete":
+            prefix = f"{names.DATA_VOLUME}-{name}-"
+            claims = await self.kube.list(
+                path("PersistentVolumeClaim", namespace), names.selector(name)
+            )
+            for claim in claims:
+                claim_name = claim["metadata"]["name"]
+                # Only the members' claims (data-NAME-<ordinal>), even if others share labels.
+                if not (
+                    claim_name.startswith(prefix) and claim_name.removeprefix(prefix).isdigit()
+                ):
+                    continue
+                if await self.kube.delete(path("PersistentVolumeClaim", namespace, claim_name)):
+                    deleted.append(f"PersistentVolumeClaim/{claim_name}")
+        else:
+            events.append(
+                Event("Normal", "VolumesRetained", "member volumes kept (retention: Retain)")
+            )
+        if deleted:
+            events.insert(0, Event("Normal", "Deleted", _short(f"deleted {', '.join(deleted)}")))
+        return events
+
+
+def _refusal(running: topology.Topology | None, spec: ClusterSpec) -> str | None:
+    if running is None:
+        return None
+    changes = []
+    if running.members != spec.replicas:
+        changes.append(f"spec.replicas {running.members} -> {spec.replicas}")
+    if running.quorums_key != spec.quorums_key:
+        changes.append(f"spec.quorums {running.quorums_key} -> {spec.quorums_key}")
+    if not changes:
+        return None
+    return (
+        f"{'; '.join(changes)}: changing the members or the quorum layout of a running cluster "
+        "needs a reconfiguration, which the operator does not implement yet. The running "
+        "members are left untouched; revert the change to clear this condition."
+    )

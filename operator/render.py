@@ -1,0 +1,419 @@
+"""Pure render functions: a ConsensusCluster's spec -> the Kubernetes objects that run it.
+
+No I/O, no clock, no randomness: the same inputs always give the same objects, so the drift
+check can compare live children with a fresh render, and tests can validate every object.
+Owner references are added by the handlers (kopf.adopt), not here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from . import names, topology
+from .spec import ClusterSpec
+
+DEFAULT_LIMITS = {"maxValueBytes": 1 << 20}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Optional APIs found on the cluster (prometheus-operator CRDs)."""
+
+    service_monitor: bool = False
+    prometheus_rule: bool = False
+
+
+def labels(name: str, component: str, spec: ClusterSpec | None = None) -> dict[str, str]:
+    out = {
+        **names.selector(name),
+        names.LABEL_COMPONENT: component,
+        names.LABEL_PART_OF: names.APP,
+        names.LABEL_MANAGED_BY: names.MANAGER,
+    }
+    if spec is not None:
+        tag = _image_tag(spec.image)
+        if tag:
+            out[names.LABEL_VERSION] = tag
+    return out
+
+
+def _image_tag(image: str) -> str | None:
+    # "repo:tag" or "repo@sha256:..." — only a tag makes a meaningful (and valid) label value.
+    if "@" in image:
+        return None
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return None
+    tag = last.rsplit(":", 1)[1]
+    return tag[:63] if tag else None
+
+
+def _meta(
+    obj_name: str, cluster: str, namespace: str, component: str, spec: ClusterSpec | None = None
+) -> dict:
+    return {"name": obj_name, "namespace": namespace, "labels": labels(cluster, component, spec)}
+
+
+def cluster_config(name: str, namespace: str, spec: ClusterSpec, epoch: int = 0) -> dict:
+    """The ClusterConfig document every member reads (member index = pod ordinal)."""
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": "ClusterConfig",
+        "cluster": name,
+        "epoch": epoch,
+        "members": [
+            {"name": names.member(name, i), "url": names.member_url(name, namespace, i)}
+            for i in range(spec.replicas)
+        ],
+        "quorums": dict(spec.quorums),
+        "limits": {**DEFAULT_LIMITS, **spec.limits},
+    }
+
+
+def config_text(name: str, namespace: str, spec: ClusterSpec, epoch: int = 0) -> str:
+    doc = cluster_config(name, namespace, spec, epoch)
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+def config_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_map(name: str, namespace: str, spec: ClusterSpec, epoch: int = 0) -> dict:
+    meta = _meta(names.config_map(name), name, namespace, "config")
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "data": {names.CONFIG_FILE: config_text(name, namespace, spec, epoch)},
+    }
+
+
+def _ports() -> list[dict]:
+    return [
+        {
+            "name": names.PORT_NAME,
+            "port": names.PORT,
+            "targetPort": names.PORT_NAME,
+            "protocol": "TCP",
+        }
+    ]
+
+
+def peers_service(name: str, namespace: str) -> dict:
+    """Headless: gives each member a stable DNS name, ready or not (members must find each
+    other before any of them is ready, or a fresh cluster never forms a quorum)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(names.peers_service(name), name, namespace, "peers"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": names.selector(name),
+            "ports": _ports(),
+        },
+    }
+
+
+def client_service(name: str, namespace: str) -> dict:
+    """What clients use: only ready members receive traffic."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, name, namespace, "client"),
+        "spec": {"type": "ClusterIP", "selector": names.selector(name), "ports": _ports()},
+    }
+
+
+def _probe(path: str, period: int, timeout: int, failures: int) -> dict:
+    return {
+        "httpGet": {"path": path, "port": names.PORT_NAME, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+        "successThreshold": 1,
+    }
+
+
+def default_topology_spread(name: str) -> list[dict]:
+    """Spread members over nodes and zones; ScheduleAnyway so a one-node test cluster works."""
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": names.selector(name)},
+        }
+        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+    ]
+
+
+def node_command() -> list[str]:
+    return [
+        "graven",
+        "node",
+        "--id",
+        "$(POD_NAME)",
+        "--listen",
+        f"0.0.0.0:{names.PORT}",
+        "--data-dir",
+        names.DATA_DIR,
+        "--config",
+        f"{names.CONFIG_DIR}/{names.CONFIG_FILE}",
+    ]
+
+
+def _container(spec: ClusterSpec) -> dict:
+    container: dict[str, Any] = {
+        "name": "graven",
+        "image": spec.image,
+        "command": node_command(),
+        "env": [
+            {
+                "name": "POD_NAME",
+                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+            },
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+            },
+        ],
+        "ports": [{"name": names.PORT_NAME, "containerPort": names.PORT, "protocol": "TCP"}],
+        # Readiness is checked often: the operator's Available condition follows it.
+        "readinessProbe": _probe("/readyz", period=2, timeout=1, failures=2),
+        "livenessProbe": _probe("/healthz", period=10, timeout=2, failures=6),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": names.DATA_VOLUME, "mountPath": names.DATA_DIR},
+            {"name": "config", "mountPath": names.CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    if spec.resources:
+        container["resources"] = dict(spec.resources)
+    return container
+
+
+def _pod_spec(name: str, spec: ClusterSpec) -> dict:
+    pod: dict[str, Any] = {
+        # Members never talk to the Kubernetes API; no token means nothing to steal.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": names.RUN_AS_USER,
+            "runAsGroup": names.RUN_AS_USER,
+            "fsGroup": names.RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(spec)],
+        "volumes": [
+            {"name": "config", "configMap": {"name": names.config_map(name)}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+        "topologySpreadConstraints": [dict(c) for c in spec.topology_spread]
+        if spec.topology_spread is not None
+        else default_topology_spread(name),
+    }
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in spec.image_pull_secrets]
+    if spec.affinity:
+        pod["affinity"] = dict(spec.affinity)
+    if spec.tolerations:
+        pod["tolerations"] = [dict(t) for t in spec.tolerations]
+    return pod
+
+
+def _claim_template(name: str, spec: ClusterSpec) -> dict:
+    claim: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": spec.storage.size}},
+    }
+    if spec.storage.storage_class:
+        claim["storageClassName"] = spec.storage.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": names.DATA_VOLUME, "labels": names.selector(name)},
+        "spec": claim,
+    }
+
+
+def statefulset(
+    name: str, namespace: str, spec: ClusterSpec, cfg_hash: str, epoch: int = 0
+) -> dict:
+    meta = _meta(name, name, namespace, "member", spec)
+    # The running layout, readable even if the ConfigMap is lost (see topology.py).
+    meta["annotations"] = topology.annotations(spec.replicas, spec.quorums, epoch)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta,
+        "spec": {
+            "replicas": spec.replicas,
+            "serviceName": names.peers_service(name),
+            # Members of a consensus cluster have no start order; Parallel lets a fresh
+            # cluster reach a quorum without waiting for member 0 to become ready.
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": names.selector(name)},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": spec.storage.retention.when_deleted,
+                "whenScaled": spec.storage.retention.when_scaled,
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels(name, "member", spec),
+                    # A new configuration restarts the members (they read it at start-up).
+                    "annotations": {names.ANNOTATION_CONFIG_HASH: cfg_hash},
+                },
+                "spec": _pod_spec(name, spec),
+            },
+            "volumeClaimTemplates": [_claim_template(name, spec)],
+        },
+    }
+
+
+def pod_disruption_budget(name: str, namespace: str, tolerates: int) -> dict:
+    allowed = max(0, tolerates)
+    meta = _meta(name, name, namespace, "member")
+    meta["annotations"] = {names.ANNOTATION_TOLERATES: str(tolerates)}
+    if allowed == 0:
+        meta["annotations"][names.ANNOTATION_PDB_REASON] = (
+            "The quorum layout tolerates no member failure, so evicting any member would stop "
+            "decisions: voluntary evictions are blocked. Drain such nodes by hand, or choose a "
+            "layout that tolerates a failure."
+        )
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta,
+        "spec": {
+            "maxUnavailable": allowed,
+            "selector": {"matchLabels": names.selector(name)},
+            # A member that is already not ready counts as unavailable: evicting it costs
+            # nothing, and blocking it would wedge node drains behind a broken pod.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def service_monitor(name: str, namespace: str) -> dict:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _meta(name, name, namespace, "monitoring"),
+        "spec": {
+            # The peer service lists every member, ready or not: a member that is down must
+            # show up as a failed scrape (up == 0), not vanish from the targets.
+            "selector": {"matchLabels": {**names.selector(name), names.LABEL_COMPONENT: "peers"}},
+            "namespaceSelector": {"matchNames": [namespace]},
+            "endpoints": [{"port": names.PORT_NAME, "path": "/metrics", "interval": "30s"}],
+        },
+    }
+
+
+def prometheus_rule(name: str, namespace: str, replicas: int, tolerates: int) -> dict:
+    up = f'up{{namespace="{namespace}", job="{names.peers_service(name)}"}}'
+    down = f"count({up} == 0)"
+    where = f"{namespace}/{name}"
+    rules: list[dict[str, Any]] = [
+        {
+            "alert": "GravenMemberDown",
+            "expr": f"{up} == 0",
+            "for": "5m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": f"Graven member {{{{ $labels.pod }}}} of {where} is down",
+                "description": "Prometheus cannot scrape this member for 5 minutes.",
+            },
+        },
+        {
+            "alert": "GravenQuorumLost",
+            "expr": f"{down} > {max(0, tolerates)}",
+            "for": "1m",
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": f"Graven cluster {where} may have stopped deciding",
+                "description": (
+                    f"More members are down than the layout tolerates ({tolerates} of "
+                    f"{replicas}); no quorum may be left, so proposals can fail."
+                ),
+            },
+        },
+        {
+            "alert": "GravenMembersAbsent",
+            "expr": f"absent({up})",
+            "for": "10m",
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": f"No Graven member of {where} is being scraped",
+                "description": "The whole cluster is gone, or its ServiceMonitor stopped working.",
+            },
+        },
+    ]
+    if tolerates > 0:
+        rules.insert(
+            1,
+            {
+                "alert": "GravenQuorumAtRisk",
+                "expr": f"{down} >= {tolerates}",
+                "for": "5m",
+                "labels": {"severity": "warning"},
+                "annotations": {
+                    "summary": f"Graven cluster {where} has no failure margin left",
+                    "description": (
+                        f"{tolerates} member(s) down: one more failure may stop decisions."
+                    ),
+                },
+            },
+        )
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": _meta(name, name, namespace, "monitoring"),
+        "spec": {"groups": [{"name": f"graven.{namespace}.{name}", "rules": rules}]},
+    }
+
+
+def render_all(
+    name: str,
+    namespace: str,
+    spec: ClusterSpec,
+    tolerates: int,
+    caps: Capabilities = Capabilities(),
+    epoch: int = 0,
+) -> list[dict]:
+    """Every child object, in apply order (configuration and services before the pods)."""
+    cm = config_map(name, namespace, spec, epoch)
+    objs = [
+        cm,
+        peers_service(name, namespace),
+        client_service(name, namespace),
+        statefulset(name, namespace, spec, config_hash(cm["data"][names.CONFIG_FILE]), epoch),
+        pod_disruption_budget(name, namespace, tolerates),
+    ]
+    if spec.monitoring.service_monitor and caps.service_monitor:
+        objs.append(service_monitor(name, namespace))
+    if spec.monitoring.prometheus_rule and caps.prometheus_rule:
+        objs.append(prometheus_rule(name, namespace, spec.replicas, tolerates))
+    return objs
+
+
+def key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(apiVersion, kind, name): identifies a child within one cluster's namespace."""
+    return obj["apiVersion"], obj["kind"], obj["metadata"]["name"]

@@ -1,0 +1,224 @@
+"""The ConsensusCluster status: conditions, phase and per-member readiness (pure).
+
+Two kinds of facts meet here. A reconcile *outcome* (LayoutValid, and a Progressing verdict
+such as "reconfiguration refused") is sticky: it holds until the next reconcile. *Observed*
+health (Available, Degraded, members, the rollout) is recomputed on every refresh. One builder
+merges both so that concurrent writers cannot disagree about the phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import health
+from .health import MemberHealth
+from .layout import LayoutVerdict
+from .topology import Topology
+
+AVAILABLE = "Available"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+LAYOUT_VALID = "LayoutValid"
+CONDITION_ORDER = (AVAILABLE, PROGRESSING, DEGRADED, LAYOUT_VALID)
+
+PENDING, READY, DEGRADED_PHASE, RECONFIGURING, FAILED = (
+    "Pending",
+    "Ready",
+    "Degraded",
+    "Reconfiguring",  # reserved: declarative reconfiguration is not implemented yet
+    "Failed",
+)
+
+# Progressing reasons set by a reconcile; they stay until the next reconcile replaces them.
+REFUSED = "ReconfigurationNotSupported"
+LAYOUT_REJECTED = "LayoutRejected"
+PAUSED = "Paused"
+INVALID_SPEC = "InvalidSpec"
+APPLY_FAILED = "ApplyFailed"
+IMMUTABLE_CHANGED = "ImmutableFieldChanged"
+STICKY = {REFUSED, LAYOUT_REJECTED, PAUSED, INVALID_SPEC, APPLY_FAILED, IMMUTABLE_CHANGED}
+
+QUORUM_READY = "QuorumReady"
+QUORUM_NOT_READY = "QuorumNotReady"
+QUORUM_LOST = "QuorumLost"
+NOT_DEPLOYED = "NotDeployed"
+
+
+@dataclass(frozen=True)
+class Cond:
+    status: bool | None  # None: Unknown
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reconcile decided about the spec at ``generation``."""
+
+    generation: int
+    layout_valid: Cond
+    progressing: Cond | None = None  # None: follow the StatefulSet rollout
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a refresh saw in the cluster."""
+
+    spec_replicas: int
+    spec_layout: str
+    running: Topology | None = None
+    verdict: LayoutVerdict | None = None  # of the running layout
+    members: list[MemberHealth] = field(default_factory=list)
+    statefulset: Mapping[str, Any] | None = None
+
+
+def _status_text(value: bool | None) -> str:
+    return "Unknown" if value is None else ("True" if value else "False")
+
+
+def find(conditions: list[Mapping[str, Any]], kind: str) -> Mapping[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == kind), None)
+
+
+def set_condition(
+    conditions: list[dict[str, Any]], kind: str, cond: Cond, generation: int, now: str
+) -> list[dict[str, Any]]:
+    """Replace one condition; lastTransitionTime moves only when the status flips."""
+    old = find(conditions, kind)
+    status = _status_text(cond.status)
+    since = old["lastTransitionTime"] if old and old.get("status") == status else now
+    new = {
+        "type": kind,
+        "status": status,
+        "reason": cond.reason,
+        "message": cond.message,
+        "observedGeneration": generation,
+        "lastTransitionTime": since,
+    }
+    rest = [c for c in conditions if c.get("type") != kind]
+    merged = [*rest, new]
+    order = {k: i for i, k in enumerate(CONDITION_ORDER)}
+    return sorted(merged, key=lambda c: order.get(c.get("type", ""), len(order)))
+
+
+def rollout(sts: Mapping[str, Any] | None) -> Cond:
+    if sts is None:
+        return Cond(False, NOT_DEPLOYED, "no StatefulSet yet")
+    want = (sts.get("spec") or {}).get("replicas", 0)
+    st = sts.get("status")
+    if not st:
+        return Cond(True, "RollingOut", "waiting for the StatefulSet controller to report")
+    generation = (sts.get("metadata") or {}).get("generation", 0)
+    updated = st.get("updatedReplicas", 0)
+    current, update = st.get("currentRevision"), st.get("updateRevision")
+    if st.get("observedGeneration", 0) < generation:
+        return Cond(True, "RollingOut", "the StatefulSet controller has not seen the change")
+    if updated < want or (current and update and current != update):
+        return Cond(True, "RollingUpdate", f"{updated}/{want} members run the current template")
+    return Cond(False, "UpToDate", f"all {want} members run the current template")
+
+
+def _member_list(members: list[MemberHealth]) -> str:
+    return ", ".join(f"{m.name} ({m.reason})" for m in members)
+
+
+def _health(
+    prev: list[Mapping[str, Any]], obs: Observed
+) -> tuple[Cond, Cond, int, int]:  # (available, degraded, ready, total)
+    if obs.running is None or obs.verdict is None or obs.verdict.config is None:
+        none = Cond(False, NOT_DEPLOYED, "no member has been deployed")
+        return none, none, 0, obs.spec_replicas
+    members = obs.members
+    ready = [m for m in members if m.ready]
+    down = [m for m in members if not m.ready]
+    ok = health.available(obs.verdict.config, members)
+    previous = find(prev, AVAILABLE)
+    was_up = bool(
+        previous and (previous.get("status") == "True" or previous.get("reason") == QUORUM_LOST)
+    )
+    names_ready = "{" + ", ".join(m.name for m in ready) + "}"
+    if ok:
+        available = Cond(
+            True, QUORUM_READY, f"ready members {names_ready} hold a phase-1 and a phase-2 quorum"
+        )
+    else:
+        available = Cond(
+            False,
+            QUORUM_LOST if was_up else QUORUM_NOT_READY,
+            f"ready members {names_ready} hold no phase-1 and phase-2 quorum of "
+            f"{obs.verdict.summary}; not ready: {_member_list(down)}",
+        )
+    tolerates = obs.verdict.tolerates or 0
+    if not ok and was_up:
+        degraded = Cond(True, QUORUM_LOST, "quorum lost: the cluster cannot decide")
+    elif down and ok:
+        margin = max(0, tolerates - len(down))
+        degraded = Cond(
+            True,
+            "MembersNotReady",
+            f"{len(down)} of {len(members)} members not ready: {_member_list(down)}; "
+            f"{margin} more failure(s) tolerated",
+        )
+    elif down:
+        degraded = Cond(False, "Starting", f"waiting for members: {_member_list(down)}")
+    else:
+        degraded = Cond(False, "AllMembersReady", f"all {len(members)} members are ready")
+    return available, degraded, len(ready), len(members)
+
+
+def _phase(conditions: list[Mapping[str, Any]], deployed: bool) -> str:
+    def is_(kind: str, status: str) -> bool:
+        c = find(conditions, kind)
+        return bool(c and c.get("status") == status)
+
+    progressing = find(conditions, PROGRESSING) or {}
+    if not deployed:
+        if is_(LAYOUT_VALID, "False") or progressing.get("reason") == INVALID_SPEC:
+            return FAILED
+        return PENDING
+    if is_(AVAILABLE, "True"):
+        return DEGRADED_PHASE if is_(DEGRADED, "True") else READY
+    available = find(conditions, AVAILABLE) or {}
+    return DEGRADED_PHASE if available.get("reason") == QUORUM_LOST else PENDING
+
+
+def build(
+    prev: Mapping[str, Any] | None, obs: Observed, outcome: Outcome | None, now: str
+) -> dict[str, Any]:
+    prev = dict(prev or {})
+    conditions: list[dict[str, Any]] = [dict(c) for c in prev.get("conditions") or []]
+    generation = int(prev.get("observedGeneration") or 0)
+    if outcome is not None:
+        generation = outcome.generation
+        conditions = set_condition(conditions, LAYOUT_VALID, outcome.layout_valid, generation, now)
+    progressing = find(conditions, PROGRESSING)
+    if outcome is not None and outcome.progressing is not None:
+        conditions = set_condition(conditions, PROGRESSING, outcome.progressing, generation, now)
+    elif outcome is not None or progressing is None or progressing.get("reason") not in STICKY:
+        derived = rollout(obs.statefulset)
+        conditions = set_condition(conditions, PROGRESSING, derived, generation, now)
+
+    available, degraded, ready, total = _health(conditions, obs)
+    conditions = set_condition(conditions, AVAILABLE, available, generation, now)
+    conditions = set_condition(conditions, DEGRADED, degraded, generation, now)
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "phase": _phase(conditions, obs.running is not None),
+        "replicas": total,
+        "readyReplicas": ready,
+        "readyMembers": f"{ready}/{total}",
+        "layout": obs.verdict.summary if obs.verdict else obs.spec_layout,
+        "members": [m.to_status() for m in obs.members],
+        "conditions": conditions,
+    }
+    if obs.running is not None:
+        status["epoch"] = obs.running.epoch
+    if obs.verdict is not None and obs.verdict.tolerates is not None:
+        status["tolerates"] = obs.verdict.tolerates
+        status["layoutDetail"] = list(obs.verdict.detail)
+        if obs.verdict.fast_path_tolerates is not None:
+            status["fastPathTolerates"] = obs.verdict.fast_path_tolerates
+    return status

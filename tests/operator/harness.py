@@ -1,0 +1,151 @@
+"""Shared test harness: paths, the kubeconfig template, and the operator runner thread."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from apiclient import Api
+from emulator import Running
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / "consensusclusters.graven.dev.yaml"
+EXAMPLES = ROOT / "examples"
+NAMESPACE = "default"
+
+
+def load_crd() -> dict:
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+def crd_schema() -> dict:
+    return load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+@dataclass
+class Cluster:
+    server: Running
+    api: Api
+    kubeconfig: Path
+
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {{server: "{url}"}}
+users:
+- name: test
+  user: {{token: test-token}}
+contexts:
+- name: test
+  context: {{cluster: test, user: test, namespace: {namespace}}}
+current-context: test
+"""
+
+
+class OperatorRunner:
+    """The real operator (kopf.run) in its own thread and event loop."""
+
+    def __init__(self, peering: str | None = None, **options: object) -> None:
+        from graven.operator.reconcile import Options
+
+        defaults: dict[str, object] = {
+            "health_interval": 0.5,
+            "drift_interval": 1.5,
+            "capabilities_ttl": 0.0,
+        }
+        self.options = Options(**{**defaults, **options})  # type: ignore[arg-type]
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.reconciles = 0  # finished reconciles (handlers and drift timer), for tests to await
+        self.peering = peering
+
+    def _run(self) -> None:
+        import kopf
+
+        from graven.operator.handlers import register
+        from graven.operator.reconcile import Operator
+
+        runner = self
+
+        class CountingOperator(Operator):
+            async def reconcile(self, body):  # type: ignore[no-untyped-def]
+                try:
+                    return await super().reconcile(body)
+                finally:
+                    runner.reconciles += 1
+
+        registry = kopf.OperatorRegistry()
+        register(registry, CountingOperator(self.options))
+        try:
+            kopf.run(
+                registry=registry,
+                standalone=self.peering is None,
+                peering_name=self.peering,
+                clusterwide=True,
+                stop_flag=self._stop,
+                ready_flag=self._ready,
+            )
+        except BaseException as exc:
+            self.error = exc
+            self._ready.set()
+
+    def start(self) -> OperatorRunner:
+        self._thread = threading.Thread(target=self._run, name="operator", daemon=True)
+        self._thread.start()
+        assert self._ready.wait(20), "the operator did not start"
+        assert self.error is None, f"the operator failed: {self.error!r}"
+        return self
+
+    def wait_reconciles(self, count: int = 2, timeout: float = 20) -> None:
+        """Wait for ``count`` more reconciles: e.g. drift timer passes after a change."""
+        from apiclient import wait_for
+
+        target = self.reconciles + count
+        wait_for(lambda: self.reconciles >= target, timeout=timeout, what=f"{count} reconciles")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(20)
+            assert not self._thread.is_alive(), "the operator did not stop"
+
+
+def demo(**spec: object) -> dict:
+    doc = yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())
+    doc["metadata"]["namespace"] = NAMESPACE
+    doc["spec"].update(copy.deepcopy(spec))
+    return doc
+
+
+def monitoring_crd(kind: str, plural: str) -> dict:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }

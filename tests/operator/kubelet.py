@@ -1,0 +1,211 @@
+"""The test plays the StatefulSet controller and the kubelet (nothing else would run pods).
+
+From the live StatefulSet it makes what a cluster would: one Pod per ordinal carrying the
+template's labels, one PVC per member from the claim template, and the StatefulSet's status.
+Readiness is whatever the test says (or, end to end, what a real `graven node` answers).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from apiclient import Api
+
+
+class FakeKubelet:
+    def __init__(self, api: Api, namespace: str, name: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.name = name
+
+    def statefulset(self) -> dict:
+        sts = self.api.get("StatefulSet", self.namespace, self.name)
+        assert sts is not None, "no StatefulSet to run"
+        return sts
+
+    def pod_name(self, index: int) -> str:
+        return f"{self.name}-{index}"
+
+    def run(self, ready: Iterable[int] | None = None, ip: str = "127.0.0.1") -> None:
+        """Create the pods and claims; mark ``ready`` ordinals Ready (default: all)."""
+        sts = self.statefulset()
+        replicas = sts["spec"]["replicas"]
+        template = sts["spec"]["template"]
+        ready_set = set(range(replicas) if ready is None else ready)
+        for i in range(replicas):
+            self._ensure_claims(sts, i)
+            if self.api.get("Pod", self.namespace, self.pod_name(i)) is None:
+                self.api.create(self._pod(sts, template, i))
+            self.set_ready(i, i in ready_set, ip)
+        revision = f"{self.name}-{sts['metadata']['resourceVersion']}"
+        self.api.patch(
+            "StatefulSet",
+            self.namespace,
+            self.name,
+            {
+                "status": {
+                    "observedGeneration": sts["metadata"]["generation"],
+                    "replicas": replicas,
+                    "readyReplicas": len(ready_set),
+                    "updatedReplicas": replicas,
+                    "currentRevision": revision,
+                    "updateRevision": revision,
+                }
+            },
+            status=True,
+        )
+
+    def _pod(self, sts: dict, template: dict, index: int) -> dict:
+        meta = copy.deepcopy(template.get("metadata") or {})
+        meta.update(
+            name=self.pod_name(index),
+            namespace=self.namespace,
+            ownerReferences=[
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "StatefulSet",
+                    "name": self.name,
+                    "uid": sts["metadata"]["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        )
+        spec = copy.deepcopy(template["spec"])
+        spec["hostname"] = self.pod_name(index)
+        spec["subdomain"] = sts["spec"]["serviceName"]
+        spec["volumes"] = [
+            *spec.get("volumes", []),
+            {
+                "name": "data",
+                "persistentVolumeClaim": {"claimName": f"data-{self.pod_name(index)}"},
+            },
+        ]
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+    def _ensure_claims(self, sts: dict, index: int) -> None:
+        for claim in sts["spec"].get("volumeClaimTemplates") or []:
+            name = f"{claim['metadata']['name']}-{self.pod_name(index)}"
+            if self.api.get("PersistentVolumeClaim", self.namespace, name) is None:
+                meta = {**copy.deepcopy(claim["metadata"]), "name": name}
+                meta["namespace"] = self.namespace
+                self.api.create(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "metadata": meta,
+                        "spec": copy.deepcopy(claim["spec"]),
+                    }
+                )
+
+    def set_ready(self, index: int, ready: bool, ip: str = "127.0.0.1") -> None:
+        state = "True" if ready else "False"
+        status: dict[str, Any] = {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "ContainersReady", "status": state},
+                {"type": "Ready", "status": state},
+            ],
+        }
+        self.api.patch("Pod", self.namespace, self.pod_name(index), {"status": status}, True)
+
+
+class ProcessKubelet(FakeKubelet):
+    """Runs each member as a real `graven node` process from the rendered pod template.
+
+    Command, args and env come from the StatefulSet's template ($(VAR) expanded as the kubelet
+    does); each volume mount becomes a directory under ``root``; the ConfigMap's cluster.yaml
+    is written into the config mount with member URLs rewritten to 127.0.0.1 ports, and the
+    listen address moves to the member's port. Readiness is the template's readiness probe,
+    asked of the real process; ``sync()`` publishes it as the pod's Ready condition.
+    """
+
+    def __init__(self, api: Api, namespace: str, name: str, root: Path, ports: list[int]) -> None:
+        super().__init__(api, namespace, name)
+        self.root = root
+        self.ports = ports
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.ready: dict[int, bool] = {}
+
+    def _config(self, sts: dict) -> str:
+        volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+        cm_name = volumes["config"]["configMap"]["name"]
+        cm = self.api.get("ConfigMap", self.namespace, cm_name)
+        assert cm is not None, "the pods' ConfigMap does not exist"
+        doc = yaml.safe_load(cm["data"]["cluster.yaml"])
+        for i, member in enumerate(doc["members"]):
+            member["url"] = f"http://127.0.0.1:{self.ports[i]}"
+        return yaml.safe_dump(doc)
+
+    def start(self, index: int) -> None:
+        sts = self.statefulset()
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        env = {
+            e["name"]: self.pod_name(index)
+            if e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            else self.namespace
+            for e in container["env"]
+        }
+        mounts = {}
+        for mount in container["volumeMounts"]:
+            host = self.root / f"{self.pod_name(index)}-{mount['name']}"
+            host.mkdir(parents=True, exist_ok=True)
+            mounts[mount["mountPath"]] = host
+            if mount["name"] == "config":
+                (host / "cluster.yaml").write_text(self._config(sts))
+        port = container["ports"][0]["containerPort"]
+        argv = []
+        for arg in [*container["command"], *container.get("args", [])]:
+            arg = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
+            arg = arg.replace(f"0.0.0.0:{port}", f"127.0.0.1:{self.ports[index]}")
+            for path in sorted(mounts, key=len, reverse=True):  # the deepest mount wins
+                if arg == path or arg.startswith(path + "/"):
+                    arg = str(mounts[path]) + arg[len(path) :]
+                    break
+            argv.append(arg)
+        argv[0] = str(Path(sys.executable).with_name(argv[0]))  # the venv's `graven`
+        log = open(self.root / f"{self.pod_name(index)}.log", "ab")  # noqa: SIM115
+        self.procs[index] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self, index: int) -> None:
+        proc = self.procs.pop(index)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for index in list(self.procs):
+            self.kill(index)
+
+    def probe(self, index: int) -> bool:
+        sts = self.statefulset()
+        path = sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
+        if index not in self.procs:
+            return False
+        try:
+            url = f"http://127.0.0.1:{self.ports[index]}{path}"
+            with urllib.request.urlopen(url, timeout=1) as rsp:
+                return rsp.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def sync(self) -> dict[int, bool]:
+        """Probe every member and publish changed readiness; returns the readiness map."""
+        replicas = self.statefulset()["spec"]["replicas"]
+        for i in range(replicas):
+            ok = self.probe(i)
+            if self.ready.get(i) != ok:
+                self.set_ready(i, ok)
+                self.ready[i] = ok
+        return dict(self.ready)
