@@ -17,6 +17,11 @@ SUBCOMMANDS: dict[str, str] = {
     "simulate": "graven.node.cli_simulate",
     "node": "graven.node.cli_node",
     "operator": "graven.operator.cli",
+    "up": "graven.node.cli_up",
+    "propose": "graven.node.cli_client",
+    "get": "graven.node.cli_client",
+    "status": "graven.node.cli_client",
+    "bench": "graven.node.cli_bench",
 }
 
 

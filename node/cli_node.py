@@ -1,6 +1,7 @@
 """`graven node`: run one member's register service (what every pod runs).
 
-Contract: ``graven node --id ID --listen HOST:PORT --data-dir DIR --config FILE``. Prints
+Contract: ``graven node --id ID --listen HOST:PORT --data-dir DIR --config FILE`` (optional:
+``--attempt-timeout S``, ``--request-deadline S`` for the proposer gateway). Prints
 ``graven node NAME listening on http://HOST:PORT`` once serving; SIGTERM/SIGINT finish in-flight
 requests, close the store and exit 0; unusable input exits 2 with one line on stderr.
 """
@@ -13,6 +14,8 @@ import logging
 import sys
 
 from .clusterconfig import ConfigError, load
+from .server import decisions
+from .server.gateway_types import GatewayOptions
 from .server.main import ListenError, serve
 from .storage import RegisterStore, StoreError
 
@@ -31,6 +34,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve")
     parser.add_argument("--data-dir", required=True, metavar="DIR", help="register storage")
     parser.add_argument("--config", required=True, metavar="FILE", help="ClusterConfig YAML/JSON")
+    defaults = GatewayOptions()
+    parser.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=defaults.attempt_timeout,
+        metavar="S",
+        help=f"seconds before a proposal attempt moves on (default {defaults.attempt_timeout:g})",
+    )
+    parser.add_argument(
+        "--request-deadline",
+        type=float,
+        default=defaults.request_deadline,
+        metavar="S",
+        help=f"seconds a client request may take, then 504 (default {defaults.request_deadline:g})",
+    )
     parser.set_defaults(run=run)
 
 
@@ -57,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> None:
     host, port = parse_listen(args.listen)
     try:
+        options = GatewayOptions(
+            attempt_timeout=args.attempt_timeout, request_deadline=args.request_deadline
+        )
+    except ValueError as exc:
+        raise _Refused(str(exc)) from None
+    try:
         cfg = load(args.config)
     except ConfigError as exc:
         raise _Refused(str(exc)) from None
@@ -68,7 +92,9 @@ def _run(args: argparse.Namespace) -> None:
     except StoreError as exc:
         raise _Refused(str(exc)) from None
     try:
-        asyncio.run(serve(cfg, args.id, store, host, port))
+        asyncio.run(
+            serve(cfg, args.id, store, host, port, extensions=(decisions.extension(options),))
+        )
     except ListenError as exc:
         raise _Refused(str(exc)) from None
     finally:

@@ -141,11 +141,11 @@ class Proposer:
             if value is not None:
                 return self._decide(value, rs)
         if self.phase == READING:
+            if self._fenced_out():
+                return self._give_up("fenced")  # a write to rs could never reach a quorum
             choice = table.write_choice(self.config, self.knowledge, self.rs)
             if choice.ready:
                 return self._write(choice.value if choice.value is not None else own_value(self))
-            if self._fenced_out():
-                return self._give_up("fenced")
         elif (
             self.phase == WRITING
             and not reply.ok

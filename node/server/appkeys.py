@@ -10,8 +10,11 @@ from aiohttp import web
 from ..clusterconfig import ClusterConfig
 from ..storage import RegisterStore
 from .metrics import NodeMetrics
+from .reachability import Reachability
 
 CLUSTER = web.AppKey("cluster", ClusterConfig)
 NODE = web.AppKey("node", str)
 STORE = web.AppKey("store", RegisterStore)
 METRICS = web.AppKey("metrics", NodeMetrics)
+# Set by the proposer gateway: which members this node reaches (for /v1/cluster).
+REACHABILITY = web.AppKey("reachability", Reachability)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..clusterconfig import dump
-from .appkeys import CLUSTER, NODE, STORE
+from .appkeys import CLUSTER, NODE, REACHABILITY, STORE
 from .errors import error_response
 from .jsonio import json_response
 
@@ -29,16 +29,20 @@ async def readyz(request: web.Request) -> web.Response:
 async def cluster(request: web.Request) -> web.Response:
     app = request.app
     doc = dump(app[CLUSTER])
-    return json_response(
-        {
-            "cluster": doc["cluster"],
-            "epoch": doc["epoch"],
-            "members": doc["members"],
-            "layout": doc["quorums"],
-            "limits": doc["limits"],
-            "node": app[NODE],
-        }
-    )
+    out = {
+        "cluster": doc["cluster"],
+        "epoch": doc["epoch"],
+        "members": doc["members"],
+        "layout": doc["quorums"],
+        "limits": doc["limits"],
+        "node": app[NODE],
+    }
+    reach = app.get(REACHABILITY)
+    if reach is not None:  # the proposer gateway runs here: add this node's view of the members
+        for i, member in enumerate(out["members"]):
+            member["up"] = reach.is_up(i)
+        out["quorumMargin"] = reach.margin()
+    return json_response(out)
 
 
 def add_routes(app: web.Application) -> None:

@@ -8,38 +8,47 @@ still waits for a barrier: the state it reports may come from changes not yet du
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from aiohttp import web
 
 from ..protocol import acceptor
+from ..protocol.acceptor import Reply
+from ..storage import RegisterStore
 from .appkeys import CLUSTER, METRICS, STORE
 from .jsonio import json_response, read_json
+from .metrics import NodeMetrics
 from .overlay import Overlay
-from .validate import parse_fence, parse_keys_query, parse_read, parse_write
+from .validate import WriteItem, parse_fence, parse_keys_query, parse_read, parse_write
 from .wire import reply_to_json
 
 PREFIX = "/v1/registers"
 
 
-async def read_registers(request: web.Request) -> web.Response:
-    app = request.app
-    rs, keys = parse_read(await read_json(request), app[CLUSTER].limits)
-    store = app[STORE]
+def read_many(
+    store: RegisterStore, metrics: NodeMetrics, items: Sequence[tuple[str, int]]
+) -> tuple[list[Reply], asyncio.Future[None]]:
+    """P1a for each (key, rs); the replies may be sent once the future resolves (durable).
+
+    Shared by the HTTP handler and this node's own proposer (which skips HTTP for itself).
+    """
     view = Overlay(store)
     replies = []
-    for key in keys:
+    for key, rs in items:
         change, reply = acceptor.read(view.state(key), rs, store.global_fence)
         if change is not None:
             view.record(key, change)
-        replies.append(reply_to_json(key, reply))
-    await store.submit(view.changes)
-    app[METRICS].count("read", ok=len(keys))
-    return json_response({"replies": replies})
+        replies.append(reply)
+    durable = store.submit(view.changes)
+    metrics.count("read", ok=len(items))
+    return replies, durable
 
 
-async def write_registers(request: web.Request) -> web.Response:
-    app = request.app
-    items = parse_write(await read_json(request), app[CLUSTER].limits)
-    store = app[STORE]
+def write_many(
+    store: RegisterStore, metrics: NodeMetrics, items: Sequence[WriteItem]
+) -> tuple[list[Reply], asyncio.Future[None]]:
+    """P2a for each item, in order; send the replies only once the future resolves."""
     view = Overlay(store)
     replies = []
     refused = 0
@@ -50,10 +59,35 @@ async def write_registers(request: web.Request) -> web.Response:
         if change is not None:
             view.record(item.key, change)
         refused += not reply.ok
-        replies.append({"rs": item.rs, **reply_to_json(item.key, reply)})
-    await store.submit(view.changes)
-    app[METRICS].count("write", ok=len(items) - refused, refused=refused)
-    return json_response({"replies": replies})
+        replies.append(reply)
+    durable = store.submit(view.changes)
+    metrics.count("write", ok=len(items) - refused, refused=refused)
+    return replies, durable
+
+
+async def read_registers(request: web.Request) -> web.Response:
+    app = request.app
+    items = parse_read(await read_json(request), app[CLUSTER].limits)
+    replies, durable = read_many(app[STORE], app[METRICS], items)
+    await durable
+    return json_response(
+        {"replies": [reply_to_json(k, r) for (k, _), r in zip(items, replies, strict=True)]}
+    )
+
+
+async def write_registers(request: web.Request) -> web.Response:
+    app = request.app
+    items = parse_write(await read_json(request), app[CLUSTER].limits)
+    replies, durable = write_many(app[STORE], app[METRICS], items)
+    await durable
+    return json_response(
+        {
+            "replies": [
+                {"rs": item.rs, **reply_to_json(item.key, reply)}
+                for item, reply in zip(items, replies, strict=True)
+            ]
+        }
+    )
 
 
 async def fence_all(request: web.Request) -> web.Response:

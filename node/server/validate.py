@@ -83,11 +83,26 @@ def array(value: Any, where: str) -> list[Any]:
     return value
 
 
-def parse_read(body: Any, limits: Limits) -> tuple[int, list[str]]:
+def parse_read(body: Any, limits: Limits) -> list[tuple[str, int]]:
+    """``{"rs", "keys"}`` (one set for every key) or ``{"reads": [{"key", "rs"}]}``.
+
+    The second form lets a proposer gateway put phase-1 reads and peeks of many keys, each at
+    its own register set, into one request.
+    """
+    if isinstance(body, Mapping) and "reads" in body:
+        req = fields(body, "body", {"reads"})
+        items = []
+        for i, raw in enumerate(array(req["reads"], "reads")):
+            where = f"reads[{i}]"
+            item = fields(raw, where, {"key", "rs"})
+            items.append(
+                (key(item["key"], f"{where}.key", limits), register_set(item["rs"], f"{where}.rs"))
+            )
+        return items
     req = fields(body, "body", {"rs", "keys"})
     rs = register_set(req["rs"], "rs")
     keys = [key(k, f"keys[{i}]", limits) for i, k in enumerate(array(req["keys"], "keys"))]
-    return rs, keys
+    return [(k, rs) for k in keys]
 
 
 def parse_write(body: Any, limits: Limits) -> list[WriteItem]:

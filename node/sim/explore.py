@@ -161,12 +161,15 @@ def _successors(state: State) -> list[State]:
     return out
 
 
-def explore(config: Configuration, attempts: int = 1, max_states: int = 2_000_000) -> ExploreResult:
-    """Enumerate every reachable state of 2 proposers on one key; ``attempts`` retries each."""
+def explore(
+    config: Configuration, retries: tuple[int, int] = (1, 0), max_states: int = 2_000_000
+) -> ExploreResult:
+    """Enumerate every reachable state of 2 proposers on one key, proposer i retrying at most
+    ``retries[i]`` times (a retry is a timeout at any moment, or one after a refusal)."""
     inputs = ["A", "B"]
     proposers = [Proposer(config, slot, KEY) for slot in range(2)]
     state = State(
-        [acc.KeyState() for _ in range(config.n)], proposers, [attempts] * 2, [False, False]
+        [acc.KeyState() for _ in range(config.n)], proposers, list(retries), [False, False]
     )
     for p, prop in enumerate(proposers):
         _apply(state, p, prop.start(inputs[p]))

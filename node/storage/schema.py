@@ -4,6 +4,11 @@ Write-once is a property of the database itself, not only of the code in front o
 are added with a plain INSERT (a second write hits the primary key), and triggers refuse every
 UPDATE or DELETE of a register and every lowering of a fence. ``recursive_triggers`` is switched
 on for our connections so that ``INSERT OR REPLACE`` (a delete + insert) is refused as well.
+
+Format history: 1 = registers, fences, global fence. 2 adds ``proposer_floors`` (per key, the
+highest client-restricted register set this node's proposer ever used: it must never use a set
+at or below it again, even after a restart). A format-1 file is migrated in place at open, in
+one transaction; an older graven then refuses the file instead of ignoring the floors.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 
 from .errors import StoreError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Marks the file as ours in the SQLite header, so a foreign database is recognised as foreign.
 APPLICATION_ID = 0x47525645  # "GRVE"
 DB_NAME = "registers.sqlite3"
@@ -44,6 +49,19 @@ _DDL = (
     WHEN NEW.fence < OLD.fence
     BEGIN SELECT RAISE(ABORT, 'a fence is never lowered'); END""",
     "INSERT INTO global_fence(id, fence) VALUES (0, 0)",
+)
+
+# Added by format 2 (also run when migrating a format-1 file).
+_DDL_V2 = (
+    """CREATE TABLE proposer_floors(
+        key TEXT PRIMARY KEY,
+        rs  INTEGER NOT NULL CHECK (rs >= 0)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER proposer_floors_only_rise BEFORE UPDATE ON proposer_floors
+    WHEN NEW.rs < OLD.rs
+    BEGIN SELECT RAISE(ABORT, 'a used register set is never forgotten'); END""",
+    """CREATE TRIGGER proposer_floors_no_delete BEFORE DELETE ON proposer_floors
+    BEGIN SELECT RAISE(ABORT, 'a used register set is never forgotten'); END""",
 )
 
 
@@ -105,7 +123,7 @@ def _create_or_check(conn: sqlite3.Connection, path: Path, *, cluster: str, node
             f"{path} uses format {version}, newer than this graven reads ({FORMAT_VERSION}); "
             "upgrade graven"
         )
-    if int(version) != FORMAT_VERSION:
+    if int(version) not in (1, FORMAT_VERSION):
         raise StoreError(f"{path} uses unsupported format {version} (expected {FORMAT_VERSION})")
     if meta.get("cluster") != cluster:
         raise StoreError(
@@ -119,6 +137,8 @@ def _create_or_check(conn: sqlite3.Connection, path: Path, *, cluster: str, node
         )
     # WAL is a property of the file; re-assert in case someone switched it off by hand.
     conn.execute("PRAGMA journal_mode = WAL")
+    if int(version) == 1:
+        _migrate_v1(conn)  # only once the file is known to be this node's
 
 
 def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
@@ -138,13 +158,26 @@ def _create(conn: sqlite3.Connection, *, cluster: str, node: str) -> None:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in _DDL:
+        for statement in (*_DDL, *_DDL_V2):
             conn.execute(statement)
         conn.executemany(
             "INSERT INTO meta(name, value) VALUES (?, ?)",
             [("format", str(FORMAT_VERSION)), ("cluster", cluster), ("node", node)],
         )
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Format 1 -> 2: add the proposer floors; atomic, so a crash leaves format 1 intact."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _DDL_V2:
+            conn.execute(statement)
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'format'", (str(FORMAT_VERSION),))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -16,6 +16,7 @@ import asyncio
 import os
 import sqlite3
 import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,12 +24,16 @@ from ..protocol.acceptor import Change, KeyState, apply
 from .errors import StoreError
 from .lock import DirLock
 from .schema import DB_NAME, connect, open_db
-from .writer import CommitHook, CommitWriter, Op, Pending
+from .writer import CommitHook, CommitWriter, Op, Pending, UsedSet
 
 # Test-only switch that makes the store lie: acknowledge at submit and write later, without
 # fsync. The crash test uses it to prove that it notices lost acknowledged writes.
 UNSAFE_ENV = "GRAVEN_UNSAFE_ACK_BEFORE_SYNC"
 UNSAFE_DELAY = 0.2  # seconds an acknowledged batch waits before it is even written
+# Keys known to have no stored state, so repeated probes of them (a fresh key is read and
+# written several times per decision) do not each query SQLite; bounded so probing cannot
+# fill memory.
+ABSENT_CACHE = 8192
 
 
 class RegisterStore:
@@ -46,6 +51,12 @@ class RegisterStore:
         self._lock = lock
         self._reader = reader_conn
         self._cache: dict[str, KeyState] = {}
+        self._absent: OrderedDict[str, KeyState] = OrderedDict()
+        self._floors: dict[str, int] = {}  # proposer floors loaded or raised since start
+        # No floor on disk at open: then ``_floors`` holds every floor there is, no query needed.
+        self._floors_complete = (
+            reader_conn.execute("SELECT 1 FROM proposer_floors LIMIT 1").fetchone() is None
+        )
         self._global_fence: int = reader_conn.execute(
             "SELECT fence FROM global_fence WHERE id = 0"
         ).fetchone()[0]
@@ -94,9 +105,17 @@ class RegisterStore:
         """
         state = self._cache.get(key)
         if state is None:
+            state = self._absent.get(key)
+            if state is not None:
+                return state
             state = self._load(key)
             if state is None:
-                return KeyState()  # unknown keys are not cached: probing must not fill memory
+                # Unknown keys go to the bounded absent cache only: probing must not fill memory.
+                # Every change passes through submit(), which moves the key out of it.
+                state = self._absent[key] = KeyState()
+                if len(self._absent) > ABSENT_CACHE:
+                    self._absent.popitem(last=False)
+                return state
             self._cache[key] = state
         return state
 
@@ -141,6 +160,23 @@ class RegisterStore:
         ).fetchall()
         return [(key, self.get(key)) for (key,) in rows]
 
+    def used_floor(self, key: str) -> int:
+        """Highest restricted register set this node's proposer used for ``key`` (-1: none).
+
+        Includes raises submitted but not yet durable: a caller that sees such a floor only
+        goes higher, and nothing was sent with that set before it became durable.
+        """
+        floor = self._floors.get(key)
+        if floor is None and self._floors_complete:
+            return -1
+        if floor is None:
+            row = self._reader.execute(
+                "SELECT rs FROM proposer_floors WHERE key = ?", (key,)
+            ).fetchone()
+            floor = -1 if row is None else int(row[0])
+            self._floors[key] = floor
+        return floor
+
     def _load(self, key: str) -> KeyState | None:
         row = self._reader.execute("SELECT fence FROM fences WHERE key = ?", (key,)).fetchone()
         if row is None:
@@ -163,6 +199,17 @@ class RegisterStore:
         for (_, change), state in zip(changes, states, strict=True):
             apply(state, change)
         return self._enqueue(list(changes))
+
+    def record_used(self, key: str, rs: int) -> asyncio.Future[None]:
+        """Durably raise the key's proposer floor to ``rs``; resolves once durable.
+
+        The proposer must not send anything with set ``rs`` before this resolves.
+        """
+        self._check_usable()
+        if rs <= self.used_floor(key):
+            return self.barrier()  # an equal floor may still be on its way to the disk
+        self._floors[key] = rs
+        return self._enqueue([(key, UsedSet(rs))])
 
     def raise_global_fence(self, rs: int) -> asyncio.Future[None]:
         """Fence every key, present and future, below ``rs``; resolves once durable."""
@@ -208,9 +255,11 @@ class RegisterStore:
         new: dict[str, KeyState] = {}
         planned: set[tuple[str, int]] = set()
         for key, change in changes:
-            state = self._cache.get(key) or new.get(key) or self._load(key)
+            state = self._cache.get(key) or new.get(key)
+            if state is None and key not in self._absent:
+                state = self._load(key)
             if state is None:
-                state = new[key] = KeyState()
+                state = new[key] = self._absent.get(key) or KeyState()
             rs = change.register_set
             if rs is not None:
                 if rs in state.values or (key, rs) in planned:
@@ -220,6 +269,7 @@ class RegisterStore:
         # only now (nothing can fail any more) do loaded and new keys enter the cache
         for key, state in zip((k for k, _ in changes), states, strict=True):
             self._cache.setdefault(key, state)
+            self._absent.pop(key, None)
         self._stored_keys += len(new)
         return states
 

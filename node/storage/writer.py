@@ -22,8 +22,16 @@ from .errors import StoreError
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True, slots=True)
+class UsedSet:
+    """This node's proposer used client-restricted register set ``rs`` for the key."""
+
+    rs: int
+
+
 # key None marks a change of the global fence (all keys, present and future)
-Op = tuple[str | None, Change]
+Op = tuple[str | None, Change | UsedSet]
 
 _UPSERT_FENCE = (
     "INSERT INTO fences(key, fence) VALUES (?, ?) "
@@ -31,6 +39,10 @@ _UPSERT_FENCE = (
 )
 _INSERT_REGISTER = "INSERT INTO registers(key, rs, value) VALUES (?, ?, ?)"  # never an upsert
 _RAISE_GLOBAL = "UPDATE global_fence SET fence = MAX(fence, ?) WHERE id = 0"
+_RAISE_FLOOR = (
+    "INSERT INTO proposer_floors(key, rs) VALUES (?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET rs = MAX(rs, excluded.rs)"
+)
 
 
 @dataclass(slots=True)
@@ -118,15 +130,18 @@ class CommitWriter:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            fences = [(key, ch.fence) for key, ch in ops if key is not None]
+            floors = [(key, op.rs) for key, op in ops if isinstance(op, UsedSet)]
+            changes = [(key, ch) for key, ch in ops if isinstance(ch, Change)]
+            fences = [(key, ch.fence) for key, ch in changes if key is not None]
             registers = [
                 (key, ch.register_set, ch.value)
-                for key, ch in ops
+                for key, ch in changes
                 if key is not None and ch.register_set is not None
             ]
-            global_fence = max((ch.fence for key, ch in ops if key is None), default=None)
+            global_fence = max((ch.fence for key, ch in changes if key is None), default=None)
             conn.executemany(_UPSERT_FENCE, fences)
             conn.executemany(_INSERT_REGISTER, registers)
+            conn.executemany(_RAISE_FLOOR, floors)
             if global_fence is not None:
                 conn.execute(_RAISE_GLOBAL, (global_fence,))
             conn.execute("COMMIT")  # with synchronous=FULL this is the fsync

@@ -1,0 +1,189 @@
+"""Driving one sans-I/O Proposer over the peer channels until it decides.
+
+Every outside event (a reply, a failed message, a durable floor, a timer) goes through one
+queue, so the proposer sees events one at a time and never from a callback's stack. Timers: the
+attempt timer (each register set gets ``attempt_timeout``), jittered exponential backoff after a
+conflict, and the request deadline. The driver also watches reachability: when the members still
+able to answer cannot complete the current attempt it moves on at once, and when they cannot
+form the layout's quorums at all it gives up with ``QuorumUnreachable`` (503) rather than wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+
+from ..protocol.acceptor import Reply
+from ..protocol.config import Configuration
+from ..protocol.proposer import (
+    READING,
+    WRITING,
+    Action,
+    Backoff,
+    Decide,
+    Persist,
+    Proposer,
+    Read,
+    Send,
+)
+from ..protocol.quorums import Mask
+from ..storage import RegisterStore
+from .gateway_types import DeadlineExceeded, GatewayOptions, QuorumUnreachable
+from .peers import READ, WRITE, Channel, PeerUnavailable
+from .reachability import Reachability
+
+MAX_EVENTS = 100_000  # a bound; the deadline ends a proposal long before
+
+Event = tuple[str, int, object]  # (kind, member or attempt or rs, payload)
+
+
+class Driver:
+    def __init__(
+        self,
+        proposer: Proposer,
+        channels: Sequence[Channel],
+        store: RegisterStore,
+        reach: Reachability,
+        options: GatewayOptions,
+        deadline: float,
+    ) -> None:
+        self.p = proposer
+        self.layout: Configuration = proposer.config
+        self._channels = channels
+        self._store = store
+        self._reach = reach
+        self._options = options
+        self._deadline = deadline  # loop time
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._pending: list[asyncio.Future[object]] = []
+        self._timers: list[asyncio.TimerHandle] = []
+        self._failed: Mask = 0  # members whose messages failed during this proposal
+        self._armed = 0  # attempt whose timer is set
+        self._backoffs = 0
+        self.decision: Decide | None = None
+
+    async def run(self, value: str) -> Decide:
+        self._timers.append(self._loop.call_at(self._deadline, self._put, ("deadline", 0, None)))
+        try:
+            self._check_reachable()
+            self._apply(self.p.start(value))
+            for _ in range(MAX_EVENTS):
+                if self.decision is not None:
+                    return self.decision
+                kind, num, payload = await self._events.get()
+                if kind == "deadline":
+                    raise DeadlineExceeded(
+                        f"no decision within the request deadline; {self._progress()}"
+                    )
+                self._apply(self._handle(kind, num, payload))
+                if self.decision is None:
+                    self._check_progress()
+            raise DeadlineExceeded("too many events without a decision")
+        finally:
+            for timer in self._timers:
+                timer.cancel()
+            for future in self._pending:
+                future.cancel()  # queued messages of this proposal are then never sent
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _put(self, event: Event) -> None:
+        self._events.put_nowait(event)
+
+    def _handle(self, kind: str, num: int, payload: object) -> list[Action]:
+        if kind == "reply":
+            assert isinstance(payload, Reply)
+            return self.p.on_reply(num, payload)
+        if kind == "failed":
+            self._failed |= 1 << num
+            return []
+        if kind == "persisted":
+            return self.p.on_persisted(num)
+        if kind == "persist_failed":
+            assert isinstance(payload, BaseException)
+            raise payload
+        if kind == "timeout":
+            return self.p.on_timeout(num)
+        raise AssertionError(f"unknown event {kind}")
+
+    def _on_message(self, member: int, future: asyncio.Future[Reply]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            self._put(("reply", member, future.result()))
+        elif isinstance(exc, PeerUnavailable):
+            self._put(("failed", member, exc))
+        else:
+            self._put(("failed", member, exc))
+
+    def _on_persisted(self, rs: int, future: asyncio.Future[None]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        self._put(("persisted", rs, None) if exc is None else ("persist_failed", rs, exc))
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                msg = action.message
+                channel = self._channels[action.server]
+                if isinstance(msg, Read):
+                    future = channel.send(READ, msg.key, msg.rs)
+                else:
+                    future = channel.send(WRITE, msg.key, msg.rs, msg.value)
+                future.add_done_callback(lambda f, m=action.server: self._on_message(m, f))
+                self._pending.append(future)  # type: ignore[arg-type]
+            elif isinstance(action, Persist):
+                durable = self._store.record_used(action.key, action.rs)
+                durable.add_done_callback(lambda f, rs=action.rs: self._on_persisted(rs, f))
+            elif isinstance(action, Backoff):
+                self._backoffs += 1
+                delay = min(
+                    self._options.backoff_first * (2 ** (self._backoffs - 1)),
+                    self._options.backoff_max,
+                )
+                self._later(delay * random.uniform(0.5, 1.0), action.attempt)
+            elif isinstance(action, Decide):
+                self.decision = action
+        if self.p.attempt != self._armed:
+            self._armed = self.p.attempt
+            self._later(self._options.attempt_timeout, self._armed)
+
+    def _later(self, delay: float, attempt: int) -> None:
+        self._timers.append(self._loop.call_later(delay, self._put, ("timeout", attempt, None)))
+
+    # -- reachability ---------------------------------------------------------------------------
+
+    def _possible(self) -> Mask:
+        """Members that may still answer this proposal."""
+        return self._reach.up_mask & ~self._failed & self.layout.members
+
+    def _check_reachable(self) -> None:
+        possible = self._possible()
+        if not self._reach.can_decide(possible):
+            raise QuorumUnreachable(self._reach.describe(self.layout.members & ~possible))
+
+    def _check_progress(self) -> None:
+        self._check_reachable()
+        possible = self._possible()
+        seg = self.layout.segment_of(self.p.rs) if self.p.rs >= 0 else None
+        stuck = seg is not None and (
+            (self.p.phase == READING and not seg.phase1.is_quorum(possible))
+            or (self.p.phase == WRITING and not seg.phase2.is_quorum(possible))
+        )
+        if stuck:
+            # The current register set cannot complete without the missing members: do not
+            # wait for the attempt timer, move to the next set (the last segment is reachable).
+            self._apply(self.p.on_timeout(self.p.attempt))
+
+    def _progress(self) -> str:
+        missing = self.layout.members & ~self._possible()
+        where = f"attempt {self.p.attempt} ({self.p.phase} register set {self.p.rs})"
+        if missing:
+            return f"{where}; unreachable: {self._reach.describe(missing)}"
+        return where

@@ -1,0 +1,43 @@
+"""Options and failure outcomes shared by the proposer runtime and the client API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayOptions:
+    attempt_timeout: float = 1.0  # seconds before an attempt (one register set) is given up
+    request_deadline: float = 5.0  # seconds a client request may take in all (then 504)
+    backoff_first: float = 0.005  # first retry delay after a conflict; doubles, jittered
+    backoff_max: float = 0.25
+    max_in_flight_per_member: int = 3  # concurrent batched requests to one acceptor
+    cache_bytes: int = 64 << 20  # decided values kept in memory
+
+    def __post_init__(self) -> None:
+        if not 0 < self.attempt_timeout <= 60:
+            raise ValueError(f"attempt timeout must be in (0, 60] seconds: {self.attempt_timeout}")
+        if not 0 < self.request_deadline <= 600:
+            raise ValueError(
+                f"request deadline must be in (0, 600] seconds: {self.request_deadline}"
+            )
+        if not 1 <= self.max_in_flight_per_member <= 64:
+            raise ValueError("max in-flight requests per member must be in 1..64")
+
+
+class QuorumUnreachable(Exception):
+    """Too few members answer to form a phase-1 and a phase-2 quorum (503)."""
+
+    def __init__(self, unreachable: str) -> None:
+        super().__init__(
+            f"quorum unreachable: this node cannot reach enough members to decide; "
+            f"unreachable: {unreachable or 'none reported'}"
+        )
+
+
+class DeadlineExceeded(Exception):
+    """The request deadline passed before a decision (504); the outcome is unknown."""
+
+
+class NoProposerSlot(Exception):
+    """This member has no proposer slot in the layout (``proposers`` < members)."""
