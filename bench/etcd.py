@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,11 +20,12 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from ports import free_block
 from procstat import stop_popen
 
 HOST = "127.0.0.1"
 APT_PACKAGES = ("etcd-server", "etcd-client")
-DEFAULT_BASE_PORT = 42379  # member i: client base+10*i, peer base+10*i+1
+DEFAULT_BASE_PORT = 23790  # member i: client base+10*i, peer base+10*i+1
 HEALTH_TIMEOUT_S = 30.0
 
 
@@ -55,24 +55,9 @@ def etcd_version(binary: str) -> str:
     return first.replace("etcd Version:", "etcd").strip()
 
 
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_base_port(members: int, start: int = DEFAULT_BASE_PORT, tries: int = 20) -> int:
-    """First block of ports (step 1000) where every client and peer port is free."""
-    for attempt in range(tries):
-        base = start + 1000 * attempt
-        ports = [base + 10 * i + off for i in range(members) for off in (0, 1)]
-        if all(port_free(p) for p in ports):
-            return base
-    raise EtcdError(f"no free port block for {members} etcd members from {start}")
+def pick_base_port(members: int) -> int:
+    """A base port whose client and peer ports (base + 10*i, +1) are all free."""
+    return free_block(DEFAULT_BASE_PORT, 10 * members, 100)
 
 
 class EtcdCluster:
@@ -137,7 +122,10 @@ class EtcdCluster:
             with log:
                 self.procs.append(
                     subprocess.Popen(
-                        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
                         start_new_session=True,
                     )
                 )

@@ -23,6 +23,7 @@ from .clientcore import (
     ClientError,
     Decision,
     Router,
+    UnavailableError,
     decision_path,
     decode,
     proposal_body,
@@ -105,8 +106,10 @@ class AsyncClient:
                 return
             try:
                 await self.cluster()
+            except UnavailableError:
+                pass  # nobody answers: the request will say so; learn on the next one
             except ClientError:
-                self.router.learned = True
+                self.router.learned = True  # no usable /v1/cluster: failover without routing
 
     async def _call(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,7 +96,20 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
     hint = "graven propose hello world"
     if data_dir.resolve() != Path(lc.DEFAULT_DATA_DIR).resolve():
         hint += f" --data-dir {shlex.quote(str(data_dir))}"
+    hint += _path_note()
     return Supervisor(cfg, data_dir, config_path, hint, resumed=previous is not None), lock
+
+
+def _path_note() -> str:
+    """`make up` runs .venv/bin/graven; say so when a bare `graven` would not be found."""
+    script = Path(sys.executable).parent / "graven"
+    if shutil.which("graven") is not None or not script.exists():
+        return ""
+    try:
+        shown = script.relative_to(Path.cwd())
+    except ValueError:
+        shown = script
+    return f"\n     (graven is not on your PATH: run {shown}, or activate its virtualenv)"
 
 
 def _check_not_running(data_dir: Path) -> None:

@@ -75,11 +75,11 @@ class Client:
         doc = self._call("PUT", path, body, key=key, via=via)
         return to_decision(doc, key)
 
-    def get(self, key: str, wait: float | None = None) -> str | None:
+    def get(self, key: str, wait: float | None = None, *, via: str | None = None) -> str | None:
         """The decided value, or None when nothing is decided (after ``wait`` seconds)."""
         path = decision_path(key) + wait_query(wait)
         try:
-            doc = self._call("GET", path, None, key=key, extra=wait or 0.0)
+            doc = self._call("GET", path, None, key=key, via=via, extra=wait or 0.0)
         except ClientError as exc:
             if exc.status == 404 and exc.code == "not_decided":
                 return None
@@ -155,8 +155,10 @@ class Client:
     def _learn(self) -> None:
         try:
             self.cluster()
+        except UnavailableError:
+            pass  # nobody answers: the request will say so; learn on the next one
         except ClientError:
-            self.router.learned = True  # route without the layout; the request reports errors
+            self.router.learned = True  # no usable /v1/cluster: failover without routing
 
     def _exchange(
         self, index: int, method: str, path: str, body: bytes | None, timeout: float

@@ -99,7 +99,9 @@ class Supervisor:
         self._stop.set()
 
     def _say(self, text: str, err: bool = False) -> None:
-        print(text, file=self.err if err else self.out, flush=True)
+        # a closed terminal must not stop the clean-up that follows a message
+        with contextlib.suppress(OSError, ValueError):
+            print(text, file=self.err if err else self.out, flush=True)
 
     # -- start ------------------------------------------------------------------------------
 

@@ -43,10 +43,10 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.background.instant_exit_timeout = 5.0
 
 
-def _post(body: Mapping[str, Any], events: Iterable[Event], previous_reason: str | None) -> None:
+def _post(body: Mapping[str, Any], events: Iterable[Event], repeat_sticky: bool = True) -> None:
     meta = body["metadata"]
     for event in events:
-        if event.sticky and event.reason == previous_reason:
+        if event.sticky and not repeat_sticky:
             continue
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         level = logging.WARNING if event.type == "Warning" else logging.INFO
@@ -81,23 +81,36 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     async def cleanup(**_: Any) -> None:
         await op.close()
 
-    async def reconcile_and_report(body: kopf.Body, announce_all: bool) -> None:
-        meta = body["metadata"]
-        try:
-            outcome, events = await op.reconcile(body)
-        except ApiError as exc:
-            raise _temporary(exc) from exc
-        _post(body, events, None if announce_all else _progressing_reason(body))
-        try:
-            await op.refresh(meta["namespace"], meta["name"], outcome)
-        except ApiError as exc:
-            raise _temporary(exc) from exc
+    async def reconcile_and_report(body: Mapping[str, Any], from_timer: bool) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        # One reconcile per cluster at a time, and none while its status is being written:
+        # a drift pass must never apply an older spec after a change handler applied a newer.
+        async with op.lock(namespace, name):
+            try:
+                if from_timer:
+                    fresh = await op.current(namespace, name)
+                    if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                        return
+                    observed = (fresh.get("status") or {}).get("observedGeneration")
+                    if observed != fresh["metadata"].get("generation"):
+                        return  # a change handler has this generation in hand
+                    body = fresh
+                outcome, events = await op.reconcile(body)
+                # A lasting verdict (refusal, rejected layout) is announced when it starts;
+                # the drift timer reaching the same verdict again stays quiet.
+                same = outcome.progressing is not None and (
+                    outcome.progressing.reason == _progressing_reason(body)
+                )
+                _post(body, events, repeat_sticky=not from_timer or not same)
+                await op.write_status(namespace, name, outcome)
+            except ApiError as exc:
+                raise _temporary(exc) from exc
 
     @kopf.on.resume(**RESOURCE, registry=registry, id="reconcile")
     @kopf.on.create(**RESOURCE, registry=registry, id="reconcile")
     @kopf.on.update(**RESOURCE, registry=registry, id="reconcile")
     async def on_change(body: kopf.Body, **_: Any) -> None:
-        await reconcile_and_report(body, announce_all=True)
+        await reconcile_and_report(body, from_timer=False)
 
     @kopf.timer(
         **RESOURCE,
@@ -107,10 +120,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         initial_delay=op.options.drift_interval,
     )
     async def drift(body: kopf.Body, **_: Any) -> None:
-        observed = (body.get("status") or {}).get("observedGeneration")
-        if observed != body["metadata"].get("generation"):
-            return  # a change handler has not finished with this generation; leave it to it
-        await reconcile_and_report(body, announce_all=False)
+        await reconcile_and_report(body, from_timer=True)
 
     @kopf.timer(**RESOURCE, registry=registry, id="health", interval=op.options.health_interval)
     async def health(body: kopf.Body, **_: Any) -> None:
@@ -126,4 +136,4 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
             events = await op.cleanup(body)
         except ApiError as exc:
             raise _temporary(exc) from exc
-        _post(body, events, None)
+        _post(body, events)

@@ -342,17 +342,27 @@ class Operator:
     ) -> dict | None:
         """Recompute and write the status (only if it changed). Serialised per cluster."""
         async with self.lock(namespace, name):
-            url = path(names.KIND, namespace, name)
-            cr = await self.kube.get(url)
-            if cr is None or cr["metadata"].get("deletionTimestamp"):
-                return None
-            observed = await self.observe(name, namespace, cr.get("spec") or {})
-            old = cr.get("status") or {}
-            new = status.build(old, observed, outcome, _now())
-            if new != old:
-                patch = {"status": {**dict.fromkeys(old), **new}}  # null drops stale keys
-                await self.kube.patch(f"{url}/status", patch)
-            return new
+            return await self.write_status(namespace, name, outcome)
+
+    async def write_status(
+        self, namespace: str, name: str, outcome: status.Outcome | None = None
+    ) -> dict | None:
+        """``refresh`` for a caller that already holds ``lock(namespace, name)``."""
+        url = path(names.KIND, namespace, name)
+        cr = await self.kube.get(url)
+        if cr is None or cr["metadata"].get("deletionTimestamp"):
+            return None
+        observed = await self.observe(name, namespace, cr.get("spec") or {})
+        old = cr.get("status") or {}
+        new = status.build(old, observed, outcome, _now())
+        if new != old:
+            patch = {"status": {**dict.fromkeys(old), **new}}  # null drops stale keys
+            await self.kube.patch(f"{url}/status", patch)
+        return new
+
+    async def current(self, namespace: str, name: str) -> dict | None:
+        """The cluster object as stored now (timers get a body that may be outdated)."""
+        return await self.kube.get(path(names.KIND, namespace, name))
 
     # ------------------------------------------------------------------ deletion
 

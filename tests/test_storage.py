@@ -16,7 +16,7 @@ import pytest
 from graven.node.protocol import acceptor
 from graven.node.protocol.acceptor import Change, KeyState
 from graven.node.storage import RegisterStore, StoreError
-from graven.node.storage.schema import DB_NAME, connect
+from graven.node.storage.schema import DB_NAME, FORMAT_VERSION, connect
 
 CLUSTER, NODE = "demo", "demo-0"
 
@@ -213,12 +213,66 @@ async def test_stats(data_dir: Path) -> None:
 
 def test_refuses_a_newer_format(data_dir: Path) -> None:
     open_store(data_dir).close()
+    newer = FORMAT_VERSION + 1
     conn = sqlite3.connect(data_dir / DB_NAME)
     with conn:
-        conn.execute("UPDATE meta SET value = '2' WHERE name = 'format'")
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'format'", (str(newer),))
     conn.close()
-    with pytest.raises(StoreError, match=r"format 2, newer than this graven reads \(1\)"):
+    with pytest.raises(
+        StoreError, match=rf"format {newer}, newer than this graven reads \({FORMAT_VERSION}\)"
+    ):
         open_store(data_dir)
+
+
+async def test_proposer_floors_survive_a_restart_and_only_rise(data_dir: Path) -> None:
+    store = open_store(data_dir)
+    assert store.used_floor("k") == -1
+    await store.record_used("k", 4)
+    await store.record_used("k", 2)  # lower: no change, still resolves
+    assert store.used_floor("k") == 4
+    store.close()
+    store = open_store(data_dir)
+    try:
+        assert store.used_floor("k") == 4
+        assert store.used_floor("other") == -1
+    finally:
+        store.close()
+    conn = connect(data_dir / DB_NAME)
+    try:
+        for statement in (
+            "UPDATE proposer_floors SET rs = 1 WHERE key = 'k'",
+            "DELETE FROM proposer_floors",
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match="never forgotten"):
+                conn.execute(statement)
+    finally:
+        conn.close()
+
+
+async def test_format_1_file_is_migrated_in_place(data_dir: Path) -> None:
+    store = open_store(data_dir)
+    assert (await write(store, "a", 3, "x")).ok
+    store.close()
+    conn = sqlite3.connect(data_dir / DB_NAME)  # turn it back into what format 1 looked like
+    with conn:
+        conn.execute("DROP TABLE proposer_floors")
+        conn.execute("UPDATE meta SET value = '1' WHERE name = 'format'")
+    conn.close()
+    store = open_store(data_dir)
+    try:
+        assert store.get("a") == KeyState(3, {3: "x"})
+        assert store.used_floor("a") == -1
+        await store.record_used("a", 7)
+    finally:
+        store.close()
+    conn = sqlite3.connect(data_dir / DB_NAME)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()[0] == str(
+            FORMAT_VERSION
+        )
+        assert conn.execute("SELECT rs FROM proposer_floors WHERE key = 'a'").fetchone()[0] == 7
+    finally:
+        conn.close()
 
 
 def test_refuses_a_garbage_file(data_dir: Path) -> None:

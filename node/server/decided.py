@@ -18,7 +18,7 @@ class DecidedCache:
         self._max_bytes = max_bytes
         self._values: OrderedDict[str, str] = OrderedDict()
         self._bytes = 0
-        self._waiters: dict[str, set[asyncio.Future[str]]] = {}
+        self._waiters: dict[str, set[asyncio.Future[str | None]]] = {}
 
     def __len__(self) -> int:
         return len(self._values)
@@ -45,7 +45,7 @@ class DecidedCache:
         value = self.get(key)
         if value is not None or timeout <= 0:
             return value
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(key, set())
         waiters.add(waiter)
         try:
@@ -56,6 +56,14 @@ class DecidedCache:
             waiters.discard(waiter)
             if not waiters and self._waiters.get(key) is waiters:
                 del self._waiters[key]
+
+    def release_waiters(self) -> None:
+        """Answer every waiter with None now (the node is shutting down)."""
+        waiters, self._waiters = self._waiters, {}
+        for group in waiters.values():
+            for waiter in group:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _evict(self) -> None:
         while self._bytes > self._max_bytes and self._values:

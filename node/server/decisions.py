@@ -184,10 +184,14 @@ def extension(options: GatewayOptions | None = None) -> Extension:
         async def start(_: web.Application) -> None:
             await rt.start()
 
+        async def end_polls(_: web.Application) -> None:
+            rt.shutdown()
+
         async def stop(_: web.Application) -> None:
             await rt.close()
 
         app.on_startup.append(start)
+        app.on_shutdown.append(end_polls)  # before aiohttp waits for in-flight requests
         app.on_cleanup.append(stop)
         app.router.add_put(PREFIX + "/{key:.+}", put_decision)
         app.router.add_get(PREFIX + "/{key:.+}", get_decision)

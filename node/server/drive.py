@@ -30,7 +30,7 @@ from ..protocol.proposer import (
 from ..protocol.quorums import Mask
 from ..storage import RegisterStore
 from .gateway_types import DeadlineExceeded, GatewayOptions, QuorumUnreachable
-from .peers import READ, WRITE, Channel, PeerUnavailable
+from .peers import READ, WRITE, Channel
 from .reachability import Reachability
 
 MAX_EVENTS = 100_000  # a bound; the deadline ends a proposal long before
@@ -114,9 +114,7 @@ class Driver:
         exc = future.exception()
         if exc is None:
             self._put(("reply", member, future.result()))
-        elif isinstance(exc, PeerUnavailable):
-            self._put(("failed", member, exc))
-        else:
+        else:  # PeerUnavailable: the member is down or refused the request
             self._put(("failed", member, exc))
 
     def _on_persisted(self, rs: int, future: asyncio.Future[None]) -> None:

@@ -24,6 +24,15 @@ class GatewayOptions:
         if not 1 <= self.max_in_flight_per_member <= 64:
             raise ValueError("max in-flight requests per member must be in 1..64")
 
+    @property
+    def rpc_timeout(self) -> float:
+        """How long one request to an acceptor may take before the member counts as down.
+
+        Longer than an attempt, so a slow (overloaded) member is not declared down at once,
+        but well within the deadline, so lost members still give 503 rather than 504.
+        """
+        return min(2 * self.attempt_timeout, self.request_deadline / 2)
+
 
 class QuorumUnreachable(Exception):
     """Too few members answer to form a phase-1 and a phase-2 quorum (503)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import random
 import time
 from collections import deque
@@ -36,6 +37,7 @@ from .wire import reply_from_json
 READ, WRITE = "read", "write"
 MAX_BATCH_ITEMS = 1000  # the peer API takes up to 10000; smaller requests keep latency even
 ITEM_OVERHEAD = 64  # JSON punctuation and the rs per item, for the batch size estimate
+_STALE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE})  # a pooled connection gone stale
 PROBE_FIRST, PROBE_MAX = 0.1, 1.0  # seconds between probes of a down member (doubling)
 MAX_PROBES = 10_000_000  # a bound only; after it the member is simply tried again
 
@@ -88,15 +90,16 @@ class HttpTransport:
         else:
             body = {"writes": [{"key": i.key, "rs": i.rs, "value": i.value} for i in items]}
         data = orjson.dumps(body)
-        for retry in (True, False):
-            try:
-                return await self._post(kind, data, len(items))
-            except aiohttp.ServerDisconnectedError:
-                # A pooled keep-alive connection the peer closed (e.g. it restarted): one more
-                # try on a fresh connection. Reads and writes are idempotent.
-                if not retry:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return await self._post(kind, data, len(items))
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError) or (
+                isinstance(exc, aiohttp.ClientOSError) and exc.errno not in _STALE_ERRNOS
+            ):
+                raise
+            # Most likely a pooled keep-alive connection the peer closed (it restarted): one
+            # more try, on a fresh connection. Reads and writes are idempotent.
+            return await self._post(kind, data, len(items))
 
     async def _post(self, kind: str, data: bytes, count: int) -> list[Reply]:
         async with self._session.post(

@@ -91,6 +91,7 @@ class ProposerRuntime:
         self._locks = KeyLocks()
         self._session: aiohttp.ClientSession | None = None
         self.channels: list[Channel] = []
+        self.closing = False
 
     async def start(self) -> None:
         per_member = self.options.max_in_flight_per_member + 1  # + a probe
@@ -102,7 +103,7 @@ class ProposerRuntime:
             if i == self.index:
                 transport = LocalTransport(self._store, self._node_metrics)
             else:
-                transport = HttpTransport(self._session, member.url, self.options.attempt_timeout)
+                transport = HttpTransport(self._session, member.url, self.options.rpc_timeout)
             self.channels.append(
                 Channel(
                     i,
@@ -114,6 +115,11 @@ class ProposerRuntime:
                     max_batch_bytes=batch_bytes,
                 )
             )
+
+    def shutdown(self) -> None:
+        """Stop long polls (they answer "not decided" now) so a graceful stop is quick."""
+        self.closing = True
+        self.cache.release_waiters()
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -143,8 +149,9 @@ class ProposerRuntime:
             return await self._run(key, value, deadline)
 
     async def _run(self, key: str, value: str, deadline: float) -> str:
+        assert self.slot is not None  # checked by propose()
         started = time.perf_counter()
-        proposer = Proposer(self.layout, self.slot or 0, key, self._store.used_floor(key))
+        proposer = Proposer(self.layout, self.slot, key, self._store.used_floor(key))
         driver = Driver(proposer, self.channels, self._store, self.reach, self.options, deadline)
         self.metrics.in_flight.inc()
         try:
@@ -196,10 +203,10 @@ class ProposerRuntime:
             if value is not None:
                 return value
             left = until - loop.time()
-            if left <= 0:
+            if left <= 0 or self.closing:
                 break
             value = await self.cache.wait(key, min(left, delay))
-            if value is not None:
+            if value is not None or self.closing:
                 return value
             delay = min(delay * 2, POLL_MAX)
         if last_error is not None:

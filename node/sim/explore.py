@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from itertools import permutations
 
 from ..protocol import acceptor as acc
 from ..protocol.config import Configuration
 from ..protocol.proposer import Backoff, Decide, Persist, Proposer, Read, Send, Write
-from ..protocol.quorums import mask_of
+from ..protocol.quorums import Counting, mask_of
 
 KEY = "k"
 
@@ -55,20 +56,33 @@ def _apply(state: State, p: int, actions: list) -> None:
             state.outputs[p] = action.value
 
 
-def _fingerprint(state: State) -> tuple:
-    accs = tuple((a.fence, tuple(sorted(a.values.items()))) for a in state.acceptors)
+def _fingerprint(state: State, perm: tuple[int, ...]) -> tuple:
+    """A state's identity with acceptor ``i`` renamed ``perm[i]``."""
+    n = len(perm)
+
+    def by_new_index(items: list) -> tuple:
+        out: list = [None] * n
+        for i, item in enumerate(items):
+            out[perm[i]] = item
+        return tuple(out)
+
+    accs = by_new_index([(a.fence, tuple(sorted(a.values.items()))) for a in state.acceptors])
     props = tuple(
         (
             pr.phase,
             pr.rs,
             pr.value,
             pr.attempt,
-            tuple(pr.knowledge.fences),
-            tuple(tuple(sorted(h.items())) for h in pr.knowledge.held),
+            pr.used_floor,
+            sum(1 << perm[i] for i in range(n) if pr.knowledge.replied >> i & 1),
+            by_new_index(pr.knowledge.fences),
+            by_new_index([tuple(sorted(h.items())) for h in pr.knowledge.held]),
         )
         for pr in state.proposers
     )
-    flight = tuple(sorted(map(repr, state.in_flight)))
+    flight = tuple(
+        sorted(repr((kind, p, perm[server], msg)) for kind, p, server, msg in state.in_flight)
+    )
     return (
         accs,
         props,
@@ -77,6 +91,23 @@ def _fingerprint(state: State) -> tuple:
         tuple(state.timeouts),
         tuple(sorted(state.outputs.items())),
     )
+
+
+def _symmetries(config: Configuration) -> list[tuple[int, ...]]:
+    """Acceptor renamings that preserve the layout: all of them when every quorum system counts
+    over all members (acceptors are then interchangeable), else only the identity."""
+    everyone = config.members
+    symmetric = all(
+        isinstance(q, Counting) and q.members == everyone
+        for seg in config.segments
+        for q in (seg.phase1, seg.phase2)
+    )
+    identity = tuple(range(config.n))
+    return list(permutations(identity)) if symmetric else [identity]
+
+
+def _canonical(state: State, perms: list[tuple[int, ...]]) -> tuple:
+    return min(_fingerprint(state, perm) for perm in perms)
 
 
 def _chosen(config: Configuration, state: State) -> set[str]:
@@ -126,7 +157,7 @@ def _clone(state: State) -> State:
     )
 
 
-def _successors(state: State) -> list[State]:
+def _successors(state: State, anytime: bool) -> list[State]:
     out = []
     seen_items = set()
     for i, item in enumerate(state.in_flight):
@@ -152,6 +183,8 @@ def _successors(state: State) -> list[State]:
     for p, prop in enumerate(state.proposers):
         if prop.phase == "done" or state.attempts_left[p] <= 0:
             continue
+        if not anytime and not state.timeouts[p]:
+            continue  # retries only after a refusal asked for a backoff
         nxt = _clone(state)
         nxt.attempts_left[p] -= 1
         nxt.timeouts[p] = False
@@ -162,10 +195,14 @@ def _successors(state: State) -> list[State]:
 
 
 def explore(
-    config: Configuration, retries: tuple[int, int] = (1, 0), max_states: int = 2_000_000
+    config: Configuration,
+    retries: tuple[int, int] = (1, 0),
+    anytime: bool = True,
+    max_states: int = 2_000_000,
 ) -> ExploreResult:
     """Enumerate every reachable state of 2 proposers on one key, proposer i retrying at most
-    ``retries[i]`` times (a retry is a timeout at any moment, or one after a refusal)."""
+    ``retries[i]`` times: at any moment (a timeout) when ``anytime``, else only after a refusal
+    asked for a backoff."""
     inputs = ["A", "B"]
     proposers = [Proposer(config, slot, KEY) for slot in range(2)]
     state = State(
@@ -173,7 +210,8 @@ def explore(
     )
     for p, prop in enumerate(proposers):
         _apply(state, p, prop.start(inputs[p]))
-    seen = {_fingerprint(state)}
+    perms = _symmetries(config)
+    seen = {_canonical(state, perms)}
     stack = [state]
     transitions = 0
     while stack:
@@ -181,9 +219,9 @@ def explore(
         problem = _check(config, current, inputs)
         if problem:
             return ExploreResult(len(seen), transitions, problem, False)
-        for nxt in _successors(current):
+        for nxt in _successors(current, anytime):
             transitions += 1
-            fp = _fingerprint(nxt)
+            fp = _canonical(nxt, perms)
             if fp in seen:
                 continue
             seen.add(fp)

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from apiclient import wait_for
 from harness import CRD_PATH, EXAMPLES, NAMESPACE, Cluster, OperatorRunner
 from kubelet import FakeKubelet
@@ -96,10 +97,8 @@ def test_all_examples_apply(apiserver: Cluster, kubectl: Kubectl) -> None:
     out = kubectl("apply", "-f", str(EXAMPLES)).stdout
     assert out.count("created") == len(list(EXAMPLES.glob("*.yaml")))
     names = kubectl("get", "consensusclusters", "-o", "name").stdout.split()
-    assert sorted(names) == sorted(
-        [
-            "consensuscluster.graven.dev/demo",
-            "consensuscluster.graven.dev/fast-5",
-            "consensuscluster.graven.dev/grid",
-        ]
-    )
+    expected = [
+        "consensuscluster.graven.dev/" + yaml.safe_load(p.read_text())["metadata"]["name"]
+        for p in EXAMPLES.glob("*.yaml")
+    ]
+    assert sorted(names) == sorted(expected)

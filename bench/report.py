@@ -1,0 +1,227 @@
+"""Comparison records -> Graven/etcd ratios, a terminal table, JSON + CSV, docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+CSV_FIELDS = [
+    "section", "label", "system", "preset", "workload", "mode", "members", "concurrency",
+    "value_size", "seconds", "ops", "ops_per_s", "p50_ms", "p99_ms", "max_ms", "errors",
+    "disagreements", "won_anomalies", "misses", "rounds", "server_cpu_ms_per_op",
+    "client_cpu_ms_per_op", "box_busy_pct", "other_cores", "vs_etcd", "p50_vs_etcd",
+    "repeat_ops_per_s",
+]  # fmt: skip
+
+
+def medians(runs: Sequence[Record]) -> list[Record]:
+    """Per (section, workload, system): the repeat with the median ops/s; counts of errors and
+    disagreements are summed over all repeats so none is hidden."""
+    groups: dict[tuple[str, str, str], list[Record]] = {}
+    for r in runs:
+        groups.setdefault((r["section"], r["workload"], r["label"]), []).append(r)
+    out = []
+    for group in groups.values():
+        ranked = sorted(group, key=lambda r: r["ops_per_s"])
+        pick = dict(ranked[(len(ranked) - 1) // 2])
+        pick["repeat_ops_per_s"] = [r["ops_per_s"] for r in group]
+        for field in ("errors", "disagreements", "won_anomalies", "misses"):
+            pick[field] = sum(r[field] for r in group)
+        out.append(pick)
+    return out
+
+
+def _key(r: Record) -> tuple[object, ...]:
+    return (r["section"], r["mode"], r["concurrency"], r["value_size"], r["members"])
+
+
+def add_ratios(records: Sequence[Record]) -> None:
+    """vs_etcd = ops/s over etcd's on the same workload; p50_vs_etcd = p50 over etcd's."""
+    etcd = {_key(r): r for r in records if r["system"] == "etcd"}
+    for r in records:
+        base = etcd.get(_key(r))
+        ok = base is not None and base["ops_per_s"] > 0 and base["p50_ms"] > 0
+        r["vs_etcd"] = round(r["ops_per_s"] / base["ops_per_s"], 2) if ok else None
+        r["p50_vs_etcd"] = round(r["p50_ms"] / base["p50_ms"], 2) if ok else None
+
+
+def text_table(records: Sequence[Record]) -> str:
+    head = f"{'workload':<40} {'system':<16} {'ops/s':>8} {'p50':>8} {'p99':>8} {'max':>8}"
+    head += f" {'err':>4} {'dis':>4} {'srv ms/op':>9} {'vs etcd':>7}"
+    lines = [head, "-" * len(head)]
+    for r in records:
+        ratio = "" if r["vs_etcd"] is None else f"{r['vs_etcd']:.2f}x"
+        lines.append(
+            f"{r['workload']:<40} {r['label']:<16} {r['ops_per_s']:>8.1f} {r['p50_ms']:>8.2f}"
+            f" {r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>4} {r['disagreements']:>4}"
+            f" {r['server_cpu_ms_per_op']:>9.3f} {ratio:>7}"
+        )
+    return "\n".join(lines)
+
+
+def write_files(
+    records: Sequence[Record], runs: Sequence[Record], meta: dict[str, Any], stem: Path
+) -> list[Path]:
+    """stem.json (table rows and every repeat, with CDF points); stem.csv (the table rows)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = stem.with_suffix(".json"), stem.with_suffix(".csv")
+    body = {"meta": meta, "rows": list(records), "repeats": list(runs)}
+    json_path.write_text(json.dumps(body, indent=1) + "\n")
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    return [json_path, csv_path]
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def ratio_table(records: Sequence[Record], section: str) -> list[str]:
+    """Markdown: one line per workload, etcd ops/s, then each Graven preset's ratio."""
+    rows = [r for r in records if r["section"] == section]
+    graven = list(dict.fromkeys(r["label"] for r in rows if r["system"] != "etcd"))
+    out = ["| workload | etcd ops/s | " + " | ".join(f"{g} vs etcd" for g in graven) + " |"]
+    out.append("|---|---:|" + "---:|" * len(graven))
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        same = {r["label"]: r for r in rows if r["workload"] == workload}
+        etcd = same.get("etcd")
+        cells = [_fmt_ratio(same[g]["vs_etcd"]) if g in same else "-" for g in graven]
+        etcd_cell = f"{etcd['ops_per_s']:.0f}" if etcd else "-"
+        out.append(f"| {workload} | {etcd_cell} | " + " | ".join(cells) + " |")
+    return out
+
+
+def detail_table(records: Sequence[Record], section: str) -> list[str]:
+    out = [
+        "| workload | system | ops/s | p50 ms | p99 ms | max ms | errors | disagreements"
+        " | server CPU ms/op | client CPU ms/op | other cores | vs etcd |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        if r["section"] != section:
+            continue
+        out.append(
+            f"| {r['workload']} | {r['label']} | {r['ops_per_s']:.0f} | {r['p50_ms']:.2f}"
+            f" | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['errors']} | {r['disagreements']}"
+            f" | {r['server_cpu_ms_per_op']:.2f} | {r['client_cpu_ms_per_op']:.2f}"
+            f" | {r['other_cores']:.2f} | {_fmt_ratio(r['vs_etcd'])} |"
+        )
+    return out
+
+
+def verdict(records: Sequence[Record]) -> str:
+    """One honest sentence on the claim "faster than etcd on the same machine"."""
+    graven = [r for r in records if r["system"] != "etcd" and r["vs_etcd"] is not None]
+    graven = [r for r in graven if r["section"] == "main"]
+    if not graven:
+        return "No Graven rows were measured in this run, so the claim is untested here."
+    writes = [r for r in graven if r["mode"] != "reads"]
+    reads = [r for r in graven if r["mode"] == "reads"]
+    text = f"On 3 members Graven was faster than etcd on {sum(r['vs_etcd'] > 1 for r in writes)}"
+    text += f" of {len(writes)} write rows"
+    if writes:
+        best = max(writes, key=lambda r: r["vs_etcd"])
+        worst = min(writes, key=lambda r: r["vs_etcd"])
+        text += f" (best {best['vs_etcd']:.2f}x: {best['label']}, {best['workload']}; "
+        text += f"worst {worst['vs_etcd']:.2f}x: {worst['label']}, {worst['workload']})"
+    if reads:
+        text += f" and on {sum(r['vs_etcd'] > 1 for r in reads)} of {len(reads)} read rows"
+    wrong = sum(r["errors"] + r["disagreements"] + r["won_anomalies"] for r in records)
+    if wrong:
+        text += f"; {wrong} errors/disagreements were seen, see the table"
+    return text + "."
+
+
+def markdown(records: Sequence[Record], meta: dict[str, Any], plots: Sequence[Path]) -> str:
+    m = meta["machine"]
+    lines = [
+        "# Benchmarks: Graven vs etcd on the same machine",
+        "",
+        f"Last refreshed {meta['date']} by `{meta['command']}` ({meta['duration_s']:.0f} s).",
+        "Generated by `bench/compare.py`; do not edit by hand. Raw data:",
+        f"`{meta['json']}`, `{meta['csv']}`.",
+        "",
+        f"**Verdict:** {verdict(records)}",
+        "",
+        "## Machine",
+        "",
+        f"- {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, Linux {m['kernel']}",
+        f"- {meta['etcd_version']} (Debian package), Graven {m['graven_revision']}, "
+        f"Python {m['python']}, aiohttp {m['aiohttp']}",
+        f"- Busy cores before the run started (other work on the box): {m['background_cores']}",
+        "",
+        "Clients, servers and everything else share these cores: absolute numbers only compare",
+        "runs on this machine; the ratio columns are the point.",
+        *_noise_note(records, meta),
+        "",
+        "## Graven throughput relative to etcd",
+        "",
+        *ratio_table(records, "main"),
+        "",
+        "## All rows",
+        "",
+        *detail_table(records, "main"),
+        "",
+    ]
+    if any(r["section"] == "scaling" for r in records):
+        lines += ["## Scaling: members and value size", ""]
+        lines += [*ratio_table(records, "scaling"), "", *detail_table(records, "scaling"), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{p.stem}](../bench/results/{p.name})" for p in plots]
+        lines.append("")
+    lines += [*METHOD, f"    {meta['command']}", ""]
+    if meta.get("missing"):
+        lines += ["## Not measured in this run", "", *[f"- {x}" for x in meta["missing"]], ""]
+    return "\n".join(lines)
+
+
+def _noise_note(records: Sequence[Record], meta: dict[str, Any]) -> list[str]:
+    lines = []
+    if meta.get("repeat", 1) > 1:
+        lines.append(
+            f"Every row ran {meta['repeat']} times (systems in alternating order); tables show"
+            " the repeat with the median ops/s, errors and disagreements summed over all."
+        )
+    busy = max([meta["machine"]["background_cores"], *(r["other_cores"] for r in records)])
+    if busy > 0.3:
+        lines.append(
+            f"**The machine was not idle**: up to {busy:.1f} cores were busy with other work"
+            " during this run (column *other cores*), so absolute numbers are low and noisy."
+        )
+    return ["", *lines] if lines else []
+
+
+METHOD = [
+    "## Method",
+    "",
+    "- One load generator (`bench/load.py`, asyncio + aiohttp keep-alive, one process) drives",
+    "  both systems; only the adapter differs (`bench/adapters.py`).",
+    "- **etcd**: 3 members on 127.0.0.1 with default settings (WAL fsync on), reached through",
+    "  its JSON gateway. Create-if-absent is one transaction: `if create_revision(key) == 0 then",
+    "  put else range`. Reads are linearizable ranges.",
+    "- **Graven**: `graven up bench/specs/<preset>-<n>.yaml` (one process per member), reached",
+    "  through `PUT /v1/decisions/{key}` (create-if-absent) and `GET /v1/decisions/{key}`.",
+    "  The 3-member flexible layout (q1 = q2 = 2) has the same quorums as majorities.",
+    "- Clients are spread round-robin over the members. *unique*: every operation a new key,",
+    "  64-byte values. *contention*: groups of 4 racers create the same key at once, each racer",
+    "  on another member; a key whose racers got different values, or that reads back",
+    "  differently from any member afterwards, is a *disagreement*. *reads*: keys decided",
+    "  beforehand, read back and compared. etcd serves each read with a linearizable ReadIndex",
+    "  round; Graven answers a decided key from a per-member cache (safe because a decision",
+    "  never changes) and otherwise reads a quorum.",
+    "- Each row: a short unmeasured warm-up, then a fixed duration. Latency is per request;",
+    "  ops/s counts completed requests. CPU: utime+stime of all member processes",
+    "  (`/proc/PID/stat`) and of the load generator (`getrusage`) over the timed phase, divided",
+    "  by operations. *other cores*: machine-wide busy cores not used by servers or client.",
+    "",
+    "Reproduce (installs etcd from Debian and matplotlib from PyPI if missing; `--quick` is a",
+    "one-minute smoke run, `--scaling` adds 5 and 7 members and 64 KiB values):",
+    "",
+]
