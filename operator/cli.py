@@ -3,6 +3,7 @@
     graven operator [--namespace NS ... | --all-namespaces] [--liveness URL]
                     [--peering NAME | --standalone] [--priority N]
                     [--health-interval S] [--drift-interval S] [--probe-members]
+                    [--metrics-port PORT [--metrics-address ADDR]]
 
 Credentials: in a pod, the service account; elsewhere, the current kubeconfig context.
 kopf is imported only when the command runs, so `graven --help` stays fast.
@@ -91,6 +92,21 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="also GET each member's /readyz directly (needs pod network access)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help=(
+            "serve Prometheus metrics (graven_cluster_available, graven_cluster_reconfiguring, "
+            "graven_cluster_members_ready) at /metrics on this port (default: not served)"
+        ),
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="address the metrics server binds to (default 0.0.0.0)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     parser.set_defaults(run=run)
 
@@ -100,10 +116,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.health_interval <= 0 or args.drift_interval <= 0:
         raise UsageError("--health-interval and --drift-interval must be positive")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UsageError("--metrics-port must be between 0 and 65535")
 
     import kopf
 
     from .handlers import register
+    from .metrics import ClusterMetrics, MetricsServer
     from .reconcile import Operator, Options
 
     logging.basicConfig(
@@ -114,24 +133,38 @@ def run(args: argparse.Namespace) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QuietTimers())
     registry = kopf.OperatorRegistry()
+    metrics = ClusterMetrics()
     operator = Operator(
         Options(
             health_interval=args.health_interval,
             drift_interval=args.drift_interval,
             probe_members=args.probe_members,
-        )
+        ),
+        metrics=metrics,
     )
     register(registry, operator)
     settings = kopf.OperatorSettings()
     settings.peering.name = DEFAULT_PEERING
-    kopf.run(
-        registry=registry,
-        settings=settings,
-        clusterwide=not args.namespaces,
-        namespaces=args.namespaces or (),
-        standalone=True if args.standalone else None,
-        peering_name=args.peering,
-        priority=args.priority,
-        liveness_endpoint=args.liveness,
-    )
+    server = None
+    if args.metrics_port is not None:
+        try:
+            server = MetricsServer(metrics, args.metrics_address, args.metrics_port)
+        except OSError as exc:  # busy port, unknown address: one line, not a traceback
+            raise UsageError(
+                f"cannot serve metrics on {args.metrics_address}:{args.metrics_port}: {exc}"
+            ) from None
+    try:
+        kopf.run(
+            registry=registry,
+            settings=settings,
+            clusterwide=not args.namespaces,
+            namespaces=args.namespaces or (),
+            standalone=True if args.standalone else None,
+            peering_name=args.peering,
+            priority=args.priority,
+            liveness_endpoint=args.liveness,
+        )
+    finally:
+        if server is not None:
+            server.close()
     return 0

@@ -23,6 +23,7 @@ import kopf
 from . import drift, health, names, render, status, topology
 from .kube import ApiError, Kube, object_path, path
 from .layout import LayoutVerdict, check_layout, summary
+from .metrics import ClusterMetrics
 from .spec import ClusterSpec, SpecError, check_name, parse
 
 log = logging.getLogger("graven.operator")
@@ -97,9 +98,16 @@ def running_verdict(running: topology.Topology) -> LayoutVerdict:
 class Operator:
     """State shared by all handlers of one operator process."""
 
-    def __init__(self, options: Options | None = None, kube: Kube | None = None) -> None:
+    def __init__(
+        self,
+        options: Options | None = None,
+        kube: Kube | None = None,
+        metrics: ClusterMetrics | None = None,
+    ) -> None:
         self.options = options or Options()
         self.kube = kube or Kube()
+        # Always kept up to date (cheap); served only with `graven operator --metrics-port`.
+        self.metrics = metrics or ClusterMetrics()
         self._locks: dict[str, asyncio.Lock] = {}
         self._caps: tuple[float, render.Capabilities] | None = None
         self._probe_session: aiohttp.ClientSession | None = None
@@ -351,6 +359,7 @@ class Operator:
         url = path(names.KIND, namespace, name)
         cr = await self.kube.get(url)
         if cr is None or cr["metadata"].get("deletionTimestamp"):
+            self.metrics.forget(namespace, name)
             return None
         observed = await self.observe(name, namespace, cr.get("spec") or {})
         old = cr.get("status") or {}
@@ -358,6 +367,7 @@ class Operator:
         if new != old:
             patch = {"status": {**dict.fromkeys(old), **new}}  # null drops stale keys
             await self.kube.patch(f"{url}/status", patch)
+        self.metrics.record(namespace, name, new)
         return new
 
     async def current(self, namespace: str, name: str) -> dict | None:
@@ -402,6 +412,10 @@ class Operator:
             )
         if deleted:
             events.insert(0, Event("Normal", "Deleted", _short(f"deleted {', '.join(deleted)}")))
+        # Under the status lock: a status write already past its read of the (not yet
+        # deleting) cluster finishes first, and every later one sees deletionTimestamp.
+        async with self.lock(namespace, name):
+            self.metrics.forget(namespace, name)
         return events
 
 

@@ -1,7 +1,8 @@
 """Pure render functions: a ConsensusCluster's spec -> the Kubernetes objects that run it.
 
-No I/O, no clock, no randomness: the same inputs always give the same objects, so the drift
-check can compare live children with a fresh render, and tests can validate every object.
+No I/O (beyond reading the packaged alert rules once), no clock, no randomness: the same
+inputs always give the same objects, so the drift check can compare live children with a fresh
+render, and tests can validate every object.
 Owner references are added by the handlers (kopf.adopt), not here.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from . import names, topology
+from . import alerts, names, topology
 from .spec import ClusterSpec
 
 DEFAULT_LIMITS = {"maxValueBytes": 1 << 20}
@@ -327,66 +328,13 @@ def service_monitor(name: str, namespace: str) -> dict:
     }
 
 
-def prometheus_rule(name: str, namespace: str, replicas: int, tolerates: int) -> dict:
-    up = f'up{{namespace="{namespace}", job="{names.peers_service(name)}"}}'
-    down = f"count({up} == 0)"
-    where = f"{namespace}/{name}"
-    rules: list[dict[str, Any]] = [
-        {
-            "alert": "GravenMemberDown",
-            "expr": f"{up} == 0",
-            "for": "5m",
-            "labels": {"severity": "warning"},
-            "annotations": {
-                "summary": f"Graven member {{{{ $labels.pod }}}} of {where} is down",
-                "description": "Prometheus cannot scrape this member for 5 minutes.",
-            },
-        },
-        {
-            "alert": "GravenQuorumLost",
-            "expr": f"{down} > {max(0, tolerates)}",
-            "for": "1m",
-            "labels": {"severity": "critical"},
-            "annotations": {
-                "summary": f"Graven cluster {where} may have stopped deciding",
-                "description": (
-                    f"More members are down than the layout tolerates ({tolerates} of "
-                    f"{replicas}); no quorum may be left, so proposals can fail."
-                ),
-            },
-        },
-        {
-            "alert": "GravenMembersAbsent",
-            "expr": f"absent({up})",
-            "for": "10m",
-            "labels": {"severity": "critical"},
-            "annotations": {
-                "summary": f"No Graven member of {where} is being scraped",
-                "description": "The whole cluster is gone, or its ServiceMonitor stopped working.",
-            },
-        },
-    ]
-    if tolerates > 0:
-        rules.insert(
-            1,
-            {
-                "alert": "GravenQuorumAtRisk",
-                "expr": f"{down} >= {tolerates}",
-                "for": "5m",
-                "labels": {"severity": "warning"},
-                "annotations": {
-                    "summary": f"Graven cluster {where} has no failure margin left",
-                    "description": (
-                        f"{tolerates} member(s) down: one more failure may stop decisions."
-                    ),
-                },
-            },
-        )
+def prometheus_rule(name: str, namespace: str) -> dict:
+    """The shared Graven alerts (monitoring/rules.yaml), limited to this cluster."""
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
         "metadata": _meta(name, name, namespace, "monitoring"),
-        "spec": {"groups": [{"name": f"graven.{namespace}.{name}", "rules": rules}]},
+        "spec": {"groups": alerts.cluster_groups(namespace, name)},
     }
 
 
@@ -410,7 +358,7 @@ def render_all(
     if spec.monitoring.service_monitor and caps.service_monitor:
         objs.append(service_monitor(name, namespace))
     if spec.monitoring.prometheus_rule and caps.prometheus_rule:
-        objs.append(prometheus_rule(name, namespace, spec.replicas, tolerates))
+        objs.append(prometheus_rule(name, namespace))
     return objs
 
 

@@ -54,11 +54,13 @@ METRIC_CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 OPERATOR_METRICS = {n for n in METRIC_CONTRACT if n.startswith("graven_cluster_")}
+# Series Prometheus itself writes for every scrape target (no exporter involved).
+PROMETHEUS_SERIES = {"up"}
 
 
 def scraped_series_names() -> set[str]:
     """Every series name a scrape of the contract metrics can produce."""
-    names: set[str] = set()
+    names: set[str] = set(PROMETHEUS_SERIES)
     for name, (kind, _labels) in METRIC_CONTRACT.items():
         if kind == "histogram":
             names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}

@@ -346,6 +346,14 @@ def test_monitoring_objects_off_by_default_except_dashboard(helm_chart):
     assert kinds.count("ConfigMap") == 1
 
 
+def test_operator_metrics_on_by_default(helm_chart):
+    docs = helm_chart.template({})
+    c = _container(docs)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert f"--metrics-port={ports['metrics']}" in c["args"]
+    assert _only(docs, "Service")["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
 def test_metrics_off_removes_port_service_and_servicemonitor(helm_chart):
     docs = helm_chart.template(VARIANTS["monitoring-off"])
     kinds = {d["kind"] for d in docs}

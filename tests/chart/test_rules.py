@@ -19,6 +19,7 @@ REQUIRED_ALERTS = {
     "GravenQuorumLost",
     "GravenQuorumAtRisk",
     "GravenMemberDown",
+    "GravenMembersAbsent",
     "GravenDecisionLatencyHigh",
     "GravenConflictStorm",
     "GravenCommitLatencyHigh",

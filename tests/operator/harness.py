@@ -11,6 +11,8 @@ import yaml
 from apiclient import Api
 from emulator import Running
 
+from graven.operator.metrics import ClusterMetrics, MetricsServer
+
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "consensusclusters.graven.dev.yaml"
 EXAMPLES = ROOT / "examples"
@@ -51,7 +53,9 @@ current-context: test
 class OperatorRunner:
     """The real operator (kopf.run) in its own thread and event loop."""
 
-    def __init__(self, peering: str | None = None, **options: object) -> None:
+    def __init__(
+        self, peering: str | None = None, serve_metrics: bool = False, **options: object
+    ) -> None:
         from graven.operator.reconcile import Options
 
         defaults: dict[str, object] = {
@@ -66,6 +70,10 @@ class OperatorRunner:
         self.error: BaseException | None = None
         self.reconciles = 0  # finished reconciles (handlers and drift timer), for tests to await
         self.peering = peering
+        self.metrics = ClusterMetrics()
+        self.serve_metrics = serve_metrics
+        self.metrics_url = ""  # http://127.0.0.1:PORT/metrics once started with serve_metrics
+        self._metrics_server: MetricsServer | None = None
 
     def _run(self) -> None:
         import kopf
@@ -83,7 +91,7 @@ class OperatorRunner:
                     runner.reconciles += 1
 
         registry = kopf.OperatorRegistry()
-        register(registry, CountingOperator(self.options))
+        register(registry, CountingOperator(self.options, metrics=self.metrics))
         try:
             kopf.run(
                 registry=registry,
@@ -98,10 +106,17 @@ class OperatorRunner:
             self._ready.set()
 
     def start(self) -> OperatorRunner:
+        if self.serve_metrics:  # the server `graven operator --metrics-port` runs
+            self._metrics_server = MetricsServer(self.metrics, "127.0.0.1", 0)
+            self.metrics_url = f"http://127.0.0.1:{self._metrics_server.port}/metrics"
         self._thread = threading.Thread(target=self._run, name="operator", daemon=True)
         self._thread.start()
-        assert self._ready.wait(20), "the operator did not start"
-        assert self.error is None, f"the operator failed: {self.error!r}"
+        try:
+            assert self._ready.wait(20), "the operator did not start"
+            assert self.error is None, f"the operator failed: {self.error!r}"
+        except AssertionError:
+            self.stop()  # the fixture only stops what started: free the thread and the port
+            raise
         return self
 
     def wait_reconciles(self, count: int = 2, timeout: float = 20) -> None:
@@ -113,6 +128,9 @@ class OperatorRunner:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
         if self._thread is not None:
             self._thread.join(20)
             assert not self._thread.is_alive(), "the operator did not stop"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -23,7 +25,10 @@ def graven(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_the_options() -> None:
     done = graven("operator", "--help")
     assert done.returncode == 0, done.stderr
-    for option in ("--namespace", "--all-namespaces", "--liveness", "--peering", "--standalone"):
+    for option in (
+        *("--namespace", "--all-namespaces", "--liveness", "--peering", "--standalone"),
+        *("--metrics-port", "--metrics-address"),
+    ):
         assert option in done.stdout
 
 
@@ -38,17 +43,53 @@ def test_bad_interval_is_a_usage_error() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_busy_metrics_port_is_a_usage_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        done = graven("operator", "--metrics-address", "127.0.0.1", "--metrics-port", port)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_metrics_port_out_of_range_is_a_usage_error() -> None:
+    done = graven("operator", "--metrics-port", "70000")
+    assert done.returncode == 2
+    assert "--metrics-port" in done.stderr
+
+
 def test_namespace_and_all_namespaces_exclude_each_other() -> None:
     done = graven("operator", "--namespace", "a", "--all-namespaces")
     assert done.returncode == 2
     assert "not allowed with" in done.stderr
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metrics_text(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as rsp:
+            return rsp.read().decode()
+    except OSError:  # not listening yet
+        return ""
+
+
 def test_the_command_runs_the_operator(apiserver: Cluster, crd: dict) -> None:
-    """The real process: kubeconfig login, handlers registered, graceful stop on SIGTERM."""
+    """The real process: kubeconfig login, handlers registered, metrics served on the port the
+    chart passes, graceful stop on SIGTERM."""
     env = {**os.environ, "KUBECONFIG": str(apiserver.kubeconfig)}
+    port = free_port()
     proc = subprocess.Popen(
-        [str(GRAVEN), "operator", "--all-namespaces", "--health-interval", "1"],
+        [
+            *(str(GRAVEN), "operator", "--all-namespaces", "--health-interval", "1"),
+            *("--metrics-address", "127.0.0.1", f"--metrics-port={port}"),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -63,6 +104,10 @@ def test_the_command_runs_the_operator(apiserver: Cluster, crd: dict) -> None:
             timeout=30,
             what="the operator process created the StatefulSet",
         )
+        # No pods run here: the cluster is reported, and reported not available.
+        series = f'graven_cluster_available{{cluster="demo",namespace="{NAMESPACE}"}} 0.0'
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda: series in metrics_text(url), timeout=30, what=series)
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -296,6 +297,55 @@ def test_delete_cleans_up_children_and_volumes_per_retention(
     assert all(v is None for v in children(api).values())
     left = [c["metadata"]["name"] for c in api.list("PersistentVolumeClaim", NS)]
     assert len(left) == (3 if policy == "Retain" else 0)
+
+
+def scraped(url: str) -> dict[str, float]:
+    """The graven_cluster_* samples of demo in the operator's /metrics, by metric name."""
+    with urllib.request.urlopen(url, timeout=5) as rsp:
+        text = rsp.read().decode()
+    labels = f'{{cluster="demo",namespace="{NS}"}}'
+    out = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(labels)
+        if rest and name.startswith("graven_cluster_"):
+            out[name] = float(rest)
+    return out
+
+
+def test_metrics_endpoint_reports_availability_until_the_cluster_is_deleted(
+    apiserver: Cluster, crd: dict
+) -> None:
+    api = apiserver.api
+    runner = OperatorRunner(serve_metrics=True).start()
+    try:
+        api.create(demo())
+        wait_children(api)
+        wait_for(lambda: scraped(runner.metrics_url), what="series of demo")
+        assert scraped(runner.metrics_url)["graven_cluster_available"] == 0.0  # no pod yet
+        kubelet = running(api)
+        wait_for(
+            lambda: scraped(runner.metrics_url).get("graven_cluster_available") == 1.0,
+            what="available in /metrics",
+        )
+        assert scraped(runner.metrics_url) == {
+            "graven_cluster_available": 1.0,
+            "graven_cluster_reconfiguring": 0.0,
+            "graven_cluster_members_ready": 3.0,
+        }
+        kubelet.set_ready(1, False)
+        kubelet.set_ready(2, False)
+        wait_for(
+            lambda: scraped(runner.metrics_url).get("graven_cluster_available") == 0.0,
+            what="quorum loss in /metrics",
+        )
+        assert scraped(runner.metrics_url)["graven_cluster_members_ready"] == 1.0
+
+        api.delete("ConsensusCluster", NS, "demo")
+        wait_for(lambda: api.get("ConsensusCluster", NS, "demo") is None, what="cluster deleted")
+        # A deleted cluster leaves no series behind (a stale 0 would keep an alert firing).
+        wait_for(lambda: scraped(runner.metrics_url) == {}, what="series removed")
+    finally:
+        runner.stop()
 
 
 def test_operator_restart_creates_no_duplicates(apiserver: Cluster, crd: dict) -> None:

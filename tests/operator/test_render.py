@@ -285,10 +285,19 @@ def test_monitoring_objects_point_at_the_members() -> None:
     assert selector.items() <= peers["metadata"]["labels"].items()
     client = next(s for s in found["Service"] if s["metadata"]["name"] == "fast-5")
     assert not selector.items() <= client["metadata"]["labels"].items()  # scraped once
-    rules = {r["alert"]: r for r in found["PrometheusRule"][0]["spec"]["groups"][0]["rules"]}
-    assert rules["GravenQuorumLost"]["expr"].endswith("> 2")
-    assert rules["GravenQuorumAtRisk"]["expr"].endswith(">= 2")
-    assert 'job="fast-5-peers"' in rules["GravenMemberDown"]["expr"]
+    groups = found["PrometheusRule"][0]["spec"]["groups"]
+    rules = {r["alert"]: r for g in groups for r in g["rules"]}
+    assert {"GravenQuorumLost", "GravenMemberDown", "GravenMembersAbsent"} <= set(rules)
+    for rule in rules.values():  # the shared alerts, limited to this cluster
+        assert (
+            rule["expr"]
+            .rstrip()
+            .endswith(
+                'label_replace(label_replace(vector(1), "namespace", "team-a", "", ""), '
+                '"cluster", "fast-5", "", "")'
+            )
+        )
+        assert rule["annotations"]["runbook_url"].startswith("docs/runbook.md#")
 
 
 def test_render_is_deterministic_and_namespace_aware() -> None:
