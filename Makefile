@@ -33,7 +33,7 @@ sim: install
 	$(BIN)/graven simulate --preset paxos --members 3
 
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/compare.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -99,20 +99,27 @@ def ratio_table(records: Sequence[Record], section: str) -> list[str]:
 
 def detail_table(records: Sequence[Record], section: str) -> list[str]:
     out = [
-        "| workload | system | ops/s | p50 ms | p99 ms | max ms | errors | disagreements"
-        " | server CPU ms/op | client CPU ms/op | other cores | vs etcd |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | system | ops/s | ops/s range | p50 ms | p99 ms | max ms | errors"
+        " | disagreements | server CPU ms/op | client CPU ms/op | other cores | vs etcd |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         if r["section"] != section:
             continue
         out.append(
-            f"| {r['workload']} | {r['label']} | {r['ops_per_s']:.0f} | {r['p50_ms']:.2f}"
+            f"| {r['workload']} | {r['label']} | {r['ops_per_s']:.0f} | {_spread(r)}"
+            f" | {r['p50_ms']:.2f}"
             f" | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['errors']} | {r['disagreements']}"
             f" | {r['server_cpu_ms_per_op']:.2f} | {r['client_cpu_ms_per_op']:.2f}"
             f" | {r['other_cores']:.2f} | {_fmt_ratio(r['vs_etcd'])} |"
         )
     return out
+
+
+def _spread(r: Record) -> str:
+    """min-max ops/s over the repeats of a row."""
+    values = r.get("repeat_ops_per_s") or [r["ops_per_s"]]
+    return f"{min(values):.0f}-{max(values):.0f}"
 
 
 def verdict(records: Sequence[Record]) -> str:
@@ -208,10 +215,11 @@ METHOD = [
     "  put else range`. Reads are linearizable ranges.",
     "- **Graven**: `graven up bench/specs/<preset>-<n>.yaml` (one process per member), reached",
     "  through `PUT /v1/decisions/{key}` (create-if-absent) and `GET /v1/decisions/{key}`.",
-    "  The 3-member flexible layout (q1 = q2 = 2) has the same quorums as majorities.",
+    "  The 3-member flexible layout (q1 = q2 = 2) has the same quorum sizes as majorities, so",
+    "  the gap between those two columns is a fair estimate of the run-to-run noise.",
     "- Clients are spread round-robin over the members. *unique*: every operation a new key,",
-    "  64-byte values. *contention*: groups of 4 racers create the same key at once, each racer",
-    "  on another member; a key whose racers got different values, or that reads back",
+    "  64-byte values. *contention*: groups of 4 racers create the same key at once, racer j",
+    "  on member (group + j) mod n; a key whose racers got different values, or that reads back",
     "  differently from any member afterwards, is a *disagreement*. *reads*: keys decided",
     "  beforehand, read back and compared. etcd serves each read with a linearizable ReadIndex",
     "  round; Graven answers a decided key from a per-member cache (safe because a decision",
