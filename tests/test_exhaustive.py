@@ -22,16 +22,13 @@ def test_every_interleaving_is_safe_without_retries(preset):
     assert result.states > 100
 
 
-@pytest.mark.skipif(not SLOW, reason="many minutes of search: GRAVEN_SLOW=1 runs it")
-@pytest.mark.parametrize("preset", ["paxos", "fast"])
-def test_a_million_states_with_a_retry_are_safe(preset):
-    # One proposer may move to a higher register set after a refusal (fast-path recovery).
-    # This space is larger than a CI run can finish; a million states are searched depth-first.
-    result = explore(
-        build({"preset": preset}, 3), retries=(1, 0), anytime=False, max_states=1_000_000
-    )
+@pytest.mark.skipif(not SLOW, reason="about 10 minutes of search: GRAVEN_SLOW=1 runs it")
+def test_every_interleaving_of_fast_path_recovery_is_safe():
+    # One proposer may move on after a refusal: it recovers in a classic set while the other
+    # stays in the fast set. Measured: 424,000 states, complete, no violation.
+    result = explore(build({"preset": "fast"}, 3), retries=(1, 0), anytime=False)
     assert result.violation is None
-    assert result.states >= 1_000_000 or result.complete
+    assert result.complete
 
 
 def test_the_explorer_finds_disagreement_in_an_unsafe_layout():
