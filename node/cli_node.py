@@ -9,14 +9,13 @@ requests, close the store and exit 0; unusable input exits 2 with one line on st
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
 from .clusterconfig import ConfigError, load
 from .server import decisions
 from .server.gateway_types import GatewayOptions
-from .server.main import ListenError, serve
+from .server.main import ListenError, run_node, serve
 from .storage import RegisterStore, StoreError
 
 
@@ -92,9 +91,7 @@ def _run(args: argparse.Namespace) -> None:
     except StoreError as exc:
         raise _Refused(str(exc)) from None
     try:
-        asyncio.run(
-            serve(cfg, args.id, store, host, port, extensions=(decisions.extension(options),))
-        )
+        run_node(serve(cfg, args.id, store, host, port, extensions=(decisions.extension(options),)))
     except ListenError as exc:
         raise _Refused(str(exc)) from None
     finally:

@@ -301,11 +301,15 @@ async def test_messages_queued_behind_busy_requests_share_one_request() -> None:
     reach = Reachability(layout, ["a", "b", "c"], 0)
     transport = GatedTransport()
     channel = _channel(transport, reach)
-    first = [channel.send(READ, f"k{i}", 1) for i in range(2)]  # two requests in flight
+    first = []
+    for i in range(2):  # two requests in flight, each queued in its own loop turn
+        first.append(channel.send(READ, f"k{i}", 1))
+        await _turns(2)  # the end-of-turn dispatch, then the request task starts
+    assert transport.calls == [("read", ["k0"]), ("read", ["k1"])]
     rest = [channel.send(READ, f"q{i}", 1) for i in range(10)]
     rest.append(channel.send(WRITE, "w", 2, "v"))
-    await asyncio.sleep(0)  # one loop turn: the two request tasks start
-    assert transport.calls == [("read", ["k0"]), ("read", ["k1"])]
+    await _turns(2)  # nothing more is sent while both requests are busy
+    assert len(transport.calls) == 2
     rest[3].cancel()  # a message whose proposal finished is dropped, not sent
     transport.gate.set()
     await asyncio.gather(*first, *(f for f in rest if not f.cancelled()))
@@ -313,6 +317,25 @@ async def test_messages_queued_behind_busy_requests_share_one_request() -> None:
         ("write", ["w"]),
         ("read", [f"q{i}" for i in range(10) if i != 3]),
     ]
+    await channel.close()
+
+
+async def _turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_messages_queued_in_one_loop_turn_share_one_request() -> None:
+    layout = layout_config.build({"preset": "paxos"}, 3)
+    reach = Reachability(layout, ["a", "b", "c"], 0)
+    transport = GatedTransport()
+    channel = _channel(transport, reach)
+    # e.g. proposals woken by one group commit: the idle channel still sends one request
+    sent = [channel.send(WRITE, f"k{i}", 0, "v") for i in range(5)]
+    await _turns(2)
+    assert transport.calls == [("write", [f"k{i}" for i in range(5)])]
+    transport.gate.set()
+    await asyncio.gather(*sent)
     await channel.close()
 
 

@@ -249,6 +249,27 @@ async def test_proposer_floors_survive_a_restart_and_only_rise(data_dir: Path) -
         conn.close()
 
 
+async def test_keys_on_disk_at_open_are_found_and_new_keys_need_no_query(data_dir: Path) -> None:
+    store = open_store(data_dir)
+    await write(store, "old", 3, "v")
+    await store.record_used("old", 3)
+    store.close()
+    store = open_store(data_dir)
+    queries: list[str] = []
+    store._reader.set_trace_callback(queries.append)  # every statement the reader runs
+    try:
+        assert store.get("old") == KeyState(3, {3: "v"})  # on disk at open: loaded
+        assert store.used_floor("old") == 3
+        loaded = len(queries)
+        assert loaded >= 2
+        assert store.get("new") == KeyState() and store.used_floor("new") == -1
+        await write(store, "new", 1, "w")  # and the cache has it from now on
+        assert store.get("new") == KeyState(1, {1: "w"})
+        assert len(queries) == loaded  # unknown keys were answered without a query
+    finally:
+        store.close()
+
+
 async def test_format_1_file_is_migrated_in_place(data_dir: Path) -> None:
     store = open_store(data_dir)
     assert (await write(store, "a", 3, "x")).ok

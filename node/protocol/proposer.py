@@ -4,7 +4,10 @@ Feed it events, it returns actions; it never touches a network, a clock or a dis
 
 * ``start(value)`` -> actions to begin;
 * ``on_reply(server, reply)`` for every reply (stale ones too: write-once facts never expire);
-* ``on_persisted(rs)`` once the runtime made ``Persist`` durable;
+* ``on_persisted(rs)`` once the runtime made ``Persist`` durable (a runtime may call it as soon
+  as the floor is submitted, if nothing the returned actions carry leaves the process before the
+  floor is durable: the node's driver lets only its own acceptor, in the same transaction, see
+  them early and holds the messages to other members);
 * ``on_timeout(attempt)`` when the runtime's attempt timer or a requested backoff expires.
 
 Actions: ``Send`` (a Read or Write to one server), ``Persist`` (durably record that this proposer

@@ -16,6 +16,7 @@ from functools import cached_property
 from itertools import combinations
 
 Mask = int
+MEMO_MAX = 1 << 16  # answers memoised per quorum system (every mask of 16 members)
 
 
 def mask_of(members: Iterable[int]) -> Mask:
@@ -72,12 +73,30 @@ class QuorumSystem:
     def quorums(self) -> tuple[Mask, ...]:
         return _minimal(self.minimal_quorums())
 
+    @cached_property
+    def _memo(self) -> tuple[dict[Mask, bool], dict[Mask, bool]]:
+        # Answers per mask, because the proposer asks the same few masks again on every reply
+        # and the scan over the quorums showed in profiles. Bounded (MEMO_MAX) all the same.
+        return {}, {}
+
     def is_quorum(self, mask: Mask) -> bool:
-        return any(q & mask == q for q in self.quorums)
+        memo = self._memo[0]
+        answer = memo.get(mask)
+        if answer is None:
+            answer = any(q & mask == q for q in self.quorums)
+            if len(memo) < MEMO_MAX:
+                memo[mask] = answer
+        return answer
 
     def hits_every_quorum(self, mask: Mask) -> bool:
         """True when ``mask`` meets every quorum (a 'blocking' set)."""
-        return all(q & mask for q in self.quorums)
+        memo = self._memo[1]
+        answer = memo.get(mask)
+        if answer is None:
+            answer = all(q & mask for q in self.quorums)
+            if len(memo) < MEMO_MAX:
+                memo[mask] = answer
+        return answer
 
     @cached_property
     def resilience(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from collections.abc import Sequence
 
 from ..protocol.acceptor import Reply
@@ -56,12 +57,17 @@ class Driver:
         self._options = options
         self._deadline = deadline  # loop time
         self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        # A deque and one wake-up future rather than an asyncio.Queue: one consumer, and the
+        # queue's extra bookkeeping (events, getters, task counts) showed per proposal.
+        self._events: deque[Event] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
         self._pending: list[asyncio.Future[object]] = []
         self._timers: list[asyncio.TimerHandle] = []
         self._failed: Mask = 0  # members whose messages failed during this proposal
         self._armed = 0  # attempt whose timer is set
         self._backoffs = 0
+        # Sends to other members held until the floor of their register set is durable.
+        self._unsent: dict[int, list[Send]] = {}
         self.decision: Decide | None = None
 
     async def run(self, value: str) -> Decide:
@@ -72,7 +78,10 @@ class Driver:
             for _ in range(MAX_EVENTS):
                 if self.decision is not None:
                     return self.decision
-                kind, num, payload = await self._events.get()
+                while not self._events:
+                    self._wakeup = self._loop.create_future()
+                    await self._wakeup
+                kind, num, payload = self._events.popleft()
                 if kind == "deadline":
                     raise DeadlineExceeded(
                         f"no decision within the request deadline; {self._progress()}"
@@ -90,7 +99,10 @@ class Driver:
     # -- events ---------------------------------------------------------------------------------
 
     def _put(self, event: Event) -> None:
-        self._events.put_nowait(event)
+        self._events.append(event)
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     def _handle(self, kind: str, num: int, payload: object) -> list[Action]:
         if kind == "reply":
@@ -100,7 +112,11 @@ class Driver:
             self._failed |= 1 << num
             return []
         if kind == "persisted":
-            return self.p.on_persisted(num)
+            actions = self.p.on_persisted(num)  # usually nothing: it was told in _persist
+            held = self._unsent.pop(num, None)
+            if held and self.p.rs == num:  # still on that set (else it moved on: never send)
+                return [*held, *actions]
+            return actions
         if kind == "persist_failed":
             assert isinstance(payload, BaseException)
             raise payload
@@ -128,17 +144,13 @@ class Driver:
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                msg = action.message
-                channel = self._channels[action.server]
-                if isinstance(msg, Read):
-                    future = channel.send(READ, msg.key, msg.rs)
+                held = self._unsent.get(action.message.rs)
+                if held is not None and not self._channels[action.server].local:
+                    held.append(action)  # its floor is not durable yet
                 else:
-                    future = channel.send(WRITE, msg.key, msg.rs, msg.value)
-                future.add_done_callback(lambda f, m=action.server: self._on_message(m, f))
-                self._pending.append(future)  # type: ignore[arg-type]
+                    self._send(action)
             elif isinstance(action, Persist):
-                durable = self._store.record_used(action.key, action.rs)
-                durable.add_done_callback(lambda f, rs=action.rs: self._on_persisted(rs, f))
+                self._persist(action)
             elif isinstance(action, Backoff):
                 self._backoffs += 1
                 delay = min(
@@ -151,6 +163,32 @@ class Driver:
         if self.p.attempt != self._armed:
             self._armed = self.p.attempt
             self._later(self._options.attempt_timeout, self._armed)
+
+    def _send(self, action: Send) -> None:
+        msg = action.message
+        channel = self._channels[action.server]
+        if isinstance(msg, Read):
+            future = channel.send(READ, msg.key, msg.rs)
+        else:
+            future = channel.send(WRITE, msg.key, msg.rs, msg.value)
+        future.add_done_callback(lambda f, m=action.server: self._on_message(m, f))
+        self._pending.append(future)  # type: ignore[arg-type]
+
+    def _persist(self, action: Persist) -> None:
+        """Raise the used-set floor, and start the step after it in the same transaction.
+
+        The floor and this node's own acceptor's part of the next step (a write, or a phase-1
+        read) are submitted in this loop turn, floor first, so they become durable together
+        (or the acceptor's part later: the writer keeps submission order), and that acceptor
+        replies only once they are. Messages to the other members wait until the floor is
+        durable. So nothing outside this process sees register set ``rs`` before its floor is
+        on disk, and a crash before the commit loses both: no set is ever used twice. Why:
+        the home path at concurrency 1 saves a separate commit (and its fsync) for the floor.
+        """
+        durable = self._store.record_used(action.key, action.rs)
+        durable.add_done_callback(lambda f, rs=action.rs: self._on_persisted(rs, f))
+        self._unsent = {action.rs: []}  # sends still held for an earlier set are dropped
+        self._apply(self.p.on_persisted(action.rs))
 
     def _later(self, delay: float, attempt: int) -> None:
         self._timers.append(self._loop.call_later(delay, self._put, ("timeout", attempt, None)))

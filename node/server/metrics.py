@@ -41,8 +41,10 @@ class NodeMetrics:
             ["op", "result"],
             registry=r,
         )
-        for op, result in (("read", "ok"), ("write", "ok"), ("write", "refused"), ("fence", "ok")):
-            self.register_ops.labels(op, result)  # export zeros so rate() works from the start
+        # every child exists from the start (zeros, so rate() works) and is looked up in a
+        # plain dict on the hot path instead of through labels()
+        initial = (("read", "ok"), ("write", "ok"), ("write", "refused"), ("fence", "ok"))
+        self._ops = {(op, res): self.register_ops.labels(op, res) for op, res in initial}
         self.http_duration = Histogram(
             "graven_http_request_duration_seconds",
             "HTTP request handling time.",
@@ -82,14 +84,26 @@ class NodeMetrics:
 
     def count(self, op: str, ok: int, refused: int = 0) -> None:
         if ok:
-            self.register_ops.labels(op, "ok").inc(ok)
+            self._op_counter(op, "ok").inc(ok)
         if refused:
-            self.register_ops.labels(op, "refused").inc(refused)
+            self._op_counter(op, "refused").inc(refused)
+
+    def _op_counter(self, op: str, result: str) -> Counter:
+        child = self._ops.get((op, result))
+        if child is None:
+            child = self._ops[op, result] = self.register_ops.labels(op, result)
+        return child
 
     def middleware(self) -> Middleware:
+        # Labelled children by (route, method, status): ``labels()`` validates and locks on
+        # every call, which showed up per request; the label set is bounded (routes x methods
+        # x statuses), so the cache is too.
+        children: dict[tuple[str, str, int], Histogram] = {}
+        perf_counter = time.perf_counter
+
         @web.middleware
         async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
-            started = time.perf_counter()
+            started = perf_counter()
             status = 500
             try:
                 response = await handler(request)
@@ -100,9 +114,12 @@ class NodeMetrics:
                 # unknown paths share one label: clients must not be able to mint series
                 route = resource.canonical if resource is not None else "unmatched"
                 method = request.method if request.method in _METHODS else "other"
-                self.http_duration.labels(route, method, str(status)).observe(
-                    time.perf_counter() - started
-                )
+                child = children.get((route, method, status))
+                if child is None:
+                    child = children[route, method, status] = self.http_duration.labels(
+                        route, method, str(status)
+                    )
+                child.observe(perf_counter() - started)
 
         return timed
 
@@ -141,8 +158,8 @@ class ProposerMetrics:
             ["path"],
             registry=r,
         )
-        for path in DECISION_PATHS:
-            self.decisions.labels(path)
+        # labelled children resolved once: ``labels()`` costs a validation and a lock per call
+        self.decided_by_path = {path: self.decisions.labels(path) for path in DECISION_PATHS}
         self.duration = Histogram(
             "graven_decision_duration_seconds",
             "Time from the start of a proposal to its decision.",
@@ -205,11 +222,14 @@ class ProposerMetrics:
             ["member"],
             registry=r,
         )
+        self.member_rpc_duration: dict[str, Histogram] = {}
+        self.member_rpc_failures: dict[str, Counter] = {}
+        self.member_rpcs: dict[tuple[str, str], Counter] = {}
         for i, name in enumerate(members):
-            self.rpc_duration.labels(name)
-            self.rpc_failures.labels(name)
+            self.member_rpc_duration[name] = self.rpc_duration.labels(name)
+            self.member_rpc_failures[name] = self.rpc_failures.labels(name)
             for kind in ("read", "write"):
-                self.rpcs.labels(name, kind)
+                self.member_rpcs[name, kind] = self.rpcs.labels(name, kind)
             up.labels(name).set_function(lambda i=i: float(member_up(i)))
         Gauge(
             "graven_quorum_margin",

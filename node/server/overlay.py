@@ -15,14 +15,28 @@ class Overlay:
     def __init__(self, store: RegisterStore) -> None:
         self._store = store
         self._own: dict[str, KeyState] = {}
+        self._changed: set[str] = set()  # keys with a change but no private copy yet
         self.changes: list[tuple[str, Change]] = []
 
     def state(self, key: str) -> KeyState:
-        return self._own.get(key) or self._store.get(key)
+        own = self._own.get(key)
+        if own is not None:
+            return own
+        if key in self._changed:
+            # Named again after a change: build the private copy now. Why lazily: most
+            # requests name each key once, and then the copy was pure overhead.
+            own = self._own[key] = self._store.get(key).copy()
+            for k, change in self.changes:
+                if k == key:
+                    apply(own, change)
+            self._changed.discard(key)
+            return own
+        return self._store.get(key)
 
     def record(self, key: str, change: Change) -> None:
         own = self._own.get(key)
         if own is None:
-            own = self._own[key] = self._store.get(key).copy()
-        apply(own, change)
+            self._changed.add(key)
+        else:
+            apply(own, change)
         self.changes.append((key, change))

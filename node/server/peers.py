@@ -2,10 +2,13 @@
 
 Each proposal hands single messages (read or write one register of one key) to the channel of
 the acceptor; the channel coalesces whatever is queued into one request per kind, with a few
-requests in flight per acceptor. Under load, concurrent proposals thus share HTTP requests and
-fsyncs; at concurrency 1 a message leaves at once. This node's own acceptor is called in-process
-(same semantics: the reply exists only once the change is durable), the others over keep-alive
-HTTP with orjson.
+requests in flight per acceptor. Messages are dispatched at the end of the event-loop turn that
+queued them, so proposals woken together (e.g. by one group commit) share a request even while
+the channel is idle. Under load, concurrent proposals thus share HTTP requests and fsyncs; at
+concurrency 1 a message leaves one loop turn later (microseconds). This node's own acceptor is
+called in-process and at once, per message (its change joins this turn's group commit; the reply
+still exists only once the change is durable), the others over keep-alive HTTP/1.1 with orjson
+(``httpclient`` for plain http members, aiohttp's client for https).
 
 A request that fails (refused connection, timeout, 5xx) fails all its messages and marks the
 member down; while it is down, new messages fail at once instead of queueing behind a dead
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import random
 import time
 from collections import deque
@@ -28,11 +32,14 @@ import orjson
 
 from ..protocol.acceptor import Reply
 from ..storage import RegisterStore, StoreError
+from .httpclient import PeerConnectError, PeerDisconnected, PeerHttpClient, PeerProtocolError
 from .metrics import NodeMetrics, ProposerMetrics
 from .reachability import Reachability
 from .registers import read_many, write_many
 from .validate import WriteItem
 from .wire import reply_from_json
+
+log = logging.getLogger(__name__)
 
 READ, WRITE = "read", "write"
 MAX_BATCH_ITEMS = 1000  # the peer API takes up to 10000; smaller requests keep latency even
@@ -77,7 +84,53 @@ class Transport(Protocol):
     async def probe(self) -> bool: ...
 
 
+def _request_body(kind: str, items: list[Item]) -> bytes:
+    if kind == READ:
+        return orjson.dumps({"reads": [{"key": i.key, "rs": i.rs} for i in items]})
+    return orjson.dumps({"writes": [{"key": i.key, "rs": i.rs, "value": i.value} for i in items]})
+
+
+def _parse_replies(status: int, raw: bytes, count: int) -> list[Reply]:
+    if status != 200:
+        raise PeerError(f"HTTP {status} from the peer API", down=status >= 500)
+    try:
+        replies = orjson.loads(raw)["replies"]
+        out = [reply_from_json(r)[1] for r in replies]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise PeerError(f"unreadable reply: {exc}", down=True) from None
+    if len(out) != count:
+        raise PeerError(f"{len(out)} replies for {count} items", down=True)
+    return out
+
+
 class HttpTransport:
+    """A peer over plain HTTP through ``PeerHttpClient`` (keep-alive, no per-request objects)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._client = PeerHttpClient(url)
+        self._timeout = timeout
+        self._probe_timeout = min(timeout, 1.0)
+
+    async def call(self, kind: str, items: list[Item]) -> list[Reply]:
+        status, raw = await self._client.request(
+            "POST", f"/v1/registers/{kind}", _request_body(kind, items), self._timeout
+        )
+        return _parse_replies(status, raw, len(items))
+
+    async def probe(self) -> bool:
+        try:
+            status, _ = await self._client.request("GET", "/readyz", None, self._probe_timeout)
+        except (TimeoutError, OSError):
+            return False
+        return status == 200
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class AiohttpTransport:
+    """A peer over HTTPS (or anything but plain http), through an aiohttp session."""
+
     def __init__(self, session: aiohttp.ClientSession, url: str, timeout: float) -> None:
         self._session = session
         self._url = url
@@ -85,11 +138,7 @@ class HttpTransport:
         self._probe_timeout = aiohttp.ClientTimeout(total=min(timeout, 1.0))
 
     async def call(self, kind: str, items: list[Item]) -> list[Reply]:
-        if kind == READ:
-            body = {"reads": [{"key": i.key, "rs": i.rs} for i in items]}
-        else:
-            body = {"writes": [{"key": i.key, "rs": i.rs, "value": i.value} for i in items]}
-        data = orjson.dumps(body)
+        data = _request_body(kind, items)
         try:
             return await self._post(kind, data, len(items))
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -109,16 +158,8 @@ class HttpTransport:
             timeout=self._timeout,
         ) as resp:
             raw = await resp.read()
-            if resp.status != 200:
-                raise PeerError(f"HTTP {resp.status} from the peer API", down=resp.status >= 500)
-        try:
-            replies = orjson.loads(raw)["replies"]
-            out = [reply_from_json(r)[1] for r in replies]
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise PeerError(f"unreadable reply: {exc}", down=True) from None
-        if len(out) != count:
-            raise PeerError(f"{len(out)} replies for {count} items", down=True)
-        return out
+            status = resp.status
+        return _parse_replies(status, raw, count)
 
     async def probe(self) -> bool:
         try:
@@ -138,6 +179,19 @@ class LocalTransport:
         self._store = store
         self._metrics = metrics
 
+    def begin(
+        self, kind: str, key: str, rs: int, value: str | None
+    ) -> tuple[Reply, asyncio.Future[None]]:
+        """Decide one item now (its change joins this loop turn's commit); the reply may be
+        used once the future resolves (durable)."""
+        if kind == READ:
+            replies, durable = read_many(self._store, self._metrics, [(key, rs)])
+        else:
+            replies, durable = write_many(
+                self._store, self._metrics, [WriteItem(key, rs, value or "")]
+            )
+        return replies[0], durable
+
     async def call(self, kind: str, items: list[Item]) -> list[Reply]:
         if kind == READ:
             replies, durable = read_many(self._store, self._metrics, [(i.key, i.rs) for i in items])
@@ -155,6 +209,14 @@ def describe_failure(exc: BaseException) -> str:
     """A short reason for a member's failure, as shown in 503 messages and /v1/cluster."""
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, ConnectionRefusedError):  # asyncio words it "Connect call failed (...)"
+        return "connection refused"
+    if isinstance(exc, PeerConnectError):
+        return f"cannot connect: {exc.strerror or exc}"
+    if isinstance(exc, PeerDisconnected):
+        return "connection closed"
+    if isinstance(exc, PeerProtocolError):
+        return str(exc)
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, ConnectionRefusedError):
             return "connection refused"
@@ -195,6 +257,9 @@ class Channel:
         self._tasks: set[asyncio.Task[None]] = set()
         self._probing = False
         self._closed = False
+        self._flush_pending = False  # a _flush is scheduled for the end of this loop turn
+        # This node's own acceptor is called at once (see _call_local), not queued.
+        self.local = isinstance(transport, LocalTransport)
 
     def send(self, kind: str, key: str, rs: int, value: str | None = None) -> asyncio.Future[Reply]:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -202,9 +267,60 @@ class Channel:
             reason = self._reach.reasons.get(self.index, "closed" if self._closed else "down")
             future.set_exception(PeerUnavailable(self.index, reason))
             return future
+        if self.local:
+            self._call_local(kind, key, rs, value, future)
+            return future
         self._queues[kind].append(Item(kind, key, rs, value, future))
-        self._pump()
+        if not self._flush_pending:
+            # Why not send now: every proposal woken in this turn adds its message first, so
+            # they leave as one request instead of one request each (fewer HTTP round trips).
+            self._flush_pending = True
+            future.get_loop().call_soon(self._flush)
         return future
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self._pump()
+
+    def _call_local(
+        self, kind: str, key: str, rs: int, value: str | None, future: asyncio.Future[Reply]
+    ) -> None:
+        """This node's acceptor decides now, so its change joins the transaction of whatever
+        else this loop turn submitted (a proposal's floor above all: one commit, not two);
+        the store batches the turn's changes itself, so queueing here would add nothing. The
+        reply is released only once the change is durable."""
+        assert isinstance(self._transport, LocalTransport)
+        metrics = self._metrics
+        metrics.member_rpcs[self.name, kind].inc()
+        metrics.rpc_items.observe(1)
+        started = time.perf_counter()
+        try:
+            reply, durable = self._transport.begin(kind, key, rs, value)
+        except StoreError as exc:
+            self._local_failed(future, exc, started)
+            return
+
+        def settle(done: asyncio.Future[None]) -> None:
+            if done.cancelled():
+                self._local_failed(future, StoreError("the register store closed"), started)
+                return
+            exc = done.exception()
+            if exc is not None:
+                self._local_failed(future, exc, started)
+                return
+            metrics.member_rpc_duration[self.name].observe(time.perf_counter() - started)
+            if not future.done():
+                future.set_result(reply)
+
+        durable.add_done_callback(settle)
+
+    def _local_failed(
+        self, future: asyncio.Future[Reply], exc: BaseException, started: float
+    ) -> None:
+        self._metrics.member_rpc_duration[self.name].observe(time.perf_counter() - started)
+        self._metrics.member_rpc_failures[self.name].inc()
+        if not future.done():
+            future.set_exception(PeerUnavailable(self.index, describe_failure(exc)))
 
     def _pump(self) -> None:
         while self._in_flight < self._max_in_flight and not self._closed:
@@ -236,7 +352,7 @@ class Channel:
 
     async def _run(self, kind: str, items: list[Item]) -> None:
         started = time.perf_counter()
-        self._metrics.rpcs.labels(self.name, kind).inc()
+        self._metrics.member_rpcs[self.name, kind].inc()
         self._metrics.rpc_items.observe(len(items))
         try:
             replies = await self._transport.call(kind, items)
@@ -247,19 +363,22 @@ class Channel:
                 if not item.future.done():
                     item.future.set_exception(PeerUnavailable(self.index, "closed"))
             raise
+        except Exception as exc:  # a bug, not the peer: fail these messages, never strand them
+            log.exception("request to %s failed unexpectedly", self.name)
+            self._failed(items, exc)
         else:
             self._reach.mark_up(self.index)
             for item, reply in zip(items, replies, strict=True):
                 if not item.future.done():
                     item.future.set_result(reply)
         finally:
-            self._metrics.rpc_duration.labels(self.name).observe(time.perf_counter() - started)
+            self._metrics.member_rpc_duration[self.name].observe(time.perf_counter() - started)
             self._in_flight -= 1
             self._pump()
 
     def _failed(self, items: list[Item], exc: BaseException) -> None:
         reason = describe_failure(exc)
-        self._metrics.rpc_failures.labels(self.name).inc()
+        self._metrics.member_rpc_failures[self.name].inc()
         down = not isinstance(exc, PeerError) or exc.down
         failed = list(items)
         if down:

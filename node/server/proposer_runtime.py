@@ -13,9 +13,9 @@ round trip, and wakes long-polling readers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -27,41 +27,53 @@ from .drive import Driver
 from .gateway_types import DeadlineExceeded, GatewayOptions, NoProposerSlot, QuorumUnreachable
 from .metrics import NodeMetrics, ProposerMetrics
 from .peek import peek
-from .peers import Channel, HttpTransport, LocalTransport, Transport
+from .peers import AiohttpTransport, Channel, HttpTransport, LocalTransport, Transport
 from .reachability import Reachability
 
 POLL_FIRST, POLL_MAX = 0.05, 0.5  # long-poll re-check delays (doubling) between peeks
 
 
 class KeyLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
+    """One lock per key, in a dict entry that exists only while someone holds the key.
+
+    Why not an asyncio.Lock per key behind a timeout: the common case is a key nobody else
+    holds, and that path now costs a dict lookup instead of a lock, a context manager and a
+    timer. Waiters queue in order and are handed the lock directly.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}  # held keys only
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str, deadline: float) -> AsyncIterator[None]:
-        """Hold the key's lock; DeadlineExceeded when it is not free by ``deadline``."""
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
+    async def acquire(self, key: str, deadline: float) -> None:
+        """Hold the key; DeadlineExceeded when it is not free by ``deadline``."""
+        waiters = self._waiters.get(key)
+        if waiters is None:
+            self._waiters[key] = deque()  # held, nobody waiting
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(turn)
         try:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await lock.acquire()
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    "another proposal for this key on this node did not finish in time"
-                ) from None
-            try:
-                yield
-            finally:
-                lock.release()
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            async with asyncio.timeout_at(deadline):
+                await turn
+        except TimeoutError:
+            if turn.done() and not turn.cancelled():
+                self.release(key)  # handed over just as the deadline hit: pass it on
+            raise DeadlineExceeded(
+                "another proposal for this key on this node did not finish in time"
+            ) from None
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self.release(key)
+            raise
+
+    def release(self, key: str) -> None:
+        waiters = self._waiters[key]
+        while waiters:
+            turn = waiters.popleft()
+            if not turn.done():  # skip waiters that gave up
+                turn.set_result(None)  # the lock passes to it directly
+                return
+        del self._waiters[key]
 
 
 class ProposerRuntime:
@@ -87,23 +99,30 @@ class ProposerRuntime:
         self.metrics = ProposerMetrics(
             node_metrics.registry, names, self.reach.is_up, self.reach.margin
         )
+        # read by the graven_proposals_in_flight gauge at scrape time (a plain int here: the
+        # gauge's locked inc/dec on every proposal showed in profiles)
+        self.proposals_in_flight = 0
+        self.metrics.in_flight.set_function(lambda: float(self.proposals_in_flight))
         self.cache = DecidedCache(options.cache_bytes)
         self._locks = KeyLocks()
         self._session: aiohttp.ClientSession | None = None
+        self._http: list[HttpTransport] = []
         self.channels: list[Channel] = []
         self.closing = False
 
     async def start(self) -> None:
-        per_member = self.options.max_in_flight_per_member + 1  # + a probe
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=per_member, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(connector=connector)
         batch_bytes = max(1, self.cfg.limits.max_body_bytes // 8)  # JSON escaping headroom
         for i, member in enumerate(self.cfg.members):
             transport: Transport
             if i == self.index:
                 transport = LocalTransport(self._store, self._node_metrics)
-            else:
-                transport = HttpTransport(self._session, member.url, self.options.rpc_timeout)
+            elif urlsplit(member.url).scheme == "http":
+                transport = HttpTransport(member.url, self.options.rpc_timeout)
+                self._http.append(transport)
+            else:  # https: aiohttp's client brings TLS
+                transport = AiohttpTransport(
+                    self._aiohttp_session(), member.url, self.options.rpc_timeout
+                )
             self.channels.append(
                 Channel(
                     i,
@@ -116,6 +135,15 @@ class ProposerRuntime:
                 )
             )
 
+    def _aiohttp_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            per_member = self.options.max_in_flight_per_member + 1  # + a probe
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=per_member, keepalive_timeout=30
+            )
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
     def shutdown(self) -> None:
         """Stop long polls (they answer "not decided" now) so a graceful stop is quick."""
         self.closing = True
@@ -124,6 +152,8 @@ class ProposerRuntime:
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
+        for transport in self._http:
+            transport.close()
         if self._session is not None:
             await self._session.close()
 
@@ -142,27 +172,30 @@ class ProposerRuntime:
                 f"member {self.index} has no proposer slot: the layout has "
                 f"{self.layout.proposers} proposer slot(s); send proposals to another member"
             )
-        async with self._locks.hold(key, deadline):
+        await self._locks.acquire(key, deadline)
+        try:
             cached = self.cache.get(key)  # decided while we waited for the lock?
             if cached is not None:
                 return cached
             return await self._run(key, value, deadline)
+        finally:
+            self._locks.release(key)
 
     async def _run(self, key: str, value: str, deadline: float) -> str:
         assert self.slot is not None  # checked by propose()
         started = time.perf_counter()
         proposer = Proposer(self.layout, self.slot, key, self._store.used_floor(key))
         driver = Driver(proposer, self.channels, self._store, self.reach, self.options, deadline)
-        self.metrics.in_flight.inc()
+        self.proposals_in_flight += 1
         try:
             decision = await driver.run(value)
         finally:
-            self.metrics.in_flight.dec()
+            self.proposals_in_flight -= 1
             if proposer.attempt > 1:
                 self.metrics.retries.inc(proposer.attempt - 1)
             if proposer.conflicts:
                 self.metrics.conflicts.inc(proposer.conflicts)
-        self.metrics.decisions.labels(decision.path).inc()
+        self.metrics.decided_by_path[decision.path].inc()
         self.metrics.duration.observe(time.perf_counter() - started)
         self.metrics.round_trips.observe(proposer.round_trips)
         self.metrics.register_sets.observe(proposer.attempt)
@@ -181,7 +214,7 @@ class ProposerRuntime:
             return None
         assert seen.value is not None
         if seen.state == "decided":
-            self.metrics.decisions.labels("read").inc()
+            self.metrics.decided_by_path["read"].inc()
             self.cache.put(key, seen.value)
             return seen.value
         # May have been decided before we began: finish it with that very value.

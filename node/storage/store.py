@@ -16,6 +16,8 @@ import asyncio
 import os
 import sqlite3
 import sys
+from array import array
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +38,28 @@ UNSAFE_DELAY = 0.2  # seconds an acknowledged batch waits before it is even writ
 ABSENT_CACHE = 8192
 
 
+class KeyFilter:
+    """The keys a query returned at open, as sorted 64-bit hashes (8 bytes a key).
+
+    ``key in filter`` is False only for keys the query did not return; a hash collision can
+    only say "maybe" for a key that is absent, which costs the caller one query, never a wrong
+    answer. Python's string hash differs between processes, which is fine: the filter lives and
+    dies with this process.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, query: str) -> None:
+        hashes = array("q", sorted(hash(key) for (key,) in conn.execute(query)))
+        self._hashes = hashes
+
+    def __contains__(self, key: str) -> bool:
+        hashes = self._hashes
+        if not hashes:
+            return False
+        h = hash(key)
+        i = bisect_left(hashes, h)
+        return i < len(hashes) and hashes[i] == h
+
+
 class RegisterStore:
     def __init__(
         self,
@@ -53,15 +77,23 @@ class RegisterStore:
         self._cache: dict[str, KeyState] = {}
         self._absent: OrderedDict[str, KeyState] = OrderedDict()
         self._floors: dict[str, int] = {}  # proposer floors loaded or raised since start
-        # No floor on disk at open: then ``_floors`` holds every floor there is, no query needed.
-        self._floors_complete = (
-            reader_conn.execute("SELECT 1 FROM proposer_floors LIMIT 1").fetchone() is None
-        )
+        # Keys that had state (or a floor) on disk at open. Anything else that is not cached
+        # is new, and is answered without a query: on a busy node nearly every key is new, and
+        # those point queries were a visible share of each request.
+        self._disk_keys = KeyFilter(reader_conn, "SELECT key FROM fences")
+        self._disk_floors = KeyFilter(reader_conn, "SELECT key FROM proposer_floors")
         self._global_fence: int = reader_conn.execute(
             "SELECT fence FROM global_fence WHERE id = 0"
         ).fetchone()[0]
         self._stored_keys: int = reader_conn.execute("SELECT count(*) FROM fences").fetchone()[0]
-        self._last: asyncio.Future[None] | None = None  # newest internal commit future
+        # Changes submitted during one event-loop turn go to the writer as one batch at the end
+        # of the turn (one hand-over, one wake-up of the writer thread, instead of one each).
+        self._turn_ops: list[Op] = []
+        self._turn_futures: list[asyncio.Future[None]] = []
+        self._turn_loop: asyncio.AbstractEventLoop | None = None  # set while a flush is due
+        self._seq = 0  # number of the newest batch handed to the writer
+        # batch number -> futures to resolve once that batch is durable (event-loop side only)
+        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
         self._closed = False
         self.last_batch_size = 0
         self.on_commit: CommitHook | None = None
@@ -167,7 +199,7 @@ class RegisterStore:
         goes higher, and nothing was sent with that set before it became durable.
         """
         floor = self._floors.get(key)
-        if floor is None and self._floors_complete:
+        if floor is None and key not in self._disk_floors:
             return -1
         if floor is None:
             row = self._reader.execute(
@@ -178,6 +210,8 @@ class RegisterStore:
         return floor
 
     def _load(self, key: str) -> KeyState | None:
+        if key not in self._disk_keys:
+            return None  # not on disk at open, and every later change went through the cache
         row = self._reader.execute("SELECT fence FROM fences WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
@@ -220,23 +254,28 @@ class RegisterStore:
         return self._enqueue([(None, Change(rs))])
 
     def barrier(self) -> asyncio.Future[None]:
-        """Resolves once everything submitted so far is durable."""
-        loop = asyncio.get_running_loop()
-        if self._last is None or self._last.done() or self.unsafe:
-            settled = loop.create_future()
-            if self._writer.failure is not None:
-                settled.set_exception(self._writer.failure)
-            else:
-                settled.set_result(None)
-            return settled
-        # shield: one waiter giving up must not cancel the commit future others wait for
-        return asyncio.shield(self._last)
+        """Resolves once everything submitted so far is durable.
+
+        Every caller gets its own future, so one waiter giving up (cancelling) leaves the
+        others alone.
+        """
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._turn_futures and not self.unsafe:
+            self._turn_futures.append(settled)  # resolved with this turn's batch
+        elif self._seq in self._waiting and not self.unsafe:
+            self._waiting[self._seq].append(settled)  # the newest batch is not durable yet
+        elif self._writer.failure is not None:
+            settled.set_exception(self._writer.failure)
+        else:
+            settled.set_result(None)
+        return settled
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, release the data directory."""
         if self._closed:
             return
         self._closed = True
+        self._flush()  # this turn's changes too
         self._writer.close()
         self._reader.close()
         self._lock.release()
@@ -275,16 +314,48 @@ class RegisterStore:
 
     def _enqueue(self, ops: list[Op]) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
-        internal: asyncio.Future[None] = loop.create_future()
-        self._writer.enqueue(Pending(ops, internal))
-        self._last = internal
+        durable: asyncio.Future[None] = loop.create_future()
+        if self._turn_loop is None:
+            self._turn_loop = loop
+            loop.call_soon(self._flush)
+        self._turn_ops.extend(ops)
         if self.unsafe:
-            acked = loop.create_future()
-            acked.set_result(None)  # the lie: acknowledged before anything is written
-            return acked
-        return asyncio.shield(internal)
+            durable.set_result(None)  # the lie: acknowledged before anything is written
+        else:
+            self._turn_futures.append(durable)
+        return durable
 
-    def _committed(self, elapsed: float, count: int) -> None:
-        self.last_batch_size = count
-        if self.on_commit is not None:
-            self.on_commit(elapsed, count)
+    def _flush(self) -> None:
+        """Hand this turn's changes to the writer as one batch."""
+        loop, self._turn_loop = self._turn_loop, None
+        ops, self._turn_ops = self._turn_ops, []
+        futures, self._turn_futures = self._turn_futures, []
+        if loop is None or not ops:
+            return
+        self._seq += 1
+        self._waiting[self._seq] = futures
+        try:
+            self._writer.enqueue(Pending(ops, self._seq, loop))
+        except StoreError as exc:  # closed under our feet: nothing of this batch is durable
+            self._settle(self._waiting.pop(self._seq), exc)
+
+    def _committed(
+        self, seqs: list[int], error: StoreError | None, elapsed: float, count: int
+    ) -> None:
+        """The writer finished batches ``seqs`` (on the event loop)."""
+        if error is None:
+            self.last_batch_size = count
+            if self.on_commit is not None:
+                self.on_commit(elapsed, count)
+        for seq in seqs:
+            self._settle(self._waiting.pop(seq, []), error)
+
+    @staticmethod
+    def _settle(futures: list[asyncio.Future[None]], error: StoreError | None) -> None:
+        for future in futures:
+            if future.done():  # its waiter gave up
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)

@@ -1,9 +1,9 @@
 """Group commit: one thread, one connection, one transaction (and one fsync) per batch.
 
-Requests hand over their changes together with a future. The thread takes *everything* queued
-since its last commit, writes it in a single transaction and only then resolves the futures on
-their event loop. Under load many requests share one fsync, and the event loop never waits on
-the disk.
+The store hands over numbered batches of changes. The thread takes *everything* queued since its
+last commit, writes it in a single transaction and only then reports the batch numbers as
+durable on their event loop (one callback per commit), where the store resolves the waiting
+futures. Under load many requests share one fsync, and the event loop never waits on the disk.
 """
 
 from __future__ import annotations
@@ -48,23 +48,26 @@ _RAISE_FLOOR = (
 @dataclass(slots=True)
 class Pending:
     ops: list[Op]
-    future: asyncio.Future[None]
+    seq: int  # the store's batch number, reported back once durable (or failed)
+    loop: asyncio.AbstractEventLoop  # where to report
 
 
 # (seconds spent in the transaction including commit, changes in it), called on the event loop
 CommitHook = Callable[[float, int], None]
+# (batch numbers, None or the error that failed them, seconds, changes), called on the event loop
+DoneHook = Callable[[list[int], "StoreError | None", float, int], None]
 
 
 class CommitWriter:
     def __init__(
         self,
         conn: sqlite3.Connection,
-        on_batch: CommitHook,
+        on_done: DoneHook,
         *,
         delay_before_write: float = 0.0,
     ) -> None:
         self._conn = conn
-        self._on_batch = on_batch
+        self._on_done = on_done
         # Only the deliberately unsafe test mode sets a delay (see store.UNSAFE_ENV).
         self._delay = delay_before_write
         self._cond = threading.Condition()
@@ -127,21 +130,28 @@ class CommitWriter:
         self._resolve(batch, error, elapsed, len(ops))
 
     def _write(self, ops: list[Op]) -> None:
+        fences: list[tuple[str, int]] = []
+        registers: list[tuple[str, int, str | None]] = []
+        floors: list[tuple[str, int]] = []
+        global_fence: int | None = None
+        for key, op in ops:  # one pass; the statements below skip what this batch lacks
+            if isinstance(op, UsedSet):
+                floors.append((key, op.rs))  # type: ignore[arg-type]
+            elif key is None:
+                global_fence = op.fence if global_fence is None else max(global_fence, op.fence)
+            else:
+                fences.append((key, op.fence))
+                if op.register_set is not None:
+                    registers.append((key, op.register_set, op.value))
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            floors = [(key, op.rs) for key, op in ops if isinstance(op, UsedSet)]
-            changes = [(key, ch) for key, ch in ops if isinstance(ch, Change)]
-            fences = [(key, ch.fence) for key, ch in changes if key is not None]
-            registers = [
-                (key, ch.register_set, ch.value)
-                for key, ch in changes
-                if key is not None and ch.register_set is not None
-            ]
-            global_fence = max((ch.fence for key, ch in changes if key is None), default=None)
-            conn.executemany(_UPSERT_FENCE, fences)
-            conn.executemany(_INSERT_REGISTER, registers)
-            conn.executemany(_RAISE_FLOOR, floors)
+            if fences:
+                conn.executemany(_UPSERT_FENCE, fences)
+            if registers:
+                conn.executemany(_INSERT_REGISTER, registers)
+            if floors:
+                conn.executemany(_RAISE_FLOOR, floors)
             if global_fence is not None:
                 conn.execute(_RAISE_GLOBAL, (global_fence,))
             conn.execute("COMMIT")  # with synchronous=FULL this is the fsync
@@ -153,27 +163,10 @@ class CommitWriter:
     def _resolve(
         self, batch: list[Pending], error: StoreError | None, elapsed: float, count: int
     ) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[int]] = {}
         for pending in batch:
-            by_loop.setdefault(pending.future.get_loop(), []).append(pending.future)
-        for loop, futures in by_loop.items():
+            by_loop.setdefault(pending.loop, []).append(pending.seq)
+        for loop, seqs in by_loop.items():
             # a closed loop raises RuntimeError: nobody is waiting there any more
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._settle, futures, error, elapsed, count)
-
-    def _settle(
-        self,
-        futures: list[asyncio.Future[None]],
-        error: StoreError | None,
-        elapsed: float,
-        count: int,
-    ) -> None:
-        if error is None:
-            self._on_batch(elapsed, count)
-        for future in futures:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
+                loop.call_soon_threadsafe(self._on_done, seqs, error, elapsed, count)
