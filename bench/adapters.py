@@ -7,6 +7,8 @@ generator cannot tell the systems apart. A non-2xx reply raises `BadStatus`.
 from __future__ import annotations
 
 import base64
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -34,6 +36,10 @@ class Adapter(Protocol):
     ) -> Outcome: ...
 
     async def read(self, session: aiohttp.ClientSession, endpoint: str, key: str) -> str | None: ...
+
+    def route(self, key: str, endpoints: Sequence[str]) -> str | None:
+        """The member a client that knows the system sends ``key`` to (None: any member)."""
+        ...
 
 
 def _b64(text: str) -> str:
@@ -91,6 +97,9 @@ class EtcdAdapter:
         kvs = reply.get("kvs", [])
         return _unb64(kvs[0].get("value", "")) if kvs else None
 
+    def route(self, key: str, endpoints: Sequence[str]) -> str | None:
+        return None  # any member: etcd forwards proposals to its leader itself
+
 
 class GravenAdapter:
     """Graven proposer gateway: PUT/GET /v1/decisions/{key}."""
@@ -108,6 +117,12 @@ class GravenAdapter:
     async def read(self, session: aiohttp.ClientSession, endpoint: str, key: str) -> str | None:
         reply = await _call(session, "GET", f"{endpoint}/v1/decisions/{key}", None, ok_404=True)
         return None if reply is None else str(reply["value"])
+
+    def route(self, key: str, endpoints: Sequence[str]) -> str | None:
+        # The key's home member owns its first register set and decides it in one round trip
+        # (graven.node.protocol.config.home_slot; the specs here use one proposer slot per
+        # member, listed in member order). graven.node.client routes the same way.
+        return endpoints[zlib.crc32(key.encode()) % len(endpoints)]
 
 
 ADAPTERS: dict[str, type[Adapter]] = {"etcd": EtcdAdapter, "graven": GravenAdapter}

@@ -170,7 +170,8 @@ class Runner:
             while phase.running(done):
                 key = f"gb-{self.run_id}-{int(phase.record)}-u{worker}-{done}"
                 value = make_value(key, load.value_size)
-                await phase.timed(self.adapter.create(session, endpoint, key, value))
+                target = self.adapter.route(key, self.endpoints) or endpoint
+                await phase.timed(self.adapter.create(session, target, key, value))
                 done += 1
 
         async def contention(phase: Phase, group: int) -> None:
