@@ -14,7 +14,6 @@ from graven.node.protocol.quorums import (
     Explicit,
     Grid,
     QuorumSystem,
-    iter_pairs,
     majority,
     mask_of,
     members_of,
@@ -148,13 +147,6 @@ def test_hits_every_quorum_is_blocking() -> None:
     assert cols.hits_every_quorum(mask_of([0, 4, 2]))
     assert not cols.hits_every_quorum(mask_of([0, 3, 1]))
     assert q.min_blocking_size == 3
-
-
-def test_iter_pairs_includes_each_quorum_with_itself() -> None:
-    quorums = (1, 2, 4)
-    pairs = list(iter_pairs(quorums))
-    assert len(pairs) == 6
-    assert (1, 1) in pairs and (1, 4) in pairs and (4, 1) not in pairs
 
 
 @given(

@@ -2,7 +2,6 @@
 
 from graven.node.protocol import config as cfg
 from graven.node.protocol import table
-from graven.node.protocol.quorums import mask_of
 
 
 def states(config, knowledge, rs):
@@ -136,4 +135,3 @@ def test_read_outcome_needs_a_blocking_set_and_no_possible_quorum():
     k4.learn(0, 0, {0: "x"})
     k4.learn(2, 0, {0: "x"})
     assert table.read_outcome(c, k4) == table.ReadOutcome("decided", "x")
-    assert mask_of([0, 2]) == 5

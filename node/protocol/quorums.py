@@ -10,7 +10,7 @@ quorum keeps every intersection, and the decision table's states carry over to s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import combinations
@@ -224,9 +224,3 @@ class Explicit(QuorumSystem):
 
     def to_spec(self) -> dict:
         return {"type": "explicit", "sets": [members_of(q) for q in self.sets]}
-
-
-def iter_pairs(quorums: tuple[Mask, ...]) -> Iterator[tuple[Mask, Mask]]:
-    for i, a in enumerate(quorums):
-        for b in quorums[i:]:
-            yield a, b

@@ -75,9 +75,6 @@ class Knowledge:
             self._sorted_sets = None
         return fresh
 
-    def is_nil(self, server: int, rs: int) -> bool:
-        return rs < self.fences[server] and rs not in self.held[server]
-
     def nil_mask(self, rs: int) -> Mask:
         """Servers known to hold nil in register set ``rs``."""
         mask = 0
