@@ -36,6 +36,10 @@ UNSAFE_DELAY = 0.2  # seconds an acknowledged batch waits before it is even writ
 # written several times per decision) do not each query SQLite; bounded so probing cannot
 # fill memory.
 ABSENT_CACHE = 8192
+# A batch this small, with the writer idle, is committed on the event loop itself: at low load
+# the hand-over to the writer thread and the wake-up back cost more than they save. Larger
+# batches go to the thread so the loop keeps taking requests while the disk syncs.
+INLINE_MAX_OPS = 2
 
 
 class KeyFilter:
@@ -334,8 +338,11 @@ class RegisterStore:
             return
         self._seq += 1
         self._waiting[self._seq] = futures
+        pending = Pending(ops, self._seq, loop)
+        if len(ops) <= INLINE_MAX_OPS and self._writer.commit_inline(pending):
+            return
         try:
-            self._writer.enqueue(Pending(ops, self._seq, loop))
+            self._writer.enqueue(pending)
         except StoreError as exc:  # closed under our feet: nothing of this batch is durable
             self._settle(self._waiting.pop(self._seq), exc)
 

@@ -73,6 +73,7 @@ class CommitWriter:
         self._cond = threading.Condition()
         self._queue: list[Pending] = []
         self._stopping = False
+        self._busy = False  # a commit is running (in the thread or inline on the loop)
         self._wake = threading.Event()  # interrupts the unsafe-mode delay on close
         # Set once by the thread when a commit fails; the store then refuses all further work.
         self.failure: StoreError | None = None
@@ -86,6 +87,25 @@ class CommitWriter:
             self._queue.append(pending)
             self._cond.notify()
 
+    def commit_inline(self, pending: Pending) -> bool:
+        """Commit ``pending`` now on the caller's thread if the writer is idle (True), else
+        leave it (False: enqueue it). Why: at low load the hand-over to the thread and the
+        wake-up back cost more than the commit itself; under load the thread keeps batching."""
+        if self._delay:
+            return False
+        with self._cond:
+            if self._busy or self._queue or self._stopping:
+                return False
+            self._busy = True
+        try:
+            self._commit([pending], inline=True)
+        finally:
+            with self._cond:
+                self._busy = False
+                if self._queue:
+                    self._cond.notify()
+        return True
+
     def close(self) -> None:
         """Commit whatever is queued, then stop the thread (blocks until it has)."""
         with self._cond:
@@ -98,16 +118,23 @@ class CommitWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while (not self._queue or self._busy) and not self._stopping:
+                    self._cond.wait()
+                while self._busy:  # stopping: let an inline commit finish first
                     self._cond.wait()
                 if not self._queue:
                     return  # stopping and drained
                 batch, self._queue = self._queue, []
+                self._busy = True
             if self._delay:
                 self._wake.wait(self._delay)
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
 
-    def _commit(self, batch: list[Pending]) -> None:
+    def _commit(self, batch: list[Pending], inline: bool = False) -> None:
         ops = [op for pending in batch for op in pending.ops]
         error: StoreError | None = None
         started = time.perf_counter()
@@ -127,7 +154,10 @@ class CommitWriter:
                 error = StoreError(f"commit failed, the store refuses further work: {exc}")
                 self.failure = error
         elapsed = time.perf_counter() - started
-        self._resolve(batch, error, elapsed, len(ops))
+        if inline:
+            self._on_done([p.seq for p in batch], error, elapsed, len(ops))
+        else:
+            self._resolve(batch, error, elapsed, len(ops))
 
     def _write(self, ops: list[Op]) -> None:
         fences: list[tuple[str, int]] = []
