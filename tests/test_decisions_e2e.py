@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -215,11 +216,44 @@ async def test_home_node_skips_phase_one(paxos: LocalCluster, http: aiohttp.Clie
         == 1
     )
 
-    other = home_key(paxos, 1, "away")  # node 0 is not its home: phase 1 from node 0
-    before = await metrics(http, paxos.url(0))
+    other = home_key(paxos, 1, "forwarded")  # node 0 is not its home: hand it to node 1
+    before = [await metrics(http, paxos.url(i)) for i in (0, 1)]
     assert (await put(http, paxos.url(0), other, "v"))[0] == 200
-    counted = rpcs(before, await metrics(http, paxos.url(0)), paxos)
+    after = [await metrics(http, paxos.url(i)) for i in (0, 1)]
+    forwards = 'graven_proposal_forwards_total{outcome="ok"}'
+    assert after[0][forwards] - before[0][forwards] == 1
+    counted = rpcs(before[0], after[0], paxos)  # node 0 sent nothing to any acceptor
+    assert all(counted[(m.name, k)] == 0 for m in paxos.members for k in ("read", "write"))
+    counted = rpcs(before[1], after[1], paxos)  # the home decided it in one round trip
+    assert all(counted[(m.name, "read")] == 0 for m in paxos.members), counted
+    assert (await get(http, paxos.url(2), other)) == (200, {"key": other, "value": "v"})
+
+    away = home_key(paxos, 1, "away")  # a request already forwarded is not passed on again
+    before = [await metrics(http, paxos.url(0))]
+    async with http.put(
+        paxos.url(0) + path(away), json={"value": "v"}, headers={"Graven-Forwarded": "test"}
+    ) as resp:
+        assert resp.status == 200
+    counted = rpcs(before[0], await metrics(http, paxos.url(0)), paxos)
     assert all(counted[(m.name, "read")] == 1 for m in paxos.members), counted
+
+
+async def test_forwarding_falls_back_when_the_home_is_down(
+    local_cluster: Any, http: aiohttp.ClientSession
+) -> None:
+    """The home is SIGSTOPped (up as far as anyone knows, but silent): the node proposes
+    itself after the forwarding wait and the client still gets its decision."""
+    cluster = local_cluster(members=3, quorums={"preset": "paxos"})
+    key = home_key(cluster, 2, "stopped-home")
+    cluster.members[2].proc.send_signal(signal.SIGSTOP)
+    try:
+        status, body = await put(http, cluster.url(0), key, "v")
+        assert (status, body["value"]) == (200, "v")
+        m = await metrics(http, cluster.url(0))
+        assert m['graven_proposal_forwards_total{outcome="failed"}'] == 1
+    finally:
+        cluster.members[2].proc.send_signal(signal.SIGCONT)
+    assert (await get(http, cluster.url(2), key)) == (200, {"key": key, "value": "v"})
 
 
 # -- every preset -----------------------------------------------------------------------------
@@ -333,9 +367,11 @@ async def test_quorum_loss_is_503_naming_members_and_restart_resumes(
         assert body["error"]["code"] == "quorum_unreachable"
         assert cluster.name(1) in body["error"]["message"]
         assert cluster.name(2) in body["error"]["message"]
+    layout = parse(cluster.doc).layout
     for key, value in decided.items():
         status, body = await get(http, cluster.url(0), key)
-        if key == home or key.endswith(("-0", "-3")):  # decided through node 0: it knows
+        # sent to node 0, or forwarded to it as the key's home: node 0 decided it, it knows
+        if key.endswith(("-0", "-3")) or layout.home_slot(key_hash(key)) == 0:
             assert (status, body) == (200, {"key": key, "value": value})
         else:  # node 0 cannot tell alone, and never guesses
             assert status == 503 and body["error"]["code"] == "quorum_unreachable", body

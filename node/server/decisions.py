@@ -22,6 +22,7 @@ from ..storage import StoreError
 from .app import Extension
 from .appkeys import CLUSTER, METRICS, NODE, REACHABILITY, STORE
 from .errors import ApiError, invalid
+from .forward import FORWARDED_HEADER
 from .gateway_types import (
     DeadlineExceeded,
     GatewayOptions,
@@ -93,7 +94,8 @@ async def put_decision(request: web.Request) -> web.Response:
     body = fields(await read_json(request), "body", {"value"})
     value = value_text(body["value"], "value", limits)
     rt = app[RUNTIME]
-    decided = await _answer(rt.propose(k, value, rt.deadline()))
+    forward = FORWARDED_HEADER not in request.headers  # a forwarded request stays here
+    decided = await _answer(rt.propose(k, value, rt.deadline(), forward))
     return json_response({"key": k, "value": decided, "won": decided == value})
 
 
@@ -141,6 +143,8 @@ async def batch_propose(request: web.Request) -> web.Response:
     async def one(item: tuple[str, str]) -> dict[str, Any]:
         k, value = item
         try:
+            # not forwarded: one request per item would be many connections; here the items
+            # share batched acceptor requests instead
             decided = await rt.propose(k, value, deadline)
         except (QuorumUnreachable, DeadlineExceeded, NoProposerSlot, StoreError) as exc:
             return _error_item(k, exc)

@@ -206,10 +206,12 @@ class PeerHttpClient:
         self._closed = False
 
     async def request(
-        self, method: str, path: str, body: bytes | None, timeout: float
+        self, method: str, path: str, body: bytes | None, timeout: float, headers: bytes = b""
     ) -> tuple[int, bytes]:
-        """(status, body) of one request; OSError subclasses or TimeoutError on failure."""
-        head = f"{method} {path} HTTP/1.1\r\nHost: ".encode() + self._netloc
+        """(status, body) of one request; OSError subclasses or TimeoutError on failure.
+
+        ``headers``: extra header lines, each ending in CRLF."""
+        head = f"{method} {path} HTTP/1.1\r\n".encode() + headers + b"Host: " + self._netloc
         if body is None:
             request = head + b"\r\n\r\n"
         else:

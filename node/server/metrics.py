@@ -183,6 +183,14 @@ class ProposerMetrics:
             "Attempts abandoned because another value took the register set.",
             registry=r,
         )
+        self.forwards = Counter(
+            "graven_proposal_forwards",
+            "Client proposals this node handed to the key's home member, by outcome (failed: "
+            "proposed here instead: the home did not answer in time, or too many forwards).",
+            ["outcome"],
+            registry=r,
+        )
+        self.forwarded = {o: self.forwards.labels(o) for o in ("ok", "failed")}
         self.retries = Counter(
             "graven_proposal_retries",
             "Attempts beyond the first (after a conflict, fence or timeout).",

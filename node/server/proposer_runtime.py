@@ -20,10 +20,12 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..clusterconfig import ClusterConfig
+from ..protocol.config import key_hash
 from ..protocol.proposer import Proposer
 from ..storage import RegisterStore
 from .decided import DecidedCache
 from .drive import Driver
+from .forward import Forwarder
 from .gateway_types import DeadlineExceeded, GatewayOptions, NoProposerSlot, QuorumUnreachable
 from .metrics import NodeMetrics, ProposerMetrics
 from .peek import peek
@@ -106,6 +108,9 @@ class ProposerRuntime:
         self.cache = DecidedCache(options.cache_bytes)
         self._locks = KeyLocks()
         self._session: aiohttp.ClientSession | None = None
+        self.forwarder = Forwarder(
+            [m.url for m in cfg.members], node_name, session=self._aiohttp_session
+        )
         self._http: list[HttpTransport] = []
         self.channels: list[Channel] = []
         self.closing = False
@@ -154,6 +159,7 @@ class ProposerRuntime:
             await channel.close()
         for transport in self._http:
             transport.close()
+        self.forwarder.close()
         if self._session is not None:
             await self._session.close()
 
@@ -162,11 +168,25 @@ class ProposerRuntime:
 
     # -- proposals ------------------------------------------------------------------------------
 
-    async def propose(self, key: str, value: str, deadline: float) -> str:
-        """The value decided for ``key`` (``value`` or another proposer's)."""
+    async def propose(self, key: str, value: str, deadline: float, forward: bool = False) -> str:
+        """The value decided for ``key`` (``value`` or another proposer's).
+
+        ``forward``: hand the proposal to the key's home member first when that is another
+        member (client requests; see ``forward``), and propose here only if it cannot answer.
+        """
         cached = self.cache.get(key)
         if cached is not None:
             return cached
+        home = self._forward_target(key) if forward else None
+        if home is not None:
+            left = deadline - asyncio.get_running_loop().time()
+            wait = min(self.options.attempt_timeout, left / 2)
+            decided = await self.forwarder.propose(home, key, value, wait)
+            if decided is not None:
+                self.metrics.forwarded["ok"].inc()
+                self.cache.put(key, decided)
+                return decided
+            self.metrics.forwarded["failed"].inc()
         if self.slot is None:
             raise NoProposerSlot(
                 f"member {self.index} has no proposer slot: the layout has "
@@ -180,6 +200,13 @@ class ProposerRuntime:
             return await self._run(key, value, deadline)
         finally:
             self._locks.release(key)
+
+    def _forward_target(self, key: str) -> int | None:
+        """The key's home member when it is another member this node believes is up."""
+        home = self.layout.home_slot(key_hash(key))
+        if home is None or home == self.index or home >= len(self.cfg.members):
+            return None
+        return home if self.reach.is_up(home) else None
 
     async def _run(self, key: str, value: str, deadline: float) -> str:
         assert self.slot is not None  # checked by propose()
