@@ -1,7 +1,11 @@
 """`graven bench`: load a running cluster and report decisions/s and latency.
 
     graven bench [--concurrency C] [--seconds S] [--keys N] [--racers R] [--value-size B]
-                 [--reads] [--json] [--endpoint URL ...]
+                 [--reads] [--smart] [--json] [--endpoint URL ...]
+
+``--smart`` proposes through the in-process smart client (``graven.node.smartclient``): on a
+layout with a fast first set it decides in one round trip from this process, without the
+proposer gateway; elsewhere it behaves like the plain client.
 
 Exit status: 0 done, 1 cluster unreachable, no operation succeeded or any disagreement,
 2 bad input.
@@ -49,6 +53,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--reads", action="store_true", help="benchmark GETs of keys decided beforehand"
     )
+    parser.add_argument(
+        "--smart",
+        action="store_true",
+        help="propose through the in-process smart client (fast layouts: one round trip)",
+    )
     cli_client.add_connection_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -90,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         value_size=args.value_size,
         reads=args.reads,
         timeout=args.timeout,
+        smart=args.smart,
     )
     try:
         endpoints = cli_client.endpoints(args)
@@ -122,6 +132,11 @@ def render(r: BenchResult) -> str:
         f"  {unit:<14}{r.ops:,} in {r.seconds:.2f} s = {r.ops_per_s:,.1f}/s",
         f"  {'latency':<14}p50 {r.p50_ms:.2f} ms   p99 {r.p99_ms:.2f} ms   max {r.max_ms:.2f} ms",
         f"  {'errors':<14}{r.errors}",
+        *(
+            [f"  {'client':<14}smart: {r.fast_in_client:,} decided in this process (fast path)"]
+            if r.client == "smart"
+            else []
+        ),
         f"  {'disagreements':<14}{r.disagreements}",
     ]
     if r.mode == "racers" and not r.keys:

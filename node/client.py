@@ -11,8 +11,8 @@ Connection failures and 503/502 move on to the next endpoint; any other error re
 ``ClientError`` carrying the server's code and message. The client fetches ``/v1/cluster`` once
 and sends each key to its home member first when that member is one of its endpoints.
 
-Not here yet: a "smart" client running the proposer in-process (it would talk to the register
-service directly), and following a configuration change to a newer epoch.
+``graven.node.smartclient.SmartClient`` (async) decides fast-layout keys in the client process.
+Not here yet: following a configuration change to a newer epoch.
 """
 
 from __future__ import annotations

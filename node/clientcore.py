@@ -181,9 +181,11 @@ class Router:
         """Endpoint index of the key's home member, when known and among our endpoints."""
         if self.layout is None:
             return None
-        slot = self.layout.home_slot(key_hash(key))
+        # the key's home; on a fast layout the member that would recover the key after a
+        # conflict (any member takes the fast path equally well)
+        slot = self.layout.leader_slot(key_hash(key))
         if slot is None or slot >= len(self.home_endpoint):
-            return None  # a fast first set has no owner; spare proposer slots have no node
+            return None  # spare proposer slots have no node
         return self.home_endpoint[slot]
 
     def order(self, key: str | None = None, via: str | None = None) -> list[int]:

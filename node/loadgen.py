@@ -22,6 +22,7 @@ from typing import Any
 
 from .aclient import AsyncClient
 from .clientcore import ClientError, Decision
+from .smartclient import SmartClient
 
 MAX_OPS_PER_WORKER = 5_000_000  # hard bound; the deadline normally ends the run
 PRELOAD_TIMEOUT = 60.0  # seconds to decide the keys a read benchmark reads
@@ -38,6 +39,7 @@ class Workload:
     value_size: int = 64
     reads: bool = False
     timeout: float = 10.0
+    smart: bool = False  # propose through the in-process smart client
 
     @property
     def mode(self) -> str:
@@ -69,6 +71,8 @@ class BenchResult:
     cluster: str | None = None
     layout: Any = None
     members: int = 0
+    client: str = "gateway"  # or "smart"
+    fast_in_client: int = 0  # smart client: decisions reached in this process (fast path)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +87,9 @@ def percentile(sorted_ms: list[float], q: float) -> float:
 
 
 class _Run:
-    def __init__(self, client: AsyncClient, work: Workload, endpoints: list[str]) -> None:
+    def __init__(
+        self, client: AsyncClient | SmartClient, work: Workload, endpoints: list[str]
+    ) -> None:
         self.client = client
         self.work = work
         self.endpoints = endpoints
@@ -217,10 +223,17 @@ class _AlreadyCounted(Exception):
 
 async def run_bench(endpoints: list[str], work: Workload) -> BenchResult:
     """Run one benchmark; ClientError when the cluster cannot be reached at all."""
-    async with AsyncClient(endpoints, timeout=work.timeout) as client:
+    client: AsyncClient | SmartClient
+    if work.smart:
+        client = SmartClient(endpoints, timeout=work.timeout)
+    else:
+        client = AsyncClient(endpoints, timeout=work.timeout)
+    async with client:
         info = await client.cluster()  # fails fast when nothing answers; learns the routing
         run = _Run(client, work, endpoints)
         result = await run.run()
+    if isinstance(client, SmartClient):
+        result.client, result.fast_in_client = "smart", client.stats["fast"]
     result.cluster = info.get("cluster")
     result.layout = info.get("layout")
     result.members = len(info.get("members") or [])

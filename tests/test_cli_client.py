@@ -65,13 +65,15 @@ def test_router_sends_a_key_to_its_home_member_first() -> None:
         assert sorted(router.order(key)) == [0, 1, 2]
 
 
-def test_router_without_home_spreads_keys_and_demotes_dead_endpoints() -> None:
+def test_router_sends_fast_keys_to_their_recovery_member_and_demotes_dead_endpoints() -> None:
     now = [0.0]
     urls = [f"http://127.0.0.1:{7100 + i}" for i in range(3)]
     router = Router(urls, clock=lambda: now[0])
     router.learn(_cluster_doc(urls, {"preset": "fast"}))  # first set is open to everyone
-    firsts = {router.order(f"k{i}")[0] for i in range(60)}
-    assert firsts == {0, 1, 2}
+    # set 1, the first a single member owns, belongs to member crc32(key) % 3: racers that
+    # lose the fast set meet there instead of duelling from different members
+    for i in range(60):
+        assert router.order(f"k{i}")[0] == zlib.crc32(f"k{i}".encode()) % 3
     router.mark_down(0)
     assert router.order(None) == [1, 2, 0]
     now[0] += 60.0  # the penalty expires: the endpoint is tried first again

@@ -220,6 +220,19 @@ def test_home_slot() -> None:
     assert build({"preset": "colocated", "proposers": 2}, 5).home_slot(3) == 1
 
 
+def test_leader_slot_owns_the_first_restricted_set() -> None:
+    for preset in ("paxos", "fast", "fixed-majority", "colocated", "flexible"):
+        layout = build({"preset": preset}, 5)
+        for h in range(12):
+            leader = layout.leader_slot(h)
+            first_restricted = next(
+                rs for rs in range(10) if layout.segment_of(rs).kind == "restricted"
+            )
+            assert layout.owner(first_restricted, h) == leader, (preset, h)
+            if layout.home_slot(h) is not None:
+                assert leader == layout.home_slot(h)
+
+
 def test_next_owned_runs_out_when_the_last_segment_is_intersecting() -> None:
     config = build({"segments": [{"sets": 2, "kind": "restricted"}, {"kind": "intersecting"}]}, 3)
     assert config.next_owned(1, 0, -1) == 1

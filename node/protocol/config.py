@@ -128,6 +128,15 @@ class Configuration:
         """Slot that owns the very first set of the key (may skip phase 1), if restricted."""
         return self.owner(self.first_set, khash)
 
+    def leader_slot(self, khash: int) -> int | None:
+        """Slot owning the key's first client-restricted set: the home on layouts that start
+        restricted, else the proposer that recovers the key after a conflict on the fast sets
+        (sending a key's fallback proposals there lets them queue instead of duel)."""
+        for seg in self.segments:
+            if seg.kind == RESTRICTED:
+                return khash % self.proposers
+        return None
+
     def fast_sets(self) -> list[Segment]:
         return [s for s in self.segments if s.kind == INTERSECTING]
 

@@ -1,0 +1,212 @@
+"""``SmartClient``: proposes from the client's own process, one round trip on a fast layout.
+
+    async with SmartClient(endpoints) as c:
+        d = await c.propose("k", "v")      # Decision(key, value, won), like AsyncClient
+
+When the layout's first register set is quorum-intersecting (``fast`` and similar layouts), any
+proposer may write it without phase 1, and it needs no proposer slot. The smart client runs the
+core's ``Proposer`` for exactly that step: it writes the value to the first set of every
+acceptor through the register API (the same batched peer channels a node's proposer uses, so
+concurrent proposals share requests) and returns as soon as the decision table says a fast
+quorum holds one value. That is one round trip from the client, with no proposer gateway hop.
+
+Anything else goes to the proposer gateway through ``AsyncClient``, with the same value:
+a conflict on the fast set (racers wrote different values), a member that is down or slow, a
+layout without a fast first set, a key or value over the cluster's limits. The gateway's
+proposer then completes the key from whatever the fast attempt left (the decision table handles
+partly written fast sets), so falling back is always safe and always ends in the decided value.
+
+Why it never needs a slot: it stops before the proposer would move on to a client-restricted set
+(those are owned by the nodes' proposers and need durable floors, which a client does not keep).
+
+Decisions reached here are not counted in the nodes' ``graven_decisions_total`` (no node takes
+part as a proposer); the acceptors count their register writes as usual, and ``stats`` here
+counts fast and fallback decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from types import TracebackType
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry
+
+from .aclient import AsyncClient
+from .clientcore import DEFAULT_TIMEOUT, ClientError, Decision, decision_path, proposal_body
+from .protocol.acceptor import Reply
+from .protocol.config import INTERSECTING, Configuration
+from .protocol.proposer import Backoff, Decide, Proposer, Send, Write
+from .server.metrics import ProposerMetrics
+from .server.peers import WRITE, AiohttpTransport, Channel, HttpTransport, Transport
+from .server.reachability import Reachability
+
+DEFAULT_FAST_TIMEOUT = 1.0  # seconds to wait for a fast quorum before asking the gateway
+MAX_IN_FLIGHT = 4  # concurrent batched requests to one acceptor
+_NO_SLOT = 0  # the proposer's slot is never used: we stop before any client-restricted set
+
+
+class SmartClient:
+    def __init__(
+        self,
+        endpoints: list[str],
+        timeout: float = DEFAULT_TIMEOUT,
+        fast_timeout: float = DEFAULT_FAST_TIMEOUT,
+    ) -> None:
+        if not 0 < fast_timeout <= timeout:
+            raise ValueError(f"fast timeout must be in (0, {timeout:g}] seconds: {fast_timeout}")
+        self.gateway = AsyncClient(endpoints, timeout=timeout)
+        self.fast_timeout = fast_timeout
+        self.stats: Counter[str] = Counter()  # decisions by path: fast | gateway
+        self._layout: Configuration | None = None
+        self._limits: tuple[int, int] = (0, 0)  # max key bytes, max value bytes
+        self._channels: list[Channel] = []
+        self._http: list[HttpTransport] = []
+        self._reach: Reachability | None = None
+        self._setup: asyncio.Lock | None = None
+        self._ready = False
+
+    async def propose(self, key: str, value: str, *, via: str | None = None) -> Decision:
+        """Like ``AsyncClient.propose``; ``via`` picks the member a gateway fallback goes to."""
+        decision_path(key), proposal_body(value)  # the gateway's checks: ClientError early
+        if not self._ready:
+            await self._prepare()
+        if self._fast_possible(key, value):
+            decided = await self._fast(key, value)
+            if decided is not None:
+                self.stats["fast"] += 1
+                return Decision(key, decided, decided == value)
+        self.stats["gateway"] += 1
+        return await self.gateway.propose(key, value, via=via)
+
+    async def get(self, key: str, wait: float | None = None) -> str | None:
+        return await self.gateway.get(key, wait)
+
+    async def cluster(self) -> dict:
+        return await self.gateway.cluster()
+
+    # -- the fast path --------------------------------------------------------------------------
+
+    def _fast_possible(self, key: str, value: str) -> bool:
+        layout, reach = self._layout, self._reach
+        if layout is None or reach is None:
+            return False
+        max_key, max_value = self._limits
+        if len(key.encode()) > max_key or len(value.encode()) > max_value:
+            return False  # the gateway answers with the proper 4xx
+        fast_set = layout.segment_of(layout.first_set)
+        return fast_set.phase2.is_quorum(reach.up_mask)
+
+    async def _fast(self, key: str, value: str) -> str | None:
+        """The decided value if the first set decides it at once; None: ask the gateway."""
+        assert self._layout is not None
+        proposer = Proposer(self._layout, _NO_SLOT, key)
+        sends = proposer.start(value)
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[str | None] = loop.create_future()
+        waiting = len(sends)
+
+        def settle(result: str | None) -> None:
+            if not outcome.done():
+                outcome.set_result(result)
+
+        def on_reply(server: int, done: asyncio.Future[Reply]) -> None:
+            nonlocal waiting
+            waiting -= 1
+            if outcome.done() or done.cancelled():
+                return
+            if done.exception() is None:
+                for action in proposer.on_reply(server, done.result()):
+                    if isinstance(action, Decide):
+                        return settle(action.value)
+                    if isinstance(action, Backoff):  # the fast set cannot decide any more
+                        return settle(None)
+            if waiting == 0:
+                settle(None)
+
+        futures = []
+        for action in sends:
+            assert isinstance(action, Send) and isinstance(action.message, Write)
+            msg = action.message
+            future = self._channels[action.server].send(WRITE, msg.key, msg.rs, msg.value)
+            future.add_done_callback(lambda f, s=action.server: on_reply(s, f))
+            futures.append(future)
+        timer = loop.call_later(self.fast_timeout, settle, None)
+        try:
+            return await outcome
+        finally:
+            timer.cancel()
+            for future in futures:
+                future.cancel()  # a write still queued is then never sent
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    async def _prepare(self) -> None:
+        if self._setup is None:
+            self._setup = asyncio.Lock()
+        async with self._setup:  # many concurrent first proposals, one /v1/cluster fetch
+            if self._ready:
+                return
+            try:
+                cluster = await self.gateway.cluster()
+            except ClientError:
+                return  # nobody answers yet: the gateway path will say why; retry next time
+            self._ready = True
+            layout = self.gateway.router.layout
+            if layout is None or layout.segment_of(layout.first_set).kind != INTERSECTING:
+                return  # no fast first set: every proposal goes to the key's home member
+            self._open_channels(layout, cluster)
+
+    def _open_channels(self, layout: Configuration, cluster: dict) -> None:
+        members = cluster["members"]
+        names = [str(m.get("name", i)) for i, m in enumerate(members)]
+        urls = [str(m.get("url", "")) for m in members]
+        if any(urlsplit(u).scheme not in ("http", "https") for u in urls):
+            return
+        limits = cluster.get("limits") or {}
+        self._limits = (int(limits.get("maxKeyBytes", 0)), int(limits.get("maxValueBytes", 0)))
+        # JSON escaping headroom under the member's request size limit, as a node's proposer
+        batch_bytes = max(1, int(limits.get("maxBodyBytes", 8 << 20)) // 8)
+        reach = Reachability(layout, names, None)
+        metrics = ProposerMetrics(CollectorRegistry(), names, reach.is_up, reach.margin)
+        for i, url in enumerate(urls):
+            transport: Transport
+            if urlsplit(url).scheme == "http":
+                http = HttpTransport(url, self.gateway.timeout)
+                self._http.append(http)
+                transport = http
+            else:
+                transport = AiohttpTransport(self.gateway._http(), url, self.gateway.timeout)
+            self._channels.append(
+                Channel(
+                    i,
+                    names[i],
+                    transport,
+                    reach,
+                    metrics,
+                    max_in_flight=MAX_IN_FLIGHT,
+                    max_batch_bytes=batch_bytes,
+                )
+            )
+        self._layout, self._reach = layout, reach
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+        for http in self._http:
+            http.close()
+        await self.gateway.close()
+
+    async def __aenter__(self) -> SmartClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
