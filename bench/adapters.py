@@ -1,19 +1,30 @@
-"""Create-if-absent and read, spoken to etcd (JSON gateway) and to Graven (proposer gateway).
+"""Create-if-absent and read, spoken to etcd (JSON gateway) and to Graven (proposer gateway,
+or the in-process smart client).
 
-Both adapters take the same key and value strings and return the same `Outcome`, so the load
-generator cannot tell the systems apart. A non-2xx reply raises `BadStatus`.
+All adapters take the same key and value strings and return the same `Outcome`, so the load
+generator cannot tell the systems apart. A non-2xx reply (or a smart-client error) raises
+`BadStatus`.
+
+Every call names a session and an endpoint; the plain adapters use them. `SmartGravenAdapter`
+ignores both: one `graven.node.smartclient.SmartClient` per row (made in `open`, closed in
+`close`) talks to all members itself, so `member_reader` gives the load generator a plain
+adapter for the checks that must read one given member.
 """
 
 from __future__ import annotations
 
 import base64
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import aiohttp
 import orjson
+
+if TYPE_CHECKING:
+    from graven.node.smartclient import SmartClient
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -31,6 +42,14 @@ class BadStatus(aiohttp.ClientError):
 class Adapter(Protocol):
     name: ClassVar[str]
 
+    async def open(self, endpoints: Sequence[str]) -> None:
+        """Before the row's first request (the smart client is made here)."""
+        ...
+
+    async def close(self) -> None:
+        """After the row's last request, also on error."""
+        ...
+
     async def create(
         self, session: aiohttp.ClientSession, endpoint: str, key: str, value: str
     ) -> Outcome: ...
@@ -40,6 +59,30 @@ class Adapter(Protocol):
     def route(self, key: str, endpoints: Sequence[str]) -> str | None:
         """The member a client that knows the system sends ``key`` to (None: any member)."""
         ...
+
+    def member_reader(self) -> Adapter:
+        """An adapter whose `read` asks exactly the endpoint it is given (re-read checks)."""
+        ...
+
+    def paths(self) -> Counter[str] | None:
+        """Decisions so far by path ("fast", "gateway") when the client knows; else None."""
+        ...
+
+
+class _Plain:
+    """What the adapters that speak to one given endpoint per call share."""
+
+    async def open(self, endpoints: Sequence[str]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def member_reader(self) -> Adapter:
+        return self  # type: ignore[return-value]
+
+    def paths(self) -> Counter[str] | None:
+        return None
 
 
 def _b64(text: str) -> str:
@@ -63,7 +106,7 @@ async def _call(
     return orjson.loads(raw)
 
 
-class EtcdAdapter:
+class EtcdAdapter(_Plain):
     """etcd v3 JSON gateway: one txn `if create_revision == 0 then put else range`."""
 
     name: ClassVar[str] = "etcd"
@@ -101,7 +144,7 @@ class EtcdAdapter:
         return None  # any member: etcd forwards proposals to its leader itself
 
 
-class GravenAdapter:
+class GravenAdapter(_Plain):
     """Graven proposer gateway: PUT/GET /v1/decisions/{key}."""
 
     name: ClassVar[str] = "graven"
@@ -125,4 +168,58 @@ class GravenAdapter:
         return endpoints[zlib.crc32(key.encode()) % len(endpoints)]
 
 
-ADAPTERS: dict[str, type[Adapter]] = {"etcd": EtcdAdapter, "graven": GravenAdapter}
+class SmartGravenAdapter:
+    """Graven through ``SmartClient``: on a fast first set it writes every acceptor's register
+    itself and decides in one round trip; otherwise (and on conflict) it uses the proposer
+    gateway, routed to the key's home member. The endpoint of each call is ignored."""
+
+    name: ClassVar[str] = "graven-smart"
+
+    def __init__(self) -> None:
+        self.client: SmartClient | None = None
+
+    async def open(self, endpoints: Sequence[str]) -> None:
+        from graven.node.smartclient import SmartClient  # only the smart rows need it
+
+        self.client = SmartClient(list(endpoints))
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+    async def create(
+        self, session: aiohttp.ClientSession, endpoint: str, key: str, value: str
+    ) -> Outcome:
+        from graven.node.clientcore import ClientError
+
+        assert self.client is not None, "open() first"
+        try:
+            decision = await self.client.propose(key, value)
+        except ClientError as exc:
+            raise BadStatus(f"smart propose {key}: {exc}") from exc
+        return Outcome(decision.won, decision.value)
+
+    async def read(self, session: aiohttp.ClientSession, endpoint: str, key: str) -> str | None:
+        from graven.node.clientcore import ClientError
+
+        assert self.client is not None, "open() first"
+        try:
+            return await self.client.get(key)
+        except ClientError as exc:
+            raise BadStatus(f"smart get {key}: {exc}") from exc
+
+    def route(self, key: str, endpoints: Sequence[str]) -> str | None:
+        return None  # unused: the client routes (and fans out) by itself
+
+    def member_reader(self) -> Adapter:
+        return GravenAdapter()
+
+    def paths(self) -> Counter[str] | None:
+        return None if self.client is None else Counter(self.client.stats)
+
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    "etcd": EtcdAdapter,
+    "graven": GravenAdapter,
+    "graven-smart": SmartGravenAdapter,
+}

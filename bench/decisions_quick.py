@@ -27,6 +27,7 @@ import aiohttp
 
 from graven.node.clusterconfig import parse
 from graven.node.protocol.config import key_hash
+from graven.node.smartclient import SmartClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from cluster_fixture import LocalCluster  # the test fixture: real nodes on free ports
@@ -95,7 +96,10 @@ async def run_load(
     errors = 0
     tag = f"{preset}-{route}-c{concurrency}-{time.monotonic_ns()}"
     connector = aiohttp.TCPConnector(limit=0)
+    smart = SmartClient(urls) if route == "smart" else None
     async with aiohttp.ClientSession(connector=connector) as session:
+        if smart is not None:
+            await smart.propose(f"{tag}-warm", value)
         before = await scrape(session, cluster)
         cpu_before = cpu_seconds(cluster)
         end = time.perf_counter() + seconds
@@ -109,6 +113,10 @@ async def run_load(
                 home = layout.home_slot(key_hash(key))
                 node = home if route == "home" and home is not None and home < n else (w + i) % n
                 started = time.perf_counter()
+                if smart is not None:
+                    decided[key] = (await smart.propose(key, value)).value
+                    latencies.append(time.perf_counter() - started)
+                    continue
                 async with session.put(
                     f"{urls[node]}/v1/decisions/{key}", json={"value": value}
                 ) as resp:
@@ -129,11 +137,16 @@ async def run_load(
                 body = await resp.json()
             if resp.status != 200 or body["value"] != decided[key]:
                 raise SystemExit(f"WRONG ANSWER for {key}: {resp.status} {body}")
+    if smart is not None:
+        await smart.close()
     delta = {p: after.get(p, 0.0) - before.get(p, 0.0) for p in after}
     total = sum(delta.get(p, 0.0) for p in ("fast", "classic", "recovered"))
     requests = delta.get("graven_acceptor_rpc_batch_size_count", 0.0)
     items = delta.get("graven_acceptor_rpc_batch_size_sum", 0.0)
     one_rt = delta.get("fast", 0.0)
+    if smart is not None:  # its fast decisions happen in this process, not on a node
+        one_rt += smart.stats["fast"]
+        total += smart.stats["fast"]
     lat = sorted(latencies)
     return Result(
         preset,
@@ -157,7 +170,7 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,64")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--members", type=int, default=3)
-    parser.add_argument("--route", choices=("home", "any"), default="home")
+    parser.add_argument("--route", choices=("home", "any", "smart"), default="home")
     parser.add_argument("--value-bytes", type=int, default=32)
     args = parser.parse_args()
     value = "v" * args.value_bytes

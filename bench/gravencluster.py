@@ -7,6 +7,9 @@
 DIR/discovery.json ({"cluster", "members": [{"name", "url", "pid"}]}). We wait until every member
 answers /readyz, and on exit send SIGTERM to `graven up` (it stops its members), then stop any
 member still alive by PID and remove DIR, also on error.
+
+`prepare`, if given, is called with DIR before `graven up` starts (the members' stores live in
+DIR/<member name>/; bench/preload.py fills them there).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -49,9 +53,17 @@ def pick_base_port() -> int:
 class GravenCluster:
     """Context manager around one `graven up` process and its members."""
 
-    def __init__(self, spec: Path, base_port: int | None = None) -> None:
+    def __init__(
+        self,
+        spec: Path,
+        base_port: int | None = None,
+        prepare: Callable[[Path], None] | None = None,
+        ready_timeout: float = READY_TIMEOUT_S,
+    ) -> None:
         self.spec = spec
         self.base_port = base_port
+        self.prepare = prepare
+        self.ready_timeout = ready_timeout
         self.data_dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.members: list[dict[str, object]] = []
@@ -82,6 +94,8 @@ class GravenCluster:
 
     def start(self) -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="graven-bench-"))
+        if self.prepare is not None:
+            self.prepare(self.data_dir)
         base = self.base_port or pick_base_port()
         cmd = [*GRAVEN_CMD, "up", str(self.spec.resolve()), "--data-dir", str(self.data_dir)]
         cmd += ["--base-port", str(base)]
@@ -96,7 +110,7 @@ class GravenCluster:
                 stderr=log,
                 start_new_session=True,
             )
-        self.wait_ready()
+        self.wait_ready(self.ready_timeout)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Wait for discovery.json, then for every member's /readyz to answer 200."""

@@ -6,8 +6,16 @@ Modes (each a row of the comparison):
               all racers of a key must get back the same value, exactly one must win;
   reads       reads of keys decided beforehand (not timed), checked against the decided value.
 
+A unique row with `count` > 0 stops after that many creates (or at its deadline, whichever comes
+first) and samples VmRSS of every server process just before and just after its timed phase:
+`bytes_per_key` is the growth per key written, per member. With the smart client
+(`--system graven-smart`) `fast_share` is the share of the timed phase's decisions reached on
+the in-process fast path (the rest went through a proposer gateway).
+
 Ad hoc use against running servers (prints one JSON object):
     python bench/load.py --system etcd --endpoint http://127.0.0.1:42379 --concurrency 16
+    python bench/load.py --system graven-smart --endpoint http://127.0.0.1:27100 \
+        --endpoint http://127.0.0.1:27101 --endpoint http://127.0.0.1:27102
 """
 
 from __future__ import annotations
@@ -19,13 +27,14 @@ import random
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
 import aiohttp
 from adapters import ADAPTERS, Adapter
-from procstat import self_cpu_seconds, servers_cpu_seconds
+from procstat import rss_kib, self_cpu_seconds, servers_cpu_seconds
 from stats import BoxCpu, percentile
 
 MAX_OPS_PER_WORKER = 2_000_000  # hard bound; the deadline normally ends a phase
@@ -44,6 +53,7 @@ class Workload:
     value_size: int = 64
     racers: int = 4
     read_keys: int = 1000  # reads: keys decided before the timed phase
+    count: int = 0  # unique: stop the timed phase after this many creates (0: time only)
 
 
 @dataclass
@@ -68,6 +78,11 @@ class RowResult:
     client_cpu_ms_per_op: float = 0.0
     box_busy_pct: float = 0.0  # whole machine, all processes, during the timed phase
     other_cores: float = 0.0  # cores used by processes that are neither servers nor us
+    fast_share: float | None = None  # smart client: timed decisions on the in-process fast path
+    paths: dict[str, int] = field(default_factory=dict)  # smart client: decisions by path
+    rss_kib_before: list[int] = field(default_factory=list)  # count rows: per member
+    rss_kib_after: list[int] = field(default_factory=list)
+    bytes_per_key: list[float] = field(default_factory=list)  # (after - before) / ops
     error_samples: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
@@ -81,15 +96,24 @@ class RowResult:
 class Phase:
     """Shared state of one timed (or warm-up) phase: deadline, latencies, errors."""
 
-    def __init__(self, seconds: float, record: bool) -> None:
+    def __init__(self, seconds: float, record: bool, count: int = 0) -> None:
         self.deadline = time.perf_counter() + seconds
         self.record = record
+        self.left = count if count > 0 else -1  # operations still to start (-1: no bound)
         self.latencies: list[float] = []
         self.errors = 0
         self.error_samples: list[str] = []
 
     def running(self, done: int) -> bool:
         return done < MAX_OPS_PER_WORKER and time.perf_counter() < self.deadline
+
+    def claim(self) -> bool:
+        """Take one operation of a count-bounded phase (always True without a bound)."""
+        if self.left == 0:
+            return False
+        if self.left > 0:
+            self.left -= 1
+        return True
 
     def error(self, exc: BaseException) -> None:
         self.errors += 1
@@ -134,12 +158,16 @@ class Runner:
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            decided = await self._prepare(session, load)
-            drive = self._driver(session, load, decided)
-            await self._phase(drive, load, load.warmup_s, record=False)
-            self.disagreements = self.won_anomalies = self.rounds = self.misses = 0
-            self.contended.clear()
-            return await self._measure(session, drive, load)
+            await self.adapter.open(self.endpoints)
+            try:
+                decided = await self._prepare(session, load)
+                drive = self._driver(session, load, decided)
+                await self._phase(drive, load, load.warmup_s, record=False)
+                self.disagreements = self.won_anomalies = self.rounds = self.misses = 0
+                self.contended.clear()
+                return await self._measure(session, drive, load)
+            finally:
+                await self.adapter.close()
 
     async def _prepare(self, session: aiohttp.ClientSession, load: Workload) -> dict[str, str]:
         """Reads mode: decide `read_keys` keys first (not timed)."""
@@ -167,7 +195,7 @@ class Runner:
     ) -> Callable[[Phase, int], Awaitable[None]]:
         async def unique(phase: Phase, worker: int) -> None:
             endpoint, done = self.endpoint(worker), 0
-            while phase.running(done):
+            while phase.running(done) and phase.claim():
                 key = f"gb-{self.run_id}-{int(phase.record)}-u{worker}-{done}"
                 value = make_value(key, load.value_size)
                 target = self.adapter.route(key, self.endpoints) or endpoint
@@ -228,7 +256,7 @@ class Runner:
         seconds: float,
         record: bool,
     ) -> Phase:
-        phase = Phase(seconds, record)
+        phase = Phase(seconds, record, load.count if record else 0)
         workers = load.concurrency
         if load.mode == "contention":
             workers = max(1, load.concurrency // load.racers)
@@ -241,6 +269,8 @@ class Runner:
         drive: Callable[[Phase, int], Awaitable[None]],
         load: Workload,
     ) -> RowResult:
+        rss0 = [rss_kib(pid) for pid in self.pids] if load.count else []
+        paths0 = self.adapter.paths()
         box = BoxCpu()
         server0, client0 = servers_cpu_seconds(self.pids), self_cpu_seconds()
         start = time.perf_counter()
@@ -249,6 +279,10 @@ class Runner:
         server_s = servers_cpu_seconds(self.pids) - server0
         client_s = self_cpu_seconds() - client0
         busy_pct, cores = box.busy()
+        rss1 = [rss_kib(pid) for pid in self.pids] if load.count else []
+        paths1 = self.adapter.paths()
+        paths = {} if paths1 is None else dict(paths1 - (paths0 or Counter()))
+        decisions = sum(paths.values())
         used_cores = (server_s + client_s) / wall if wall > 0 else 0.0
         await self._verify_contended(session, phase)
         lat = sorted(1000 * x for x in phase.latencies)
@@ -275,16 +309,25 @@ class Runner:
             client_cpu_ms_per_op=round(client_s * per_op, 3),
             box_busy_pct=round(busy_pct, 1),
             other_cores=round(max(0.0, busy_pct / 100 * cores - used_cores), 2),
+            fast_share=round(paths.get("fast", 0) / decisions, 4) if decisions else None,
+            paths=paths,
+            rss_kib_before=rss0,
+            rss_kib_after=rss1,
+            bytes_per_key=[
+                round(1024 * (b - a) / ops, 1) if ops else 0.0
+                for a, b in zip(rss0, rss1, strict=True)
+            ],
             error_samples=phase.error_samples,
             latencies_ms=lat,
         )
 
     async def _verify_contended(self, session: aiohttp.ClientSession, phase: Phase) -> None:
         """Re-read a sample of contended keys from every member; a different value disagrees."""
+        reader = self.adapter.member_reader()
         for key, agreed in list(self.contended.items()):
             for endpoint in self.endpoints:
                 try:
-                    got = await self.adapter.read(session, endpoint, key)
+                    got = await reader.read(session, endpoint, key)
                 except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
                     phase.error(exc)
                     continue
@@ -310,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--value-size", type=int, default=64)
     parser.add_argument("--racers", type=int, default=4)
+    parser.add_argument("--count", type=int, default=0, help="unique: stop after N creates")
     args = parser.parse_args(argv)
     load = Workload(
         mode=args.mode,
@@ -318,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_s=args.warmup,
         value_size=args.value_size,
         racers=args.racers,
+        count=args.count,
     )
     row = asyncio.run(run_row(args.system, args.endpoint, args.pid, load))
     print(json.dumps(row.summary()))

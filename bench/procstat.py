@@ -1,4 +1,4 @@
-"""CPU accounting for benchmark runs: server processes via /proc, the load generator via rusage."""
+"""CPU and memory of benchmark runs: servers via /proc, the load generator via rusage."""
 
 from __future__ import annotations
 
@@ -28,6 +28,18 @@ def proc_cpu_seconds(pid: int) -> float | None:
 def servers_cpu_seconds(pids: Iterable[int]) -> float:
     """Summed CPU seconds of the given processes (vanished ones count as 0)."""
     return sum(proc_cpu_seconds(pid) or 0.0 for pid in pids)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of one process in KiB (VmRSS of /proc/PID/status); 0 if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def self_cpu_seconds() -> float:

@@ -14,7 +14,7 @@ CSV_FIELDS = [
     "value_size", "seconds", "ops", "ops_per_s", "p50_ms", "p99_ms", "max_ms", "errors",
     "disagreements", "won_anomalies", "misses", "rounds", "server_cpu_ms_per_op",
     "client_cpu_ms_per_op", "box_busy_pct", "other_cores", "vs_etcd", "p50_vs_etcd",
-    "repeat_ops_per_s",
+    "repeat_ops_per_s", "smart", "fast_share", "stored_keys", "count", "bytes_per_key",
 ]  # fmt: skip
 
 
@@ -36,7 +36,9 @@ def medians(runs: Sequence[Record]) -> list[Record]:
 
 
 def _key(r: Record) -> tuple[object, ...]:
-    return (r["section"], r["mode"], r["concurrency"], r["value_size"], r["members"])
+    # the workload name spells out everything that makes two rows differ (clients, members,
+    # value size, stored keys), so etcd's row of the same name is the one to compare with
+    return (r["section"], r["workload"])
 
 
 def add_ratios(records: Sequence[Record]) -> None:
@@ -50,17 +52,24 @@ def add_ratios(records: Sequence[Record]) -> None:
 
 
 def text_table(records: Sequence[Record]) -> str:
-    head = f"{'workload':<40} {'system':<16} {'ops/s':>8} {'p50':>8} {'p99':>8} {'max':>8}"
-    head += f" {'err':>4} {'dis':>4} {'srv ms/op':>9} {'vs etcd':>7}"
+    head = f"{'workload':<44} {'system':<20} {'ops/s':>8} {'p50':>8} {'p99':>8} {'max':>8}"
+    head += f" {'err':>4} {'dis':>4} {'srv ms/op':>9} {'cli ms/op':>9} {'fast':>5} {'vs etcd':>7}"
     lines = [head, "-" * len(head)]
     for r in records:
         ratio = "" if r["vs_etcd"] is None else f"{r['vs_etcd']:.2f}x"
         lines.append(
-            f"{r['workload']:<40} {r['label']:<16} {r['ops_per_s']:>8.1f} {r['p50_ms']:>8.2f}"
+            f"{r['workload']:<44} {r['label']:<20} {r['ops_per_s']:>8.1f} {r['p50_ms']:>8.2f}"
             f" {r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>4} {r['disagreements']:>4}"
-            f" {r['server_cpu_ms_per_op']:>9.3f} {ratio:>7}"
+            f" {r['server_cpu_ms_per_op']:>9.3f} {r['client_cpu_ms_per_op']:>9.3f}"
+            f" {_fast(r):>5} {ratio:>7}"
         )
     return "\n".join(lines)
+
+
+def _fast(r: Record) -> str:
+    """Share of a smart-client row's decisions taken on the in-process fast path."""
+    share = r.get("fast_share")
+    return "-" if share is None else f"{100 * share:.0f}%"
 
 
 def write_files(
@@ -100,8 +109,9 @@ def ratio_table(records: Sequence[Record], section: str) -> list[str]:
 def detail_table(records: Sequence[Record], section: str) -> list[str]:
     out = [
         "| workload | system | ops/s | ops/s range | p50 ms | p99 ms | max ms | errors"
-        " | disagreements | server CPU ms/op | client CPU ms/op | other cores | vs etcd |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | disagreements | server CPU ms/op | client CPU ms/op | fast path | other cores"
+        " | vs etcd |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         if r["section"] != section:
@@ -111,7 +121,7 @@ def detail_table(records: Sequence[Record], section: str) -> list[str]:
             f" | {r['p50_ms']:.2f}"
             f" | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['errors']} | {r['disagreements']}"
             f" | {r['server_cpu_ms_per_op']:.2f} | {r['client_cpu_ms_per_op']:.2f}"
-            f" | {r['other_cores']:.2f} | {_fmt_ratio(r['vs_etcd'])} |"
+            f" | {_fast(r)} | {r['other_cores']:.2f} | {_fmt_ratio(r['vs_etcd'])} |"
         )
     return out
 
@@ -177,8 +187,11 @@ def markdown(records: Sequence[Record], meta: dict[str, Any], plots: Sequence[Pa
         "",
     ]
     if any(r["section"] == "scaling" for r in records):
-        lines += ["## Scaling: members and value size", ""]
-        lines += [*ratio_table(records, "scaling"), "", *detail_table(records, "scaling"), ""]
+        lines += ["## Scaling: members, value size, quorum size, stored keys, memory", ""]
+        lines += [*ratio_table(records, "scaling"), ""]
+        lines += [*flexible_table(records), *stored_table(records, meta)]
+        lines += [*memory_table(records), "### All scaling rows", ""]
+        lines += [*detail_table(records, "scaling"), ""]
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}](../bench/results/{p.name})" for p in plots]
@@ -187,6 +200,119 @@ def markdown(records: Sequence[Record], meta: dict[str, Any], plots: Sequence[Pa
     if meta.get("missing"):
         lines += ["## Not measured in this run", "", *[f"- {x}" for x in meta["missing"]], ""]
     return "\n".join(lines)
+
+
+def _scaling(records: Sequence[Record]) -> list[Record]:
+    return [r for r in records if r["section"] == "scaling"]
+
+
+def _by_gateway_preset(rows: Sequence[Record], preset: str) -> Record | None:
+    """The row of Graven `preset` through the gateway (not the smart client), if measured."""
+    return next((r for r in rows if r.get("preset") == preset and not r.get("smart")), None)
+
+
+def flexible_table(records: Sequence[Record]) -> list[str]:
+    """Flexible q1=4, q2=2 vs majority quorums, 5 members, unique keys (64 B values)."""
+    rows = [
+        r
+        for r in _scaling(records)
+        if r["members"] == 5 and r["mode"] == "unique" and r["value_size"] == 64
+        and not r.get("group")
+    ]  # fmt: skip
+    paxos, flexible = _by_gateway_preset(rows, "paxos"), _by_gateway_preset(rows, "flexible")
+    if paxos is None or flexible is None:
+        return []
+    out = [
+        f"### Flexible quorums vs majority, 5 members ({paxos['workload']})",
+        "",
+        "Phase 2 of a flexible layout waits for 2 of 5 acceptors instead of 3; phase 1 then needs"
+        " 4. Both clusters run the same workload; the ratio is flexible over majority.",
+        "",
+        "| layout | quorums | ops/s | p50 ms | p99 ms | server CPU ms/op | ops/s vs majority |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in (paxos, flexible):
+        ratio = r["ops_per_s"] / paxos["ops_per_s"] if paxos["ops_per_s"] > 0 else None
+        out.append(
+            f"| {r['label']} | {r.get('quorums', r['preset'])} | {r['ops_per_s']:.0f}"
+            f" | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['server_cpu_ms_per_op']:.2f}"
+            f" | {_fmt_ratio(ratio)} |"
+        )
+    return [*out, ""]
+
+
+def stored_table(records: Sequence[Record], meta: dict[str, Any]) -> list[str]:
+    """Latency with N keys already stored vs an empty store, same system and clients."""
+    rows = [r for r in _scaling(records) if r.get("group") == "stored"]
+    full = [r for r in rows if r.get("stored_keys")]
+    if not full:
+        return []
+    stored = max(r["stored_keys"] for r in full)
+    out = [
+        f"### {stored:,} stored keys vs an empty store",
+        "",
+        f"Each system's 3 members already hold {stored:,} decided keys (64 B values) before the"
+        " its rows run; a fresh, empty cluster of the same system runs the same rows. Both"
+        " create new keys.",
+        "",
+        "| system | workload | empty ops/s | stored ops/s | empty p50 ms | stored p50 ms"
+        " | empty p99 ms | stored p99 ms | p50 stored / empty |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    labels = list(dict.fromkeys(r["label"] for r in full))
+    for r in sorted(full, key=lambda r: (labels.index(r["label"]), r["concurrency"])):
+        empty = next(
+            (
+                e
+                for e in rows
+                if not e.get("stored_keys")
+                and e["label"] == r["label"]
+                and e["concurrency"] == r["concurrency"]
+            ),
+            None,
+        )
+        if empty is None:
+            continue
+        ratio = r["p50_ms"] / empty["p50_ms"] if empty["p50_ms"] > 0 else None
+        out.append(
+            f"| {r['label']} | unique c={r['concurrency']} | {empty['ops_per_s']:.0f}"
+            f" | {r['ops_per_s']:.0f} | {empty['p50_ms']:.2f} | {r['p50_ms']:.2f}"
+            f" | {empty['p99_ms']:.2f} | {r['p99_ms']:.2f} | {_fmt_ratio(ratio)} |"
+        )
+    loads = meta.get("preloads") or []
+    if loads:
+        parts = [f"{p['label']} {p['seconds']:.1f} s ({p['how']})" for p in loads]
+        out += ["", f"Preloading {stored:,} keys took (not part of any row): " + "; ".join(parts)]
+        out.append(
+            "A sample of the preloaded keys was read back from every member before measuring."
+        )
+    return [*out, ""]
+
+
+def memory_table(records: Sequence[Record]) -> list[str]:
+    """Resident memory growth per key written through the API, per member."""
+    rows = [r for r in _scaling(records) if r.get("group") == "memory" and r.get("bytes_per_key")]
+    if not rows:
+        return []
+    out = [
+        "### Member memory per stored key",
+        "",
+        "VmRSS of each member process (`/proc/PID/status`) just before and just after a fresh"
+        " 3-member cluster stored the row's keys through the API (unique creates, 64 B values,"
+        " after a short warm-up); per member: (after - before) / keys written. Graven's store"
+        " keeps every key touched since start cached in memory, so this is the cost of a key"
+        " written (or read) since start; a key that is only on disk is not cached (the store's"
+        " start-up key filter holds 8 bytes for it).",
+        "",
+        "| system | keys written | RSS before MiB | RSS after MiB | bytes per key, per member |",
+        "|---|---:|---|---|---|",
+    ]
+    for r in rows:
+        before = " / ".join(f"{k / 1024:.0f}" for k in r.get("rss_kib_before", []))
+        after = " / ".join(f"{k / 1024:.0f}" for k in r.get("rss_kib_after", []))
+        per_key = " / ".join(f"{b:.0f}" for b in r["bytes_per_key"])
+        out.append(f"| {r['label']} | {r['ops']:,} | {before} | {after} | {per_key} |")
+    return [*out, ""]
 
 
 def _noise_note(records: Sequence[Record], meta: dict[str, Any]) -> list[str]:
@@ -227,12 +353,24 @@ METHOD = [
     "  beforehand, read back and compared. etcd serves each read with a linearizable ReadIndex",
     "  round; Graven answers a decided key from a per-member cache (safe because a decision",
     "  never changes) and otherwise reads a quorum.",
+    "- **Graven (smart)**: the same clusters reached through `graven.node.smartclient`",
+    "  (`SmartClient`, one per row, inside the load generator). On `fast` it writes the first",
+    "  register set of every acceptor itself and decides in one round trip; on `paxos`, and on",
+    "  any conflict, it asks the key's home member's proposer gateway. It ignores the member a",
+    "  row assigns (contention racers all use it); the re-read check still asks every member.",
+    "  Its proposer work is *client CPU*; *fast path* is the share of its decisions taken",
+    "  in-process.",
     "- Each row: a short unmeasured warm-up, then a fixed duration. Latency is per request;",
     "  ops/s counts completed requests. CPU: utime+stime of all member processes",
     "  (`/proc/PID/stat`) and of the load generator (`getrusage`) over the timed phase, divided",
     "  by operations. *other cores*: machine-wide busy cores not used by servers or client.",
     "",
-    "Reproduce (installs etcd from Debian and matplotlib from PyPI if missing; `--quick` is a",
-    "one-minute smoke run, `--scaling` adds 5 and 7 members and 64 KiB values):",
+    "Reproduce (installs etcd from Debian and matplotlib from PyPI if missing). Flags:",
+    "`--quick` a two-minute smoke run; `--presets` the Graven systems, e.g.",
+    "`paxos,flexible,fast,paxos-smart,fast-smart` (`<preset>-smart`: through the smart client);",
+    "`--scaling` adds 5 and 7 members, 64 KiB values, flexible q2=2 vs majority on 5 members,",
+    "`--stored-keys N` preloaded keys vs an empty store (default 1000000) and",
+    "`--memory-keys K` keys written for the memory per key (default 100000); `--repeat R` runs",
+    "every row R times; `--seconds S` per row. This page came from:",
     "",
 ]
