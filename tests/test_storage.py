@@ -296,6 +296,49 @@ async def test_format_1_file_is_migrated_in_place(data_dir: Path) -> None:
         conn.close()
 
 
+async def test_a_key_written_only_at_set_0_survives_reopen(data_dir: Path) -> None:
+    """Format 3 keeps no fence row of 0: the register alone must bring the key back."""
+    store = open_store(data_dir)
+    assert (await write(store, "zero", 0, "z")).ok
+    assert (await write(store, "three", 3, "t")).ok
+    store.close()
+    conn = sqlite3.connect(data_dir / DB_NAME)
+    try:  # what the change is for: one row per set-0 write, not two
+        assert conn.execute("SELECT count(*) FROM fences WHERE key = 'zero'").fetchone()[0] == 0
+    finally:
+        conn.close()
+    store = open_store(data_dir)
+    try:
+        assert store.get("zero") == KeyState(0, {0: "z"})
+        assert store.get("three") == KeyState(3, {3: "t"})
+        assert store.stored_keys == 2
+        assert [k for k, _ in store.enumerate_keys(None, 10)] == ["three", "zero"]
+        assert not (await write(store, "zero", 0, "other")).ok  # still write-once
+    finally:
+        store.close()
+
+
+async def test_format_2_file_is_migrated_and_its_zero_fences_still_read(data_dir: Path) -> None:
+    store = open_store(data_dir)
+    assert (await write(store, "a", 0, "x")).ok
+    store.close()
+    conn = sqlite3.connect(data_dir / DB_NAME)  # what format 2 wrote: a fence row of 0 too
+    with conn:
+        conn.execute("INSERT INTO fences(key, fence) VALUES ('a', 0)")
+        conn.execute("UPDATE meta SET value = '2' WHERE name = 'format'")
+    conn.close()
+    store = open_store(data_dir)
+    try:
+        assert store.get("a") == KeyState(0, {0: "x"}) and store.stored_keys == 1
+    finally:
+        store.close()
+    conn = sqlite3.connect(data_dir / DB_NAME)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()[0] == "3"
+    finally:
+        conn.close()
+
+
 def test_refuses_a_garbage_file(data_dir: Path) -> None:
     data_dir.mkdir()
     (data_dir / DB_NAME).write_bytes(os.urandom(8192))

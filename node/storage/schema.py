@@ -7,8 +7,11 @@ on for our connections so that ``INSERT OR REPLACE`` (a delete + insert) is refu
 
 Format history: 1 = registers, fences, global fence. 2 adds ``proposer_floors`` (per key, the
 highest client-restricted register set this node's proposer ever used: it must never use a set
-at or below it again, even after a restart). A format-1 file is migrated in place at open, in
-one transaction; an older graven then refuses the file instead of ignoring the floors.
+at or below it again, even after a restart). 3 stops writing fence rows of 0 (they say nothing:
+no register lies below set 0), so a key written only at set 0 has a register row and no fence
+row, and the keys on disk are those of both tables. The tables are unchanged, but a format-2
+graven would take such a key for absent, so the number goes up. Older files are migrated in
+place at open, in one transaction; an older graven then refuses the file.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from .errors import StoreError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Marks the file as ours in the SQLite header, so a foreign database is recognised as foreign.
 APPLICATION_ID = 0x47525645  # "GRVE"
 DB_NAME = "registers.sqlite3"
@@ -123,7 +126,7 @@ def _create_or_check(conn: sqlite3.Connection, path: Path, *, cluster: str, node
             f"{path} uses format {version}, newer than this graven reads ({FORMAT_VERSION}); "
             "upgrade graven"
         )
-    if int(version) not in (1, FORMAT_VERSION):
+    if int(version) not in (1, 2, FORMAT_VERSION):
         raise StoreError(f"{path} uses unsupported format {version} (expected {FORMAT_VERSION})")
     if meta.get("cluster") != cluster:
         raise StoreError(
@@ -137,8 +140,8 @@ def _create_or_check(conn: sqlite3.Connection, path: Path, *, cluster: str, node
         )
     # WAL is a property of the file; re-assert in case someone switched it off by hand.
     conn.execute("PRAGMA journal_mode = WAL")
-    if int(version) == 1:
-        _migrate_v1(conn)  # only once the file is known to be this node's
+    if int(version) < FORMAT_VERSION:
+        _migrate(conn, int(version))  # only once the file is known to be this node's
 
 
 def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
@@ -171,12 +174,14 @@ def _create(conn: sqlite3.Connection, *, cluster: str, node: str) -> None:
         raise
 
 
-def _migrate_v1(conn: sqlite3.Connection) -> None:
-    """Format 1 -> 2: add the proposer floors; atomic, so a crash leaves format 1 intact."""
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Format 1 or 2 -> 3 (1 -> 2 adds the proposer floors; 2 -> 3 changes only what rows
+    mean); atomic, so a crash leaves the old format intact."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in _DDL_V2:
-            conn.execute(statement)
+        if version == 1:
+            for statement in _DDL_V2:
+                conn.execute(statement)
         conn.execute("UPDATE meta SET value = ? WHERE name = 'format'", (str(FORMAT_VERSION),))
         conn.execute("COMMIT")
     except BaseException:

@@ -84,12 +84,16 @@ class RegisterStore:
         # Keys that had state (or a floor) on disk at open. Anything else that is not cached
         # is new, and is answered without a query: on a busy node nearly every key is new, and
         # those point queries were a visible share of each request.
-        self._disk_keys = KeyFilter(reader_conn, "SELECT key FROM fences")
+        self._disk_keys = KeyFilter(
+            reader_conn, "SELECT key FROM fences UNION ALL SELECT key FROM registers"
+        )
         self._disk_floors = KeyFilter(reader_conn, "SELECT key FROM proposer_floors")
         self._global_fence: int = reader_conn.execute(
             "SELECT fence FROM global_fence WHERE id = 0"
         ).fetchone()[0]
-        self._stored_keys: int = reader_conn.execute("SELECT count(*) FROM fences").fetchone()[0]
+        self._stored_keys: int = reader_conn.execute(
+            "SELECT count(*) FROM (SELECT key FROM fences UNION SELECT key FROM registers)"
+        ).fetchone()[0]
         # Changes submitted during one event-loop turn go to the writer as one batch at the end
         # of the turn (one hand-over, one wake-up of the writer thread, instead of one each).
         self._turn_ops: list[Op] = []
@@ -182,7 +186,9 @@ class RegisterStore:
         Callers that need keys submitted just before should ``await barrier()`` first.
         """
         rows = self._reader.execute(
-            "SELECT key FROM fences WHERE key > ? ORDER BY key LIMIT ?", (after or "", limit)
+            "SELECT key FROM fences WHERE key > ?1 UNION SELECT key FROM registers WHERE key > ?1"
+            " ORDER BY key LIMIT ?2",
+            (after or "", limit),
         ).fetchall()
         return [(key, self.get(key)) for (key,) in rows]
 
@@ -217,10 +223,10 @@ class RegisterStore:
         if key not in self._disk_keys:
             return None  # not on disk at open, and every later change went through the cache
         row = self._reader.execute("SELECT fence FROM fences WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
         values = dict(self._reader.execute("SELECT rs, value FROM registers WHERE key = ?", (key,)))
-        return KeyState(row[0], values)
+        if row is None and not values:
+            return None
+        return KeyState(0 if row is None else row[0], values)  # no fence row: fence 0
 
     # -- changing --------------------------------------------------------------------------
 

@@ -170,7 +170,8 @@ class CommitWriter:
             elif key is None:
                 global_fence = op.fence if global_fence is None else max(global_fence, op.fence)
             else:
-                fences.append((key, op.fence))
+                if op.fence > 0:  # a fence of 0 is what having no row means (format 3)
+                    fences.append((key, op.fence))
                 if op.register_set is not None:
                     registers.append((key, op.register_set, op.value))
         conn = self._conn
