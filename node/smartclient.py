@@ -169,15 +169,18 @@ class SmartClient:
         # JSON escaping headroom under the member's request size limit, as a node's proposer
         batch_bytes = max(1, int(limits.get("maxBodyBytes", 8 << 20)) // 8)
         reach = Reachability(layout, names, None)
+        # A request this late marks its member down, so later proposals skip the fast path at
+        # once instead of each waiting out the fast timeout (a probe brings the member back).
+        rpc_timeout = min(2 * self.fast_timeout, self.gateway.timeout)
         metrics = ProposerMetrics(CollectorRegistry(), names, reach.is_up, reach.margin)
         for i, url in enumerate(urls):
             transport: Transport
             if urlsplit(url).scheme == "http":
-                http = HttpTransport(url, self.gateway.timeout)
+                http = HttpTransport(url, rpc_timeout)
                 self._http.append(http)
                 transport = http
             else:
-                transport = AiohttpTransport(self.gateway._http(), url, self.gateway.timeout)
+                transport = AiohttpTransport(self.gateway._http(), url, rpc_timeout)
             self._channels.append(
                 Channel(
                     i,

@@ -149,6 +149,13 @@ async def test_silent_member_costs_the_fast_timeout_only(
             assert (decision.value, decision.won) == ("s", True)
             assert loop.time() - started < 5.0  # the gateway's request deadline is 5 s
             assert client.stats["gateway"] == 1
+            # once its request times out (2 x the fast timeout) the member counts as down and
+            # proposals stop waiting for it: ten more take far less than ten fast timeouts
+            started = loop.time()
+            for i in range(10):
+                assert (await client.propose(f"later-{i}", "s")).won
+            assert loop.time() - started < 2.0
+            assert client.stats["gateway"] == 11
         finally:
             cluster.members[1].proc.send_signal(signal.SIGCONT)
     assert await read_everywhere(http, cluster, "stalled") == {"s"}
