@@ -5,9 +5,9 @@ the members (through the API a million keys would take far longer than the rows 
 Each store is first created by `RegisterStore.open` (schema, triggers, format and identity in
 `meta`, the SQLite application id), then filled with plain INSERTs in large transactions with
 exactly what an acceptor stores when a proposer writes register set 0 of a fresh key
-(`graven.node.protocol.acceptor.write` at set 0: one register `(key, 0, value)` and the fence
-watermark 0). On a paxos layout set 0 on every member is a phase-2 quorum, so each key reads
-back as decided. The write-once triggers fire only on UPDATE or DELETE, so plain INSERTs into
+(`graven.node.protocol.acceptor.write` at set 0: one register `(key, 0, value)`; the fence
+watermark stays 0, which format 3 stores as no fence row). On a paxos layout set 0 on every
+member is a phase-2 quorum, so each key reads back as decided. The write-once triggers fire only on UPDATE or DELETE, so plain INSERTs into
 an empty store pass them; the first member's file is built once and copied to the others with
 their own name in `meta`.
 
@@ -121,7 +121,6 @@ def _bulk_insert(db: Path, count: int) -> None:
                 "INSERT INTO registers(key, rs, value) VALUES (?, 0, ?)",
                 ((k, value_of(k)) for k in keys),
             )
-            conn.executemany("INSERT INTO fences(key, fence) VALUES (?, 0)", ((k,) for k in keys))
             conn.execute("COMMIT")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file: copyable
