@@ -7,9 +7,9 @@ Each store is first created by `RegisterStore.open` (schema, triggers, format an
 exactly what an acceptor stores when a proposer writes register set 0 of a fresh key
 (`graven.node.protocol.acceptor.write` at set 0: one register `(key, 0, value)`; the fence
 watermark stays 0, which format 3 stores as no fence row). On a paxos layout set 0 on every
-member is a phase-2 quorum, so each key reads back as decided. The write-once triggers fire only on UPDATE or DELETE, so plain INSERTs into
-an empty store pass them; the first member's file is built once and copied to the others with
-their own name in `meta`.
+member is a phase-2 quorum, so each key reads back as decided. The write-once triggers fire
+only on UPDATE or DELETE, so plain INSERTs into an empty store pass them; the first member's
+file is built once and copied to the others with their own name in `meta`.
 
 etcd: its own bulk path, transactions of `ETCD_TXN_OPS` puts (etcd's default --max-txn-ops)
 through the JSON gateway, several in flight, on the running cluster.

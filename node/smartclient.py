@@ -35,16 +35,16 @@ from prometheus_client import CollectorRegistry
 
 from .aclient import AsyncClient
 from .clientcore import DEFAULT_TIMEOUT, ClientError, Decision, decision_path, proposal_body
-from .protocol.acceptor import Reply
-from .protocol.config import INTERSECTING, Configuration
-from .protocol.proposer import Backoff, Decide, Proposer, Send, Write
+from .protocol.config import Configuration, key_hash
+from .protocol.proposer import Proposer
+from .protocol.quorums import Mask
+from .server.fastpath import UNKNOWN, FastOutcome, fast_first, fast_possible, try_fast
 from .server.metrics import ProposerMetrics
-from .server.peers import WRITE, AiohttpTransport, Channel, HttpTransport, Transport
+from .server.peers import AiohttpTransport, Channel, HttpTransport, Transport
 from .server.reachability import Reachability
 
 DEFAULT_FAST_TIMEOUT = 1.0  # seconds to wait for a fast quorum before asking the gateway
 MAX_IN_FLIGHT = 4  # concurrent batched requests to one acceptor
-_NO_SLOT = 0  # the proposer's slot is never used: we stop before any client-restricted set
 
 
 class SmartClient:
@@ -62,6 +62,7 @@ class SmartClient:
         self._layout: Configuration | None = None
         self._limits: tuple[int, int] = (0, 0)  # max key bytes, max value bytes
         self._channels: list[Channel] = []
+        self._urls: list[str] = []  # member URLs, by member index
         self._http: list[HttpTransport] = []
         self._reach: Reachability | None = None
         self._setup: asyncio.Lock | None = None
@@ -72,13 +73,17 @@ class SmartClient:
         decision_path(key), proposal_body(value)  # the gateway's checks: ClientError early
         if not self._ready:
             await self._prepare()
+        silent: Mask = 0  # members that did not answer the fast attempt
         if self._fast_possible(key, value):
-            decided = await self._fast(key, value)
-            if decided is not None:
+            outcome = await self._fast(key, value)
+            if outcome.value is not None:
                 self.stats["fast"] += 1
-                return Decision(key, decided, decided == value)
+                return Decision(key, outcome.value, outcome.value == value)
+            if outcome.status == UNKNOWN:
+                assert self._layout is not None
+                silent = self._layout.members & ~outcome.answered
         self.stats["gateway"] += 1
-        return await self.gateway.propose(key, value, via=via)
+        return await self.gateway.propose(key, value, via=via or self._away_from(key, silent))
 
     async def get(self, key: str, wait: float | None = None) -> str | None:
         return await self.gateway.get(key, wait)
@@ -95,50 +100,28 @@ class SmartClient:
         max_key, max_value = self._limits
         if len(key.encode()) > max_key or len(value.encode()) > max_value:
             return False  # the gateway answers with the proper 4xx
-        fast_set = layout.segment_of(layout.first_set)
-        return fast_set.phase2.is_quorum(reach.up_mask)
+        return fast_possible(layout, reach.up_mask)
 
-    async def _fast(self, key: str, value: str) -> str | None:
-        """The decided value if the first set decides it at once; None: ask the gateway."""
+    async def _fast(self, key: str, value: str) -> FastOutcome:
         assert self._layout is not None
-        proposer = Proposer(self._layout, _NO_SLOT, key)
-        sends = proposer.start(value)
-        loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[str | None] = loop.create_future()
-        waiting = len(sends)
+        # slot 0 is never used: the attempt stops before any client-restricted set
+        proposer = Proposer(self._layout, 0, key)
+        return await try_fast(proposer, value, self._channels, self.fast_timeout)
 
-        def settle(result: str | None) -> None:
-            if not outcome.done():
-                outcome.set_result(result)
-
-        def on_reply(server: int, done: asyncio.Future[Reply]) -> None:
-            nonlocal waiting
-            waiting -= 1
-            if outcome.done() or done.cancelled():
-                return
-            if done.exception() is None:
-                for action in proposer.on_reply(server, done.result()):
-                    if isinstance(action, Decide):
-                        return settle(action.value)
-                    if isinstance(action, Backoff):  # the fast set cannot decide any more
-                        return settle(None)
-            if waiting == 0:
-                settle(None)
-
-        futures = []
-        for action in sends:
-            assert isinstance(action, Send) and isinstance(action.message, Write)
-            msg = action.message
-            future = self._channels[action.server].send(WRITE, msg.key, msg.rs, msg.value)
-            future.add_done_callback(lambda f, s=action.server: on_reply(s, f))
-            futures.append(future)
-        timer = loop.call_later(self.fast_timeout, settle, None)
-        try:
-            return await outcome
-        finally:
-            timer.cancel()
-            for future in futures:
-                future.cancel()  # a write still queued is then never sent
+    def _away_from(self, key: str, silent: Mask) -> str | None:
+        """A member to send the gateway fallback to when the key's leader seems down or
+        silent (it would cost the whole request timeout); None: the usual routing."""
+        layout, reach = self._layout, self._reach
+        if layout is None or reach is None:
+            return None
+        suspect = silent | (layout.members & ~reach.up_mask)
+        leader = layout.leader_slot(key_hash(key))
+        if leader is None or not suspect >> leader & 1:
+            return None
+        for member in range(layout.n):
+            if not suspect >> member & 1:
+                return self._urls[member]
+        return None
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -154,7 +137,7 @@ class SmartClient:
                 return  # nobody answers yet: the gateway path will say why; retry next time
             self._ready = True
             layout = self.gateway.router.layout
-            if layout is None or layout.segment_of(layout.first_set).kind != INTERSECTING:
+            if layout is None or not fast_first(layout):
                 return  # no fast first set: every proposal goes to the key's home member
             self._open_channels(layout, cluster)
 
@@ -192,7 +175,7 @@ class SmartClient:
                     max_batch_bytes=batch_bytes,
                 )
             )
-        self._layout, self._reach = layout, reach
+        self._layout, self._reach, self._urls = layout, reach, urls
 
     # -- lifetime -------------------------------------------------------------------------------
 

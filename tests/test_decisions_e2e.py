@@ -238,6 +238,37 @@ async def test_home_node_skips_phase_one(paxos: LocalCluster, http: aiohttp.Clie
     assert all(counted[(m.name, "read")] == 1 for m in paxos.members), counted
 
 
+async def test_fast_layout_sends_only_keys_that_lost_the_fast_set_to_the_leader(
+    local_cluster: Any, http: aiohttp.ClientSession
+) -> None:
+    cluster = local_cluster(members=3, quorums={"preset": "fast"})
+    layout = parse(cluster.doc).layout
+    key = next(f"solo-{i}" for i in range(100) if layout.leader_slot(key_hash(f"solo-{i}")) == 1)
+    forwards = 'graven_proposal_forwards_total{outcome="ok"}'
+    fast = 'graven_decisions_total{path="fast"}'
+    before = await metrics(http, cluster.url(0))
+    assert (await put(http, cluster.url(0), key, "v"))[0] == 200  # uncontended: decided here
+    after = await metrics(http, cluster.url(0))
+    assert (after[fast] - before[fast], after[forwards] - before[forwards]) == (1, 0)
+
+    # racers on every member: losers of the fast set meet at the key's leader
+    keys = [f"raced-{i}" for i in range(30)]
+    before = [await metrics(http, url) for url in cluster.urls]
+    results = await asyncio.gather(
+        *(put(http, cluster.url(m), k, f"m{m}") for k in keys for m in range(3))
+    )
+    after = [await metrics(http, url) for url in cluster.urls]
+    decided: dict[str, set[str]] = {}
+    for (status, body), k in zip(results, [k for k in keys for _ in range(3)], strict=True):
+        assert status == 200, body
+        decided.setdefault(k, set()).add(body["value"])
+    assert all(len(v) == 1 for v in decided.values()), decided
+    forwarded = sum(a[forwards] - b[forwards] for a, b in zip(after, before, strict=True))
+    assert forwarded > 0
+    for k in keys[:5]:
+        assert (await get(http, cluster.url(2), k))[1]["value"] in decided[k]
+
+
 async def test_forwarding_falls_back_when_the_home_is_down(
     local_cluster: Any, http: aiohttp.ClientSession
 ) -> None:

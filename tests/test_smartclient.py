@@ -150,11 +150,14 @@ async def test_silent_member_costs_the_fast_timeout_only(
             assert loop.time() - started < 5.0  # the gateway's request deadline is 5 s
             assert client.stats["gateway"] == 1
             # once its request times out (2 x the fast timeout) the member counts as down and
-            # proposals stop waiting for it: ten more take far less than ten fast timeouts
-            started = loop.time()
+            # the client stops waiting for it; a node may still spend its own attempt timeout
+            # (1 s) on the fast set until it notices too
+            took = []
             for i in range(10):
+                started = loop.time()
                 assert (await client.propose(f"later-{i}", "s")).won
-            assert loop.time() - started < 2.0
+                took.append(loop.time() - started)
+            assert max(took) < 2.0 and sum(t < 0.5 for t in took) >= 5, took
             assert client.stats["gateway"] == 11
         finally:
             cluster.members[1].proc.send_signal(signal.SIGCONT)

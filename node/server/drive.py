@@ -74,7 +74,10 @@ class Driver:
         self._timers.append(self._loop.call_at(self._deadline, self._put, ("deadline", 0, None)))
         try:
             self._check_reachable()
-            self._apply(self.p.start(value))
+            if self.p.attempt == 0:
+                self._apply(self.p.start(value))
+            else:  # resumed after a fast attempt that did not decide: on to the next set
+                self._apply(self.p.on_timeout(self.p.attempt))
             for _ in range(MAX_EVENTS):
                 if self.decision is not None:
                     return self.decision

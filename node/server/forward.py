@@ -1,4 +1,5 @@
-"""Handing a proposal to the key's home member.
+"""Handing a proposal to the key's home member (or, on a fast layout after a conflict on the
+fast set, to its recovery member: the owner of its first client-restricted set).
 
 On a layout whose first register set is client-restricted, only the key's *home* (the owner of
 that set) can decide in one round trip; any other member first needs phase 1 on a set of its

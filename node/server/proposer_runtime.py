@@ -25,6 +25,7 @@ from ..protocol.proposer import Proposer
 from ..storage import RegisterStore
 from .decided import DecidedCache
 from .drive import Driver
+from .fastpath import CONFLICT, FastOutcome, fast_first, fast_possible, try_fast
 from .forward import Forwarder
 from .gateway_types import DeadlineExceeded, GatewayOptions, NoProposerSlot, QuorumUnreachable
 from .metrics import NodeMetrics, ProposerMetrics
@@ -106,6 +107,7 @@ class ProposerRuntime:
         self.proposals_in_flight = 0
         self.metrics.in_flight.set_function(lambda: float(self.proposals_in_flight))
         self.cache = DecidedCache(options.cache_bytes)
+        self._fast_first = fast_first(self.layout)
         self._locks = KeyLocks()
         self._session: aiohttp.ClientSession | None = None
         self.forwarder = Forwarder(
@@ -171,22 +173,35 @@ class ProposerRuntime:
     async def propose(self, key: str, value: str, deadline: float, forward: bool = False) -> str:
         """The value decided for ``key`` (``value`` or another proposer's).
 
-        ``forward``: hand the proposal to the key's home member first when that is another
-        member (client requests; see ``forward``), and propose here only if it cannot answer.
+        ``forward`` (client requests): when the key's leader is another member, hand the
+        proposal to it and propose here only if it cannot answer (see ``forward``). On a fast
+        layout the leader is the member that recovers the key, and this node first tries the
+        fast set itself: uncontended that decides in one round trip, and only keys that lost
+        the fast set go to the leader, where they queue instead of duelling.
         """
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        home = self._forward_target(key) if forward else None
-        if home is not None:
-            left = deadline - asyncio.get_running_loop().time()
-            wait = min(self.options.attempt_timeout, left / 2)
-            decided = await self.forwarder.propose(home, key, value, wait)
-            if decided is not None:
-                self.metrics.forwarded["ok"].inc()
-                self.cache.put(key, decided)
-                return decided
-            self.metrics.forwarded["failed"].inc()
+        leader = self._forward_target(key) if forward else None
+        tried: Proposer | None = None  # a fast attempt made here, to go on with locally
+        if leader is not None:
+            fast = self._fast_first and fast_possible(self.layout, self.reach.up_mask)
+            if fast and self.slot is not None:
+                tried = Proposer(self.layout, self.slot, key, self._store.used_floor(key))
+                outcome = await self._try_fast(tried, key, value)
+                if outcome.value is not None:
+                    return outcome.value
+            # After a conflict the leader completes the key. A member that failed or stayed
+            # silent is better handled here at once than after another wait at the leader.
+            if tried is None or outcome.status == CONFLICT:
+                left = deadline - asyncio.get_running_loop().time()
+                wait = min(self.options.attempt_timeout, left / 2)
+                decided = await self.forwarder.propose(leader, key, value, wait)
+                if decided is not None:
+                    self.metrics.forwarded["ok"].inc()
+                    self.cache.put(key, decided)
+                    return decided
+                self.metrics.forwarded["failed"].inc()
         if self.slot is None:
             raise NoProposerSlot(
                 f"member {self.index} has no proposer slot: the layout has "
@@ -197,21 +212,47 @@ class ProposerRuntime:
             cached = self.cache.get(key)  # decided while we waited for the lock?
             if cached is not None:
                 return cached
-            return await self._run(key, value, deadline)
+            return await self._run(key, value, deadline, tried)
         finally:
             self._locks.release(key)
 
     def _forward_target(self, key: str) -> int | None:
-        """The key's home member when it is another member this node believes is up."""
-        home = self.layout.home_slot(key_hash(key))
-        if home is None or home == self.index or home >= len(self.cfg.members):
+        """The key's leader (home, or recovery member on a fast layout) when it is another
+        member this node believes is up."""
+        leader = self.layout.leader_slot(key_hash(key))
+        if leader is None or leader == self.index or leader >= len(self.cfg.members):
             return None
-        return home if self.reach.is_up(home) else None
+        return leader if self.reach.is_up(leader) else None
 
-    async def _run(self, key: str, value: str, deadline: float) -> str:
+    async def _try_fast(self, proposer: Proposer, key: str, value: str) -> FastOutcome:
+        started = time.perf_counter()
+        self.proposals_in_flight += 1
+        try:
+            outcome = await try_fast(proposer, value, self.channels, self.options.attempt_timeout)
+        finally:
+            self.proposals_in_flight -= 1
+        if outcome.value is not None:
+            self.metrics.decided_by_path["fast"].inc()
+            self.metrics.duration.observe(time.perf_counter() - started)
+            self.metrics.round_trips.observe(1)
+            self.metrics.register_sets.observe(1)
+            self.cache.put(key, outcome.value)
+        return outcome
+
+    async def _run(
+        self, key: str, value: str, deadline: float, tried: Proposer | None = None
+    ) -> str:
+        """Propose here; ``tried``: go on with the proposer of a fast attempt made before."""
         assert self.slot is not None  # checked by propose()
         started = time.perf_counter()
-        proposer = Proposer(self.layout, self.slot, key, self._store.used_floor(key))
+        floor = self._store.used_floor(key)
+        if tried is None:
+            proposer = Proposer(self.layout, self.slot, key, floor)
+        else:
+            proposer = tried
+            # Another proposal for this key may have used sets while we did not hold the key's
+            # lock: never pick one of those again.
+            proposer.used_floor = max(proposer.used_floor, floor)
         driver = Driver(proposer, self.channels, self._store, self.reach, self.options, deadline)
         self.proposals_in_flight += 1
         try:
