@@ -251,7 +251,7 @@ def stored_table(records: Sequence[Record], meta: dict[str, Any]) -> list[str]:
     out = [
         f"### {stored:,} stored keys vs an empty store",
         "",
-        f"Each system's 3 members already hold {stored:,} decided keys (64 B values) before the"
+        f"Each system's 3 members already hold {stored:,} decided keys (64 B values) before"
         " its rows run; a fresh, empty cluster of the same system runs the same rows. Both"
         " create new keys.",
         "",

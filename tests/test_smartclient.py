@@ -80,6 +80,16 @@ async def test_fast_layout_decides_in_the_client(
         assert await client.get("smart/never") is None
 
 
+async def test_losers_learn_the_winner_from_the_fast_set_itself(fast3: LocalCluster) -> None:
+    """Four proposals of one key leave in one batch per acceptor: the first wins everywhere, and
+    the other three read the decision from the refusals, without the gateway."""
+    async with SmartClient(fast3.urls) as client:
+        await client.propose("warm-batch", "w")
+        decisions = await asyncio.gather(*(client.propose("one-batch", f"r{i}") for i in range(4)))
+        assert [(d.value, d.won) for d in decisions] == [("r0", True)] + [("r0", False)] * 3
+        assert client.stats == {"fast": 5}
+
+
 async def test_racing_clients_and_gateways_agree(
     fast3: LocalCluster, http: aiohttp.ClientSession
 ) -> None:

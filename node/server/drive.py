@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from ..protocol.acceptor import Reply
-from ..protocol.config import Configuration
+from ..protocol.config import INTERSECTING, Configuration
 from ..protocol.proposer import (
     READING,
     WRITING,
@@ -160,6 +160,8 @@ class Driver:
                     self._options.backoff_first * (2 ** (self._backoffs - 1)),
                     self._options.backoff_max,
                 )
+                if self._backoffs == 1 and self._recovers_fast_set():
+                    delay = 0.0  # nobody to make way for: the key's losers are sent here
                 self._later(delay * random.uniform(0.5, 1.0), action.attempt)
             elif isinstance(action, Decide):
                 self.decision = action
@@ -192,6 +194,14 @@ class Driver:
         durable.add_done_callback(lambda f, rs=action.rs: self._on_persisted(rs, f))
         self._unsent = {action.rs: []}  # sends still held for an earlier set are dropped
         self._apply(self.p.on_persisted(action.rs))
+
+    def _recovers_fast_set(self) -> bool:
+        """This proposer lost a fast set and owns the key's first restricted set (it is the
+        key's recovery member): backing off would only delay the recovery everyone waits on."""
+        p = self.p
+        if self.layout.segment_of(p.rs).kind != INTERSECTING:
+            return False
+        return self.layout.leader_slot(p.khash) == p.slot
 
     def _later(self, delay: float, attempt: int) -> None:
         self._timers.append(self._loop.call_later(delay, self._put, ("timeout", attempt, None)))

@@ -52,13 +52,14 @@ async def try_fast(
     outcome: asyncio.Future[FastOutcome] = loop.create_future()
     waiting = len(sends)
     answered: Mask = 0
+    lost = False  # the set can no longer decide our value; it may still have decided another
 
     def settle(status: str, decided: str | None = None) -> None:
         if not outcome.done():
             outcome.set_result(FastOutcome(status, decided, answered))
 
     def on_reply(server: int, done: asyncio.Future[Reply]) -> None:
-        nonlocal waiting, answered
+        nonlocal waiting, answered, lost
         waiting -= 1
         if outcome.done() or done.cancelled():
             return
@@ -67,10 +68,12 @@ async def try_fast(
             for action in proposer.on_reply(server, done.result()):
                 if isinstance(action, Decide):
                     return settle(DECIDED, action.value)
-                if isinstance(action, Backoff):  # the fast set cannot decide any more
-                    return settle(CONFLICT)
+                if isinstance(action, Backoff):
+                    # Our value lost, but the other replies (already on their way) may show that
+                    # a racer's value won the fast set: then the key is decided right here.
+                    lost = True
         if waiting == 0:
-            settle(UNKNOWN)
+            settle(CONFLICT if lost else UNKNOWN)
 
     futures = []
     for action in sends:
@@ -79,7 +82,7 @@ async def try_fast(
         future = channels[action.server].send(WRITE, msg.key, msg.rs, msg.value)
         future.add_done_callback(lambda f, s=action.server: on_reply(s, f))
         futures.append(future)
-    timer = loop.call_later(timeout, settle, UNKNOWN)
+    timer = loop.call_later(timeout, lambda: settle(CONFLICT if lost else UNKNOWN))
     try:
         return await outcome
     finally:
