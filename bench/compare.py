@@ -41,7 +41,6 @@ Use small counts for smoke runs: --stored-keys 20000 --memory-keys 2000. 0 skips
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shlex
 import signal
@@ -60,7 +59,7 @@ import plots
 import preload
 import report
 from etcd import EtcdCluster, EtcdError
-from load import RowResult, Workload, run_row
+from load import RowResult, Workload, run_loop, run_row
 from stats import cdf_points
 
 BENCH = Path(__file__).resolve().parent
@@ -244,7 +243,7 @@ def run_system(
                         preloads.append(_preload_note(system, members, stored, timing))
                 for row in batch:
                     print(f"  {label:<20} {row.name} ...", file=sys.stderr, flush=True)
-                    result = asyncio.run(
+                    result = run_loop(
                         run_row(system.adapter, cluster.endpoints, cluster.pids, row.load)
                     )
                     yield _record(result, row, system)
@@ -259,9 +258,9 @@ def _preload(system: System, endpoints: Sequence[str], stored: int, timing: dict
     if not system.preset:
         print(f"  {system.label:<20} preloading {stored} keys ...", file=sys.stderr, flush=True)
         started = time.monotonic()
-        asyncio.run(preload.etcd_keys(endpoints, stored))
+        run_loop(preload.etcd_keys(endpoints, stored))
         timing["seconds"] = time.monotonic() - started
-    asyncio.run(preload.verify(system.adapter, endpoints, stored))
+    run_loop(preload.verify(system.adapter, endpoints, stored))
 
 
 def _preload_note(system: System, members: int, stored: int, timing: dict) -> dict[str, Any]:

@@ -334,8 +334,8 @@ def _noise_note(records: Sequence[Record], meta: dict[str, Any]) -> list[str]:
 METHOD = [
     "## Method",
     "",
-    "- One load generator (`bench/load.py`, asyncio + aiohttp keep-alive, one process) drives",
-    "  both systems; only the adapter differs (`bench/adapters.py`).",
+    "- One load generator (`bench/load.py`, asyncio on uvloop + aiohttp keep-alive, one",
+    "  process) drives both systems; only the adapter differs (`bench/adapters.py`).",
     "- **etcd**: 3 members on 127.0.0.1 with default settings (WAL fsync on), reached through",
     "  its JSON gateway. Create-if-absent is one transaction: `if create_revision(key) == 0 then",
     "  put else range`. Reads are linearizable ranges.",
