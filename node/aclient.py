@@ -92,7 +92,8 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
-    def _http(self) -> aiohttp.ClientSession:
+    def session(self) -> aiohttp.ClientSession:
+        """The keep-alive session every request uses (made on first use, inside a loop)."""
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._pool)
             self._session = aiohttp.ClientSession(connector=connector)
@@ -122,7 +123,7 @@ class AsyncClient:
     ) -> Any:
         if key is not None and self.route and not self.router.learned:
             await self._learn()
-        session = self._http()
+        session = self.session()
         timeout = aiohttp.ClientTimeout(total=self.timeout + extra)
         failures: list[str] = []
         # route=False: the endpoints strictly in the given order (plain failover)

@@ -163,7 +163,7 @@ class SmartClient:
                 self._http.append(http)
                 transport = http
             else:
-                transport = AiohttpTransport(self.gateway._http(), url, rpc_timeout)
+                transport = AiohttpTransport(self.gateway.session(), url, rpc_timeout)
             self._channels.append(
                 Channel(
                     i,
