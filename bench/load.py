@@ -133,16 +133,12 @@ class Phase:
 
 
 def run_loop(main: Awaitable[T]) -> T:
-    """Run ``main`` on uvloop when it is installed (else the standard loop). Why: the load
+    """Run ``main`` on the loop the nodes run on (uvloop when installed). Why: the load
     generator is the same for every system, and on two shared cores the less CPU it spends per
     request, the more is left for the servers being measured."""
-    try:
-        import uvloop
+    from graven.node.server.main import loop_factory
 
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)  # type: ignore[arg-type]
 
 

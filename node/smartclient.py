@@ -40,7 +40,7 @@ from .protocol.proposer import Proposer
 from .protocol.quorums import Mask
 from .server.fastpath import UNKNOWN, FastOutcome, fast_first, fast_possible, try_fast
 from .server.metrics import ProposerMetrics
-from .server.peers import AiohttpTransport, Channel, HttpTransport, Transport
+from .server.peers import Channel, remote_transport
 from .server.reachability import Reachability
 
 DEFAULT_FAST_TIMEOUT = 1.0  # seconds to wait for a fast quorum before asking the gateway
@@ -63,7 +63,6 @@ class SmartClient:
         self._limits: tuple[int, int] = (0, 0)  # max key bytes, max value bytes
         self._channels: list[Channel] = []
         self._urls: list[str] = []  # member URLs, by member index
-        self._http: list[HttpTransport] = []
         self._reach: Reachability | None = None
         self._setup: asyncio.Lock | None = None
         self._ready = False
@@ -157,18 +156,11 @@ class SmartClient:
         rpc_timeout = min(2 * self.fast_timeout, self.gateway.timeout)
         metrics = ProposerMetrics(CollectorRegistry(), names, reach.is_up, reach.margin)
         for i, url in enumerate(urls):
-            transport: Transport
-            if urlsplit(url).scheme == "http":
-                http = HttpTransport(url, rpc_timeout)
-                self._http.append(http)
-                transport = http
-            else:
-                transport = AiohttpTransport(self.gateway.session(), url, rpc_timeout)
             self._channels.append(
                 Channel(
                     i,
                     names[i],
-                    transport,
+                    remote_transport(url, rpc_timeout, self.gateway.session),
                     reach,
                     metrics,
                     max_in_flight=MAX_IN_FLIGHT,
@@ -181,9 +173,7 @@ class SmartClient:
 
     async def close(self) -> None:
         for channel in self._channels:
-            await channel.close()
-        for http in self._http:
-            http.close()
+            await channel.close()  # and its transport
         await self.gateway.close()
 
     async def __aenter__(self) -> SmartClient:

@@ -290,6 +290,9 @@ class GatedTransport:
     async def probe(self) -> bool:
         return False
 
+    def close(self) -> None:
+        pass
+
 
 def _channel(transport: GatedTransport, reach: Reachability) -> Channel:
     metrics = ProposerMetrics(CollectorRegistry(), ["a", "b", "c"], reach.is_up, reach.margin)

@@ -183,6 +183,9 @@ class FloorCheckingTransport:
     async def probe(self) -> bool:
         return True
 
+    def close(self) -> None:
+        pass
+
 
 async def test_floor_is_durable_before_other_members_hear_of_the_set(tmp_path: Path) -> None:
     doc = {

@@ -31,6 +31,7 @@ class Forwarder:
         self, urls: list[str], self_name: str, session: Callable[[], aiohttp.ClientSession]
     ) -> None:
         self._urls = urls
+        self._plain = [urlsplit(url).scheme == "http" for url in urls]  # else https
         self._name = self_name
         self._header = f"{FORWARDED_HEADER}: {self_name}\r\n".encode()
         self._session = session  # for https members (aiohttp brings TLS)
@@ -58,7 +59,7 @@ class Forwarder:
 
     async def _put(self, member: int, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
         url = self._urls[member]
-        if urlsplit(url).scheme == "http":
+        if self._plain[member]:
             client = self._clients.get(member)
             if client is None:
                 client = self._clients[member] = PeerHttpClient(url)

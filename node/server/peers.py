@@ -24,8 +24,10 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -82,6 +84,18 @@ class Transport(Protocol):
     async def call(self, kind: str, items: list[Item]) -> list[Reply]: ...
 
     async def probe(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def remote_transport(
+    url: str, timeout: float, session: Callable[[], aiohttp.ClientSession]
+) -> Transport:
+    """Plain http through ``PeerHttpClient``; anything else (https) through aiohttp's client,
+    whose TLS we need (``session`` is asked for only then, and stays the caller's)."""
+    if urlsplit(url).scheme == "http":
+        return HttpTransport(url, timeout)
+    return AiohttpTransport(session(), url, timeout)
 
 
 def _request_body(kind: str, items: list[Item]) -> bytes:
@@ -171,6 +185,9 @@ class AiohttpTransport:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
+    def close(self) -> None:
+        pass  # the session is its owner's to close
+
 
 class LocalTransport:
     """This node's own acceptor, without HTTP and JSON (replies once durable, like the API)."""
@@ -203,6 +220,9 @@ class LocalTransport:
 
     async def probe(self) -> bool:
         return self._store.is_open
+
+    def close(self) -> None:
+        pass  # the store is the node's to close
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -429,3 +449,4 @@ class Channel:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._transport.close()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -30,7 +29,7 @@ from .forward import Forwarder
 from .gateway_types import DeadlineExceeded, GatewayOptions, NoProposerSlot, QuorumUnreachable
 from .metrics import NodeMetrics, ProposerMetrics
 from .peek import peek
-from .peers import AiohttpTransport, Channel, HttpTransport, LocalTransport, Transport
+from .peers import Channel, LocalTransport, Transport, remote_transport
 from .reachability import Reachability
 
 POLL_FIRST, POLL_MAX = 0.05, 0.5  # long-poll re-check delays (doubling) between peeks
@@ -113,7 +112,6 @@ class ProposerRuntime:
         self.forwarder = Forwarder(
             [m.url for m in cfg.members], node_name, session=self._aiohttp_session
         )
-        self._http: list[HttpTransport] = []
         self.channels: list[Channel] = []
         self.closing = False
 
@@ -123,12 +121,9 @@ class ProposerRuntime:
             transport: Transport
             if i == self.index:
                 transport = LocalTransport(self._store, self._node_metrics)
-            elif urlsplit(member.url).scheme == "http":
-                transport = HttpTransport(member.url, self.options.rpc_timeout)
-                self._http.append(transport)
-            else:  # https: aiohttp's client brings TLS
-                transport = AiohttpTransport(
-                    self._aiohttp_session(), member.url, self.options.rpc_timeout
+            else:
+                transport = remote_transport(
+                    member.url, self.options.rpc_timeout, self._aiohttp_session
                 )
             self.channels.append(
                 Channel(
@@ -158,9 +153,7 @@ class ProposerRuntime:
 
     async def close(self) -> None:
         for channel in self.channels:
-            await channel.close()
-        for transport in self._http:
-            transport.close()
+            await channel.close()  # and its transport
         self.forwarder.close()
         if self._session is not None:
             await self._session.close()
