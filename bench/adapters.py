@@ -6,7 +6,7 @@ generator cannot tell the systems apart. A non-2xx reply (or a smart-client erro
 `BadStatus`.
 
 Every call names a session and an endpoint; the plain adapters use them. `SmartGravenAdapter`
-ignores both: one `graven.node.smartclient.SmartClient` per row (made in `open`, closed in
+ignores both: one `graven.node.client.smart.SmartClient` per row (made in `open`, closed in
 `close`) talks to all members itself, so `member_reader` gives the load generator a plain
 adapter for the checks that must read one given member.
 """
@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 
 if TYPE_CHECKING:
-    from graven.node.smartclient import SmartClient
+    from graven.node.client.smart import SmartClient
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -164,7 +164,7 @@ class GravenAdapter(_Plain):
     def route(self, key: str, endpoints: Sequence[str]) -> str | None:
         # The key's home member owns its first register set and decides it in one round trip
         # (graven.node.protocol.config.home_slot; the specs here use one proposer slot per
-        # member, listed in member order). graven.node.client routes the same way.
+        # member, listed in member order). graven.node.client.sync routes the same way.
         return endpoints[zlib.crc32(key.encode()) % len(endpoints)]
 
 
@@ -179,7 +179,7 @@ class SmartGravenAdapter:
         self.client: SmartClient | None = None
 
     async def open(self, endpoints: Sequence[str]) -> None:
-        from graven.node.smartclient import SmartClient  # only the smart rows need it
+        from graven.node.client.smart import SmartClient  # only the smart rows need it
 
         self.client = SmartClient(list(endpoints))
 
@@ -190,7 +190,7 @@ class SmartGravenAdapter:
     async def create(
         self, session: aiohttp.ClientSession, endpoint: str, key: str, value: str
     ) -> Outcome:
-        from graven.node.clientcore import ClientError
+        from graven.node.client.core import ClientError
 
         assert self.client is not None, "open() first"
         try:
@@ -200,7 +200,7 @@ class SmartGravenAdapter:
         return Outcome(decision.won, decision.value)
 
     async def read(self, session: aiohttp.ClientSession, endpoint: str, key: str) -> str | None:
-        from graven.node.clientcore import ClientError
+        from graven.node.client.core import ClientError
 
         assert self.client is not None, "open() first"
         try:

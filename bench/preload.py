@@ -61,7 +61,7 @@ def sample(count: int) -> list[str]:
 
 def graven_members(spec: Path) -> tuple[str, list[str]]:
     """(cluster name, member names) exactly as `graven up` will name them."""
-    from graven.node import localcluster as lc
+    from graven.node.local import cluster as lc
 
     cfg = lc.render(lc.load_spec(spec), lc.DEFAULT_BASE_PORT, spec)
     return cfg.cluster, [m.name for m in cfg.members]
@@ -74,7 +74,7 @@ class PreloadError(RuntimeError):
 def graven_stores(data_dir: Path, spec: Path, count: int) -> None:
     """Create every member's store under `data_dir` (as `graven up` lays it out) with `count`
     decided keys. Must run before the members start."""
-    from graven.node.localcluster import LocalClusterError
+    from graven.node.local.cluster import LocalClusterError
     from graven.node.storage import StoreError
 
     try:

@@ -13,9 +13,7 @@ always safe (the disk holds everything that is not pending).
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import sys
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
@@ -28,10 +26,6 @@ from .lock import DirLock
 from .schema import DB_NAME, connect, open_db
 from .writer import CommitHook, CommitWriter, Op, Pending, UsedSet
 
-# Test-only switch that makes the store lie: acknowledge at submit and write later, without
-# fsync. The crash test uses it to prove that it notices lost acknowledged writes.
-UNSAFE_ENV = "GRAVEN_UNSAFE_ACK_BEFORE_SYNC"
-UNSAFE_DELAY = 0.2  # seconds an acknowledged batch waits before it is even written
 # Keys known to have no stored state, so repeated probes of them (a fresh key is read and
 # written several times per decision) do not each query SQLite; bounded so probing cannot
 # fill memory.
@@ -71,11 +65,8 @@ class RegisterStore:
         lock: DirLock,
         writer_conn: sqlite3.Connection,
         reader_conn: sqlite3.Connection,
-        *,
-        unsafe: bool,
     ) -> None:
         self.data_dir = data_dir
-        self.unsafe = unsafe
         self._lock = lock
         self._reader = reader_conn
         self._cache: dict[str, KeyState] = {}
@@ -105,9 +96,7 @@ class RegisterStore:
         self._closed = False
         self.last_batch_size = 0
         self.on_commit: CommitHook | None = None
-        self._writer = CommitWriter(
-            writer_conn, self._committed, delay_before_write=UNSAFE_DELAY if unsafe else 0.0
-        )
+        self._writer = CommitWriter(writer_conn, self._committed)
 
     @classmethod
     def open(cls, path: str | Path, *, cluster: str, node: str) -> RegisterStore:
@@ -118,22 +107,18 @@ class RegisterStore:
         except OSError as exc:
             raise StoreError(f"cannot create data directory {data_dir}: {exc.strerror}") from None
         lock = DirLock.acquire(data_dir)
-        unsafe = os.environ.get(UNSAFE_ENV) == "1"
-        synchronous = "OFF" if unsafe else "FULL"
         writer_conn = reader_conn = None
         try:
             db = data_dir / DB_NAME
-            writer_conn = open_db(db, cluster=cluster, node=node, synchronous=synchronous)
-            reader_conn = connect(db, synchronous=synchronous)
-            store = cls(data_dir, lock, writer_conn, reader_conn, unsafe=unsafe)
+            writer_conn = open_db(db, cluster=cluster, node=node, synchronous="FULL")
+            reader_conn = connect(db, synchronous="FULL")
+            store = cls(data_dir, lock, writer_conn, reader_conn)
         except BaseException:
             for conn in (writer_conn, reader_conn):
                 if conn is not None:
                     conn.close()
             lock.release()
             raise
-        if unsafe:
-            print(f"graven: WARNING: {UNSAFE_ENV}=1, acknowledging before durable", file=sys.stderr)
         return store
 
     # -- reading ---------------------------------------------------------------------------
@@ -270,9 +255,9 @@ class RegisterStore:
         others alone.
         """
         settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._turn_futures and not self.unsafe:
+        if self._turn_futures:
             self._turn_futures.append(settled)  # resolved with this turn's batch
-        elif self._seq in self._waiting and not self.unsafe:
+        elif self._seq in self._waiting:
             self._waiting[self._seq].append(settled)  # the newest batch is not durable yet
         elif self._writer.failure is not None:
             settled.set_exception(self._writer.failure)
@@ -329,10 +314,7 @@ class RegisterStore:
             self._turn_loop = loop
             loop.call_soon(self._flush)
         self._turn_ops.extend(ops)
-        if self.unsafe:
-            durable.set_result(None)  # the lie: acknowledged before anything is written
-        else:
-            self._turn_futures.append(durable)
+        self._turn_futures.append(durable)
         return durable
 
     def _flush(self) -> None:
