@@ -153,7 +153,7 @@ def plan(
     memory_keys: int = MEMORY_KEYS,
 ) -> list[Row]:
     secs = seconds or (2.0 if quick else 10.0)
-    base = Workload(seconds=secs, warmup_s=0.5 if quick else 1.0, read_keys=200 if quick else 1000)
+    base = Workload(seconds=secs, warmup=0.5 if quick else 1.0, read_keys=200 if quick else 1000)
     levels = (1, 64) if quick else (1, 16, 64, 256)
     rows = [Row("main", 3, replace(base, mode="unique", concurrency=c)) for c in levels]
     rows.append(Row("main", 3, replace(base, mode="contention", concurrency=16)))

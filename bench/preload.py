@@ -31,7 +31,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 from adapters import ADAPTERS, BadStatus
-from load import make_value
+
+from graven.node.client.loadgen import make_value
 
 PREFIX = "pre-"
 VALUE_SIZE = 64
@@ -174,15 +175,18 @@ async def _etcd_keys(endpoints: Sequence[str], count: int) -> None:
 
 async def verify(system: str, endpoints: Sequence[str], count: int) -> None:
     """Read a sample of the preloaded keys from every member; PreloadError on any surprise."""
-    adapter = ADAPTERS[system]().member_reader()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    reader = ADAPTERS["etcd" if system == "etcd" else "graven"]()  # reads the member it is given
+    await reader.open(endpoints)
+    try:
         for key in sample(count):
             for endpoint in endpoints:
                 try:
-                    got = await adapter.read(session, endpoint, key)
+                    got = await reader.read(endpoint, key)
                 except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
                     raise PreloadError(f"preload check: {key} on {endpoint}: {exc}") from exc
                 if got != value_of(key):
                     raise PreloadError(
                         f"preload check: {key} on {endpoint} reads {got!r}, not the stored value"
                     )
+    finally:
+        await reader.close()

@@ -8,11 +8,11 @@ the overlay gives it a private copy instead of touching the store's cache early.
 from __future__ import annotations
 
 from ..protocol.acceptor import Change, KeyState, apply
-from ..storage import RegisterStore
+from ..storage.interface import RegisterStorage
 
 
 class Overlay:
-    def __init__(self, store: RegisterStore) -> None:
+    def __init__(self, store: RegisterStorage) -> None:
         self._store = store
         self._own: dict[str, KeyState] = {}
         self._changed: set[str] = set()  # keys with a change but no private copy yet

@@ -16,7 +16,7 @@ from typing import Protocol
 from ..http.validate import WriteItem
 from ..protocol import acceptor
 from ..protocol.acceptor import Reply
-from ..storage import RegisterStore
+from ..storage.interface import RegisterStorage
 from .overlay import Overlay
 
 
@@ -27,7 +27,7 @@ class Counter(Protocol):
 
 
 def read_many(
-    store: RegisterStore, counter: Counter, items: Sequence[tuple[str, int]]
+    store: RegisterStorage, counter: Counter, items: Sequence[tuple[str, int]]
 ) -> tuple[list[Reply], asyncio.Future[None]]:
     """P1a for each (key, rs); the replies may be sent once the future resolves (durable).
 
@@ -46,7 +46,7 @@ def read_many(
 
 
 def write_many(
-    store: RegisterStore, counter: Counter, items: Sequence[WriteItem]
+    store: RegisterStorage, counter: Counter, items: Sequence[WriteItem]
 ) -> tuple[list[Reply], asyncio.Future[None]]:
     """P2a for each item, in order; send the replies only once the future resolves."""
     view = Overlay(store)

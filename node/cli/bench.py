@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ..client.core import ClientError
@@ -23,7 +24,7 @@ from ..cluster.describe import describe_layout
 from . import client as cli_client
 
 if TYPE_CHECKING:
-    from ..client.loadgen import BenchResult
+    from ..client.loadgen import LoadResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -86,42 +87,70 @@ def _duration(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..client.loadgen import Workload, run_bench  # aiohttp: only for the command that uses it
+    # aiohttp: imported only for the command that uses it
+    from ..client.loadgen import GatewayTarget, SmartTarget, Workload, run_load
     from ..server.main import loop_factory
 
     if args.reads and args.racers > 1:
         print("graven bench: error: --reads and --racers do not combine", file=sys.stderr)
         return cli_client.EXIT_USAGE
+    mode, shown = "unique", "unique"
+    if args.reads:
+        mode = shown = "reads"
+    elif args.racers > 1:
+        mode, shown = "contention", "racers"
+    elif args.keys:
+        mode = shown = "keys"
     work = Workload(
-        concurrency=args.concurrency,
+        mode=mode,
+        # C workers, each racing R proposals at once: C * R requests in flight
+        concurrency=args.concurrency * (args.racers if mode == "contention" else 1),
         seconds=args.seconds,
-        keys=args.keys,
-        racers=args.racers,
         value_size=args.value_size,
-        reads=args.reads,
-        timeout=args.timeout,
-        smart=args.smart,
+        racers=args.racers,
+        keys=(args.keys or 0) if mode != "reads" else 0,
+        read_keys=args.keys or 1000,
     )
+    racing = mode == "contention"  # racers go to different members on purpose
+    target = (SmartTarget if args.smart else GatewayTarget)(args.timeout, racing=racing)
     try:
         endpoints = cli_client.endpoints(args)
         # the node's event loop (uvloop when installed): less client CPU per request
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            result = runner.run(run_bench(endpoints, work))
+            loaded = runner.run(run_load(target, endpoints, work))
     except cli_client.Failure as exc:
         print(f"graven bench: error: {exc}", file=sys.stderr)
         return exc.status
     except ClientError as exc:
         print(f"graven bench: error: {exc}", file=sys.stderr)
         return cli_client.exit_status(exc)
+    result = report(loaded, shown, args, target.info)
     if args.json:
-        cli_client.emit_json(result.to_dict())
+        cli_client.emit_json(result)
     else:
         print(render(result))
-    failed = result.disagreements or result.won_anomalies or (result.ops == 0)
+    failed = result["disagreements"] or result["won_anomalies"] or (result["ops"] == 0)
     return 1 if failed else 0
 
 
-def render(r: BenchResult) -> str:
+def report(r: LoadResult, mode: str, args: argparse.Namespace, info: dict) -> dict[str, Any]:
+    """The load generator's result as the user asked for it (``--json`` prints this)."""
+    return {
+        **r.summary(),
+        "mode": mode,  # unique | keys | racers | reads
+        "concurrency": args.concurrency,
+        "racers": args.racers,
+        "keys": args.keys,
+        "cluster": info.get("cluster"),
+        "layout": info.get("layout"),
+        "members": len(info.get("members") or []),
+        "client": "smart" if args.smart else "gateway",
+        "fast_in_client": r.paths.get("fast", 0),  # smart: timed decisions in this process
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    r = SimpleNamespace(**doc)
     workload = {
         "unique": "a fresh key per decision",
         "keys": f"{r.keys} keys",

@@ -29,7 +29,7 @@ CLUSTER_KIND = "ConsensusCluster"
 
 def load_layout_file(path: str | Path) -> tuple[dict | None, int]:
     """Return (layout block or None for the default, members) from a YAML file."""
-    doc = _single_document(_read_documents(Path(path)), path)
+    doc = _single_document(read_documents(Path(path)), path)
     if "kind" in doc:
         return _from_manifest(doc, path)
     if "quorums" in doc:
@@ -38,7 +38,8 @@ def load_layout_file(path: str | Path) -> tuple[dict | None, int]:
     return block, _members(doc.get("members", DEFAULT_MEMBERS), path, "members")
 
 
-def _read_documents(path: Path) -> list[Any]:
+def read_documents(path: Path) -> list[Any]:
+    """The non-empty YAML documents of a file; LayoutError (one line, naming the file)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

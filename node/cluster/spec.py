@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ..protocol.config import LayoutError
+from .layoutfile import read_documents
 
 API_VERSION = "graven.dev/v1alpha1"
 KIND = "ConsensusCluster"
@@ -224,19 +225,9 @@ def load_manifest(path: str | Path) -> Manifest:
     or it is not usable."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read: {exc}") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or first
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise SpecError(f"{path}: invalid YAML: {problem}{where}") from None
+        docs = read_documents(path)
+    except LayoutError as exc:
+        raise SpecError(str(exc)) from None
     manifests = [d for d in docs if isinstance(d, Mapping) and d.get("kind") == KIND]
     if len(manifests) != 1:
         raise SpecError(f"{path}: expected a {KIND} manifest (apiVersion {API_VERSION})")

@@ -117,10 +117,32 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-class Channel:
-    """Messages to one acceptor: queued per kind, sent in batches, a few requests at a time."""
+class ChannelBase:
+    """What every kind of channel shares: its member, reachability, metrics, and refusing
+    messages at once while the member is down or the channel closed."""
 
-    local = False  # the remote kind; ``LocalChannel`` (proposer.local) is this node's acceptor
+    local = False
+
+    def __init__(
+        self, index: int, name: str, reach: Reachability, metrics: ProposerMetrics
+    ) -> None:
+        self.index = index
+        self.name = name
+        self._reach = reach
+        self._metrics = metrics
+        self._closed = False
+
+    def _future(self) -> asyncio.Future[Reply]:
+        """A future for one message; already failed when it cannot be sent now."""
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        if self._closed or not self._reach.is_up(self.index):
+            reason = self._reach.reasons.get(self.index, "closed" if self._closed else "down")
+            future.set_exception(PeerUnavailable(self.index, reason))
+        return future
+
+
+class Channel(ChannelBase):
+    """Messages to one acceptor: queued per kind, sent in batches, a few requests at a time."""
 
     def __init__(
         self,
@@ -133,11 +155,8 @@ class Channel:
         max_in_flight: int,
         max_batch_bytes: int,
     ) -> None:
-        self.index = index
-        self.name = name
+        super().__init__(index, name, reach, metrics)
         self._transport = transport
-        self._reach = reach
-        self._metrics = metrics
         self._max_in_flight = max_in_flight
         self._max_bytes = max_batch_bytes
         self._queues: dict[str, deque[Item]] = {READ: deque(), WRITE: deque()}
@@ -145,14 +164,11 @@ class Channel:
         self._turn = WRITE  # alternate kinds so neither starves the other
         self._tasks: set[asyncio.Task[None]] = set()
         self._probing = False
-        self._closed = False
         self._flush_pending = False  # a _flush is scheduled for the end of this loop turn
 
     def send(self, kind: str, key: str, rs: int, value: str | None = None) -> asyncio.Future[Reply]:
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        if self._closed or not self._reach.is_up(self.index):
-            reason = self._reach.reasons.get(self.index, "closed" if self._closed else "down")
-            future.set_exception(PeerUnavailable(self.index, reason))
+        future = self._future()
+        if future.done():
             return future
         self._queues[kind].append(Item(kind, key, rs, value, future))
         if not self._flush_pending:

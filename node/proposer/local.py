@@ -13,12 +13,12 @@ from ..acceptor.service import Counter, read_many, write_many
 from ..http.validate import WriteItem
 from ..protocol.acceptor import Reply
 from ..storage import RegisterStore, StoreError
-from .channel import READ, PeerUnavailable, describe_failure
+from .channel import READ, ChannelBase, PeerUnavailable, describe_failure
 from .metrics import ProposerMetrics
 from .reachability import Reachability
 
 
-class LocalChannel:
+class LocalChannel(ChannelBase):
     """Messages to this node's acceptor: decided now, replied to once durable."""
 
     local = True  # drive.py: sends to this channel need not wait for the floor's commit
@@ -32,21 +32,14 @@ class LocalChannel:
         reach: Reachability,
         metrics: ProposerMetrics,
     ) -> None:
-        self.index = index
-        self.name = name
+        super().__init__(index, name, reach, metrics)
         self._store = store
         self._counter = counter
-        self._reach = reach
-        self._metrics = metrics
-        self._closed = False
 
     def send(self, kind: str, key: str, rs: int, value: str | None = None) -> asyncio.Future[Reply]:
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        if self._closed or not self._reach.is_up(self.index):
-            reason = self._reach.reasons.get(self.index, "closed" if self._closed else "down")
-            future.set_exception(PeerUnavailable(self.index, reason))
-            return future
-        self._call_local(kind, key, rs, value, future)
+        future = self._future()
+        if not future.done():
+            self._call_local(kind, key, rs, value, future)
         return future
 
     def _begin(
