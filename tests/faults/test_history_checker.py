@@ -17,8 +17,19 @@ def put(key, proposed, t0, t1, outcome="ok", value=None, won=None, final=False) 
         value = proposed
     if outcome == "ok" and won is None:
         won = value == proposed
-    return Op(next(_ids), 0, "put", key, t0, t1, outcome, proposed=proposed,
-              value=value if outcome == "ok" else None, won=won, member="m0")  # fmt: skip
+    return Op(
+        next(_ids),
+        0,
+        "put",
+        key,
+        t0,
+        t1,
+        outcome,
+        proposed=proposed,
+        value=value if outcome == "ok" else None,
+        won=won,
+        member="m0",
+    )
 
 
 def get(key, value, t0, t1, outcome="ok", final=False) -> Op:
@@ -115,7 +126,11 @@ def test_final_read_with_no_answer_is_unverified_not_passed() -> None:
 
 
 def test_report_shows_the_operations_around_a_violation() -> None:
-    h = [put("a", "x", 0.0, 1.0), get("a", "x", 1.5, 1.6), put("a", "y", 2.0, 2.2, value="y", won=True)]
+    h = [
+        put("a", "x", 0.0, 1.0),
+        get("a", "x", 1.5, 1.6),
+        put("a", "y", 2.0, 2.2, value="y", won=True),
+    ]
     text = report(check(h))
     assert "VIOLATION agreement" in text
     assert "put a='y'" in text and "get a -> 'x'" in text
@@ -123,6 +138,15 @@ def test_report_shows_the_operations_around_a_violation() -> None:
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_history_round_trips_through_a_file(tmp_path, n) -> None:
-    h = [put(f"k{i}", f"v{i}", i, i + 1) for i in range(n)] + [get("k0", None, 9, 9.5, outcome="info")]
+    h = [put(f"k{i}", f"v{i}", i, i + 1) for i in range(n)] + [
+        get("k0", None, 9, 9.5, outcome="info")
+    ]
     dump_history(h, tmp_path / "h.jsonl")
     assert load_history(tmp_path / "h.jsonl") == h
+
+
+def test_the_short_runs_of_all_presets_together_inject_every_nemesis() -> None:
+    from gravenfaults.nemeses import ALL, short_kinds
+    from gravenfaults.run import PRESETS
+
+    assert set().union(*(short_kinds(i) for i in range(len(PRESETS)))) == set(ALL)

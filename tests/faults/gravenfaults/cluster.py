@@ -58,8 +58,12 @@ class Member:
         return self.proc is not None and self.proc.poll() is None
 
 
-def render_config(preset: str, members: int, topo: Topology, extra: dict | None = None) -> ClusterConfig:
-    spec = LocalSpec(name=f"faults-{preset}", replicas=members, quorums={"preset": preset, **(extra or {})})
+def render_config(
+    preset: str, members: int, topo: Topology, extra: dict | None = None
+) -> ClusterConfig:
+    spec = LocalSpec(
+        name=f"faults-{preset}", replicas=members, quorums={"preset": preset, **(extra or {})}
+    )
     doc = dump(render(spec, PORT, source=f"preset {preset}"))
     for i, m in enumerate(doc["members"]):
         m["url"] = f"http://{topo.member_addr(i)}:{PORT}"
@@ -86,8 +90,16 @@ class NetCluster:
             delay_ctl = mdir / "delay.json"
             delay_ctl.write_text(json.dumps({"delay_ms": [0, 0]}))
             self.members.append(
-                Member(i, m.name, self.topo.member_ns(i), self.topo.member_addr(i),
-                       mdir / "data", mdir / "node.log", ctl, delay_ctl)  # fmt: skip
+                Member(
+                    i,
+                    m.name,
+                    self.topo.member_ns(i),
+                    self.topo.member_addr(i),
+                    mdir / "data",
+                    mdir / "node.log",
+                    ctl,
+                    delay_ctl,
+                )
             )
 
     # -- set-up -----------------------------------------------------------------------------
@@ -100,13 +112,28 @@ class NetCluster:
             self._start_proxy(m)
 
     def _start_proxy(self, m: Member) -> None:
-        argv = [*self.topo.nsenter(m.ns), sys.executable, "-m", "gravenfaults.proxy",
-                "--listen", f"0.0.0.0:{PROXY_PORT}", "--to", f"127.0.0.1:{PORT}",
-                "--control", str(m.delay_ctl)]  # fmt: skip
+        argv = [
+            *self.topo.nsenter(m.ns),
+            sys.executable,
+            "-m",
+            "gravenfaults.proxy",
+            "--listen",
+            f"0.0.0.0:{PROXY_PORT}",
+            "--to",
+            f"127.0.0.1:{PORT}",
+            "--control",
+            str(m.delay_ctl),
+        ]
         env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
         with open(m.data_dir.parent / "proxy.log", "ab") as log:
-            m.proxy = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            m.proxy = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def set_delay(self, m: Member, lo_ms: float, hi_ms: float) -> None:
         m.delay_ctl.write_text(json.dumps({"delay_ms": [lo_ms, hi_ms]}))
@@ -117,9 +144,22 @@ class NetCluster:
 
     def start(self, m: Member) -> None:
         assert not m.running, f"{m.name} already runs"
-        argv = [*self.topo.nsenter(m.ns), sys.executable, "-m", "graven.node.cli", "node",
-                "--id", m.name, "--listen", f"0.0.0.0:{PORT}", "--data-dir", str(m.data_dir),
-                "--config", str(self.config_path), *self.node_args]  # fmt: skip
+        argv = [
+            *self.topo.nsenter(m.ns),
+            sys.executable,
+            "-m",
+            "graven.node.cli",
+            "node",
+            "--id",
+            m.name,
+            "--listen",
+            f"0.0.0.0:{PORT}",
+            "--data-dir",
+            str(m.data_dir),
+            "--config",
+            str(self.config_path),
+            *self.node_args,
+        ]
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -127,10 +167,18 @@ class NetCluster:
             "GRAVEN_FAULTFS_CTL": str(m.ctl),
         }
         with open(m.log, "ab") as log:
-            log.write(f"=== faults: starting {m.name} at {time.strftime('%H:%M:%S')} ===\n".encode())
+            log.write(
+                f"=== faults: starting {m.name} at {time.strftime('%H:%M:%S')} ===\n".encode()
+            )
             log.flush()
-            m.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            m.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def signal(self, m: Member, sig: signal.Signals) -> None:
         if m.proc is not None and m.proc.poll() is None:

@@ -100,13 +100,28 @@ def fill(path: Path) -> Path:
     return filler
 
 
+CORRUPTIONS = ("torn", "garbage", "header", "empty")
+
+
 def corrupt(db: Path, how: str, rng: random.Random) -> str:
-    """Damage the store file: 'torn' cuts it mid-page, 'garbage' overwrites page headers."""
+    """Damage the store file: 'torn' cuts it mid-page, 'garbage' overwrites page headers,
+    'header' scribbles over the file header, 'empty' leaves a file of 0 bytes (what some
+    filesystems show after a crash before the data blocks were written)."""
     size = db.stat().st_size
     page = 4096
     pages = size // page
+    if how == "empty":
+        os.truncate(db, 0)
+        return f"truncated {db.name} from {size} to 0 bytes"
+    if how == "header":
+        with open(db, "r+b") as fh:
+            fh.seek(16)
+            fh.write(bytes(rng.randrange(256) for _ in range(84)))
+        return f"overwrote bytes 16..99 (the file header) of {db.name}"
     if how == "torn":
-        cut = max(page + 100, int(size * rng.uniform(0.3, 0.7)) // page * page + rng.randrange(1, page))
+        cut = max(
+            page + 100, int(size * rng.uniform(0.3, 0.7)) // page * page + rng.randrange(1, page)
+        )
         cut = min(cut, size - 1)
         os.truncate(db, cut)
         return f"truncated {db.name} from {size} to {cut} bytes"

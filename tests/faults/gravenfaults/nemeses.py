@@ -81,7 +81,9 @@ class Partition(Nemesis):
                     continue
                 for i in ga:
                     for j in gb:
-                        self.rules.add(h.topo.member_ns(i), "INPUT", "-s", h.topo.member_addr(j), "-j", "DROP")
+                        self.rules.add(
+                            h.topo.member_ns(i), "INPUT", "-s", h.topo.member_addr(j), "-j", "DROP"
+                        )
 
     async def stop(self, h: Harness) -> None:
         if self.rules:
@@ -101,8 +103,18 @@ class OneWay(Nemesis):
         self.rules = Rules(h.topo)
         for j in range(h.topo.members):
             if j != self.src:
-                self.rules.add(h.topo.member_ns(j), "INPUT", "-s", h.topo.member_addr(self.src),
-                               "-p", "tcp", "--dport", str(PROXY_PORT), "-j", "DROP")  # fmt: skip
+                self.rules.add(
+                    h.topo.member_ns(j),
+                    "INPUT",
+                    "-s",
+                    h.topo.member_addr(self.src),
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    str(PROXY_PORT),
+                    "-j",
+                    "DROP",
+                )
 
     async def stop(self, h: Harness) -> None:
         if self.rules:
@@ -136,7 +148,16 @@ class ClientCut(Nemesis):
     async def start(self, h: Harness) -> None:
         self.rules = Rules(h.topo)
         for i in self.members:
-            self.rules.add(h.topo.client, "OUTPUT", "-s", CLIENT_ADDR, "-d", h.topo.member_addr(i), "-j", "DROP")
+            self.rules.add(
+                h.topo.client,
+                "OUTPUT",
+                "-s",
+                CLIENT_ADDR,
+                "-d",
+                h.topo.member_addr(i),
+                "-j",
+                "DROP",
+            )
 
     async def stop(self, h: Harness) -> None:
         if self.rules:
@@ -153,8 +174,20 @@ class Loss(Nemesis):
     async def start(self, h: Harness) -> None:
         self.rules = Rules(h.topo)
         for i in range(h.topo.members):
-            self.rules.add(h.topo.member_ns(i), "INPUT", "-s", f"{SUBNET}.0/24", "-m", "statistic",
-                           "--mode", "random", "--probability", f"{self.probability:.3f}", "-j", "DROP")  # fmt: skip
+            self.rules.add(
+                h.topo.member_ns(i),
+                "INPUT",
+                "-s",
+                f"{SUBNET}.0/24",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                f"{self.probability:.3f}",
+                "-j",
+                "DROP",
+            )
 
     async def stop(self, h: Harness) -> None:
         if self.rules:
@@ -295,14 +328,32 @@ class CorruptStore(Nemesis):
 
 # -- choosing ----------------------------------------------------------------------------------
 
-NETWORK = ("partition-minority", "partition-bridge", "partition-oneway", "isolate", "client-cut",
-           "loss", "delay")  # fmt: skip
-PROCESS = ("kill", "pause", "restart-all", "disk-fsync", "disk-write", "disk-full",
-           "corrupt-torn", "corrupt-garbage")  # fmt: skip
+NETWORK = (
+    "partition-minority",
+    "partition-bridge",
+    "partition-oneway",
+    "isolate",
+    "client-cut",
+    "loss",
+    "delay",
+)
+BASIC = ("kill", "pause", "restart-all")
+DISK = ("disk-fsync", "disk-write", "disk-full")
+CORRUPT = tuple(f"corrupt-{how}" for how in disk.CORRUPTIONS)
+PROCESS = BASIC + DISK + CORRUPT
 ALL = NETWORK + PROCESS
 
 
-def make(kind: str, n: int, tolerates: int, rng: random.Random, avoid: set[int] | None = None) -> Nemesis:
+def short_kinds(rotation: int) -> list[str]:
+    """The short run of one preset: every network and process nemesis, and one disk fault and
+    one kind of store damage, rotating with ``rotation`` (the preset's number) so that the
+    presets together run every kind. The storage layer is the same under every layout."""
+    return [*NETWORK, *BASIC, DISK[rotation % len(DISK)], CORRUPT[rotation % len(CORRUPT)]]
+
+
+def make(
+    kind: str, n: int, tolerates: int, rng: random.Random, avoid: set[int] | None = None
+) -> Nemesis:
     """A nemesis of ``kind`` for an ``n``-member cluster, its targets chosen by ``rng``
     (preferring members outside ``avoid``)."""
     avoid = avoid or set()
@@ -312,20 +363,32 @@ def make(kind: str, n: int, tolerates: int, rng: random.Random, avoid: set[int] 
     args: dict[str, Any] = {"kind": kind}
     if kind == "partition-minority":
         rest = set(range(n)) - minority
-        return Partition(**args, affected=minority, groups=[minority, rest], detail=f"{sorted(minority)}|{sorted(rest)}")
+        return Partition(
+            **args,
+            affected=minority,
+            groups=[minority, rest],
+            detail=f"{sorted(minority)}|{sorted(rest)}",
+        )
     if kind == "partition-bridge":
         order = list(range(n))
         rng.shuffle(order)
         mid = order[0]
         left, right = set(order[1 : 1 + (n - 1) // 2]), set(order[1 + (n - 1) // 2 :])
-        return Partition(**args, affected=None, groups=[left, right], bridge={mid},
-                         detail=f"{sorted(left)}|m{mid}|{sorted(right)}")  # fmt: skip
+        return Partition(
+            **args,
+            affected=None,
+            groups=[left, right],
+            bridge={mid},
+            detail=f"{sorted(left)}|m{mid}|{sorted(right)}",
+        )
     if kind == "partition-oneway":
         return OneWay(**args, affected={one}, src=one)
     if kind == "isolate":
         return Isolate(**args, affected={one}, member=one)
     if kind == "client-cut":
-        return ClientCut(**args, affected=set(), members=minority, detail=f"clients-x->{sorted(minority)}")
+        return ClientCut(
+            **args, affected=set(), members=minority, detail=f"clients-x->{sorted(minority)}"
+        )
     if kind == "loss":
         p = rng.choice((0.05, 0.1, 0.2))
         return Loss(**args, affected=set(), probability=p, detail=f"p={p}")
@@ -341,6 +404,6 @@ def make(kind: str, n: int, tolerates: int, rng: random.Random, avoid: set[int] 
     if kind in ("disk-fsync", "disk-write", "disk-full"):
         mode = {"disk-fsync": "f", "disk-write": "w", "disk-full": "full"}[kind]
         return DiskFault(**args, affected={one}, member=one, mode=mode)
-    if kind in ("corrupt-torn", "corrupt-garbage"):
+    if kind in CORRUPT:
         return CorruptStore(**args, affected={one}, member=one, how=kind.split("-")[1])
     raise ValueError(f"unknown nemesis {kind!r} (known: {', '.join(ALL)})")

@@ -39,10 +39,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", action="append", choices=PRESETS, help="repeatable; default: all")
     p.add_argument("--members", type=int, default=3)
     p.add_argument("--mode", choices=("short", "soak"), default="short")
-    p.add_argument("--seconds", type=float, default=60.0, help="soak: total seconds over all presets")
+    p.add_argument(
+        "--seconds", type=float, default=60.0, help="soak: total seconds over all presets"
+    )
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--nemesis", action="append", choices=nemeses.ALL, help="short: repeatable; default: all")
-    p.add_argument("--hold", type=float, default=2.0, help="short: seconds each fault lasts")
+    p.add_argument(
+        "--nemesis",
+        action="append",
+        choices=nemeses.ALL,
+        help="short: repeatable; default: every network and process nemesis, one disk fault "
+        "and one store damage (rotating over the presets)",
+    )
+    p.add_argument("--hold", type=float, default=1.5, help="short: seconds each fault lasts")
     p.add_argument("--gap", type=float, default=0.5, help="short: seconds between faults")
     p.add_argument("--concurrency", type=int, default=6)
     p.add_argument("--work", type=Path, default=None, help="logs, histories (default: a temp dir)")
@@ -77,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     presets = args.preset or list(PRESETS)
-    kinds = args.nemesis or list(nemeses.ALL)
     work = args.work or Path(tempfile.mkdtemp(prefix="graven-faults-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"gravenfaults: seed {seed} mode {args.mode} presets {','.join(presets)} work {work}", flush=True)
+    print(
+        f"gravenfaults: seed {seed} mode {args.mode} presets {','.join(presets)} work {work}",
+        flush=True,
+    )
     swept = topology.sweep_stale() + disk.sweep_stale_mounts()
     if swept:
         print(f"gravenfaults: removed leftovers of dead runs: {', '.join(swept)}", flush=True)
@@ -98,21 +108,46 @@ def main(argv: list[str] | None = None) -> int:
         per = args.seconds / len(presets)
         for preset in presets:
             print(f"gravenfaults: preset {preset} ({args.members} members)", flush=True)
+            kinds = args.nemesis or nemeses.short_kinds(PRESETS.index(preset))
             rep = asyncio.run(
-                run_preset(preset, args.members, topo, work, shim, seed, args.mode, per, kinds,
-                           args.hold, args.gap, args.concurrency, clusters)  # fmt: skip
+                run_preset(
+                    preset,
+                    args.members,
+                    topo,
+                    work,
+                    shim,
+                    seed,
+                    args.mode,
+                    per,
+                    kinds,
+                    args.hold,
+                    args.gap,
+                    args.concurrency,
+                    clusters,
+                )
             )
             reports.append(rep)
             print(summary(rep), flush=True)
     finally:
         cleanup()
-    bad = sum(r["violations"] + r["lost_acknowledged"] + len(r["expectations_failed"]) for r in reports)
-    doc = {"seed": seed, "mode": args.mode, "members": args.members, "work": str(work),
-           "command": " ".join(sys.argv), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "presets": reports}  # fmt: skip
+    bad = sum(
+        r["violations"] + r["lost_acknowledged"] + len(r["expectations_failed"]) for r in reports
+    )
+    doc = {
+        "seed": seed,
+        "mode": args.mode,
+        "members": args.members,
+        "work": str(work),
+        "command": " ".join(sys.argv),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "presets": reports,
+    }
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"gravenfaults: seed {seed}: {'FAILED' if bad else 'passed'} ({len(reports)} preset(s))", flush=True)
+    print(
+        f"gravenfaults: seed {seed}: {'FAILED' if bad else 'passed'} ({len(reports)} preset(s))",
+        flush=True,
+    )
     return 1 if bad else 0
 
 
@@ -124,12 +159,15 @@ def summary(r: dict[str, Any]) -> str:
         f"   faults: {sum(r['faults'].values())} ({faults})",
         f"   violations {r['violations']} {r['violations_by_kind'] or ''}, lost acknowledged "
         f"{r['lost_acknowledged']}, unverified {r['unverified']}",
-        f"   longest unavailability: {r['longest_unavailability_tolerated_partition_s']} s during a "
-        f"tolerated partition ({r['during']}); {r['longest_unavailability_tolerated_fault_s']} s "
-        f"during any tolerated fault ({r['during_fault']})",
+        "   longest unavailability: "
+        f"{r['longest_unavailability_tolerated_partition_s']} s during a tolerated partition "
+        f"({r['during']}); {r['longest_unavailability_tolerated_fault_s']} s during any "
+        f"tolerated fault ({r['during_fault']})",
         f"   expectations: {r['expectations']} checked, {len(r['expectations_failed'])} failed",
     ]
-    lines += [f"   FAILED {e['nemesis']}: {e['what']}: {e['detail']}" for e in r["expectations_failed"]]
+    lines += [
+        f"   FAILED {e['nemesis']}: {e['what']}: {e['detail']}" for e in r["expectations_failed"]
+    ]
     if r["violations"]:
         lines.append(r["report"])
     return "\n".join(lines)

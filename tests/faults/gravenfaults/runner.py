@@ -8,6 +8,8 @@ soak (two lanes, network and process/disk faults, mixed at random until a deadli
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import random
 import time
 from collections import Counter
@@ -19,7 +21,7 @@ import aiohttp
 
 from graven.node.protocol.checker import check as check_layout
 
-from . import checker, nemeses
+from . import checker, disk, nemeses
 from .cluster import NetCluster, render_config
 from .history import dump_history
 from .topology import CLIENT_ADDR, CONTROL_ADDR, Topology
@@ -67,10 +69,14 @@ class Harness:
             print(f"  EXPECTATION FAILED [{self.preset}] {nemesis}: {what}: {detail}", flush=True)
         return ok
 
-    async def http(self, method: str, url: str, body: Any = None, timeout: float = 3.0) -> tuple[int, Any, str]:
+    async def http(
+        self, method: str, url: str, body: Any = None, timeout: float = 3.0
+    ) -> tuple[int, Any, str]:
         """(status, JSON body or None, text); status 0 when nothing answered."""
         try:
-            async with self.control.request(method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            async with self.control.request(
+                method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as r:
                 text = await r.text()
                 try:
                     doc = await r.json(content_type=None)
@@ -84,8 +90,13 @@ class Harness:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not m.running:
-                return self.expect(why, f"{m.name} comes back", False,
-                                   f"exited {m.proc.returncode if m.proc else '?'}: {self.cluster.log_tail(m, 600)[-300:]}")  # fmt: skip
+                return self.expect(
+                    why,
+                    f"{m.name} comes back",
+                    False,
+                    f"exited {m.proc.returncode if m.proc else '?'}: "
+                    + self.cluster.log_tail(m, 600)[-300:],
+                )
             status, _, _ = await self.http("GET", m.url + "/readyz", timeout=1.0)
             if status == 200:
                 return True
@@ -113,18 +124,33 @@ class Harness:
                 continue
             refused = f"{status} {text[:200]}"
             break
-        self.expect(kind, f"{m.name} refuses a register write it cannot persist (503)",
-                    refused.startswith("503") and "store_unavailable" in refused,
-                    refused or f"{len(acked)} writes acknowledged, none refused")  # fmt: skip
+        self.expect(
+            kind,
+            f"{m.name} refuses a register write it cannot persist (503)",
+            refused.startswith("503") and "store_unavailable" in refused,
+            refused or f"{len(acked)} writes acknowledged, none refused",
+        )
         status, _, text = await self.http("GET", m.url + "/readyz")
-        self.expect(kind, f"{m.name} /readyz says not ready",
-                    status == 503 and "register store unavailable" in text, f"{status} {text[:200]}")  # fmt: skip
+        self.expect(
+            kind,
+            f"{m.name} /readyz says not ready",
+            status == 503 and "register store unavailable" in text,
+            f"{status} {text[:200]}",
+        )
         status, _, text = await self.http("GET", m.url + "/metrics")
-        self.expect(kind, f"{m.name} /metrics graven_store_failed 1",
-                    "\ngraven_store_failed 1.0" in text, _metric_line(text, "graven_store_failed"))  # fmt: skip
+        self.expect(
+            kind,
+            f"{m.name} /metrics graven_store_failed 1",
+            "\ngraven_store_failed 1.0" in text,
+            _metric_line(text, "graven_store_failed"),
+        )
         log = self.cluster.log_tail(m)
-        self.expect(kind, f"{m.name} logs the failed commit", "CRITICAL commit of" in log,
-                    log.strip().splitlines()[-1] if log.strip() else "(empty log)")  # fmt: skip
+        self.expect(
+            kind,
+            f"{m.name} logs the failed commit",
+            "CRITICAL commit of" in log,
+            log.strip().splitlines()[-1] if log.strip() else "(empty log)",
+        )
         return acked
 
     async def expect_probes_durable(self, m: Any, keys: list[str], kind: str) -> int:
@@ -132,12 +158,24 @@ class Harness:
         lost = 0
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            status, doc, text = await self.http("POST", m.url + "/v1/registers/read", {"rs": 0, "keys": chunk})
+            status, doc, text = await self.http(
+                "POST", m.url + "/v1/registers/read", {"rs": 0, "keys": chunk}
+            )
             if status != 200 or doc is None:
-                self.expect(kind, f"{m.name} answers reads of its probe registers", False, f"{status} {text[:200]}")
+                self.expect(
+                    kind,
+                    f"{m.name} answers reads of its probe registers",
+                    False,
+                    f"{status} {text[:200]}",
+                )
                 return 0
             lost += sum(1 for r in doc["replies"] if r["values"].get("1") is None)
-        self.expect(kind, f"{m.name} kept all {len(keys)} acknowledged probe writes", lost == 0, f"{lost} lost")
+        self.expect(
+            kind,
+            f"{m.name} kept all {len(keys)} acknowledged probe writes",
+            lost == 0,
+            f"{lost} lost",
+        )
         self.lost_probes = getattr(self, "lost_probes", 0) + lost
         return lost
 
@@ -151,9 +189,13 @@ class Harness:
         code = m.proc.poll() if m.proc else None
         tail = self.cluster.log_tail(m, 2000).strip().splitlines()
         last = tail[-1] if tail else ""
-        clear = "graven node: error:" in last and ("damaged" in last or "not a readable graven" in last)
-        self.expect(kind, f"{m.name} refuses to start on a damaged store (exit 2, clear message)",
-                    code == 2 and clear, f"exit {code}: {last}")  # fmt: skip
+        clear = last.startswith("graven node: error:") and disk.DB_NAME in last
+        self.expect(
+            kind,
+            f"{m.name} refuses to start on a damaged store (exit 2, clear message)",
+            code == 2 and clear,
+            f"exit {code}: {last}",
+        )
 
 
 def _metric_line(text: str, name: str) -> str:
@@ -167,7 +209,13 @@ def _metric_line(text: str, name: str) -> str:
 
 
 async def inject(h: Harness, nem: nemeses.Nemesis, hold: float, faults: Counter[str]) -> None:
-    w = Window(nem.kind, "", sorted(nem.affected) if nem.affected is not None else None, False, time.monotonic())
+    w = Window(
+        nem.kind,
+        "",
+        sorted(nem.affected) if nem.affected is not None else None,
+        False,
+        time.monotonic(),
+    )
     h.windows.append(w)
     faults[nem.kind] += 1
     try:
@@ -175,14 +223,19 @@ async def inject(h: Harness, nem: nemeses.Nemesis, hold: float, faults: Counter[
         w.partition = nem.partition
         w.affected = sorted(nem.affected) if nem.affected is not None else None
         w.detail = nem.describe()
-        print(f"  {time.strftime('%H:%M:%S')} [{h.preset}] {nem.describe()} for {hold:.1f} s", flush=True)
+        print(
+            f"  {time.strftime('%H:%M:%S')} [{h.preset}] {nem.describe()} for {hold:.1f} s",
+            flush=True,
+        )
         await asyncio.sleep(hold)
     finally:
         w.stop = time.monotonic()
         await nem.stop(h)
 
 
-async def short_schedule(h: Harness, kinds: list[str], hold: float, gap: float, faults: Counter[str]) -> None:
+async def short_schedule(
+    h: Harness, kinds: list[str], hold: float, gap: float, faults: Counter[str]
+) -> None:
     n = len(h.cluster.members)
     for kind in kinds:
         await inject(h, nemeses.make(kind, n, h.tolerates, h.rng), hold, faults)
@@ -216,12 +269,14 @@ async def soak_schedule(h: Harness, seconds: float, faults: Counter[str]) -> Non
 # -- figures -----------------------------------------------------------------------------------
 
 
-def longest_unavailability(windows: list[Window], oks: list[float], tolerates: int, partitions_only: bool) -> tuple[float, str]:
+def longest_unavailability(
+    windows: list[Window], oks: list[float], tolerates: int, partitions_only: bool
+) -> tuple[float, str]:
     """Longest stretch with no successful operation while only tolerated faults were active
     (and, with ``partitions_only``, at least one of them a partition)."""
     edges = sorted({t for w in windows for t in (w.start, w.stop)})
     spans: list[tuple[float, float, str]] = []
-    for a, b in zip(edges, edges[1:], strict=False):
+    for a, b in itertools.pairwise(edges):
         active = [w for w in windows if w.start <= a and w.stop >= b]
         if not active or any(w.affected is None for w in active):
             continue
@@ -231,17 +286,19 @@ def longest_unavailability(windows: list[Window], oks: list[float], tolerates: i
             continue
         label = "+".join(sorted({w.detail or w.kind for w in active}))
         if spans and abs(spans[-1][1] - a) < 1e-9:
-            spans[-1] = (spans[-1][0], b, spans[-1][2] if label in spans[-1][2] else spans[-1][2] + "; " + label)
+            spans[-1] = (
+                spans[-1][0],
+                b,
+                spans[-1][2] if label in spans[-1][2] else spans[-1][2] + "; " + label,
+            )
         else:
             spans.append((a, b, label))
     best, where = 0.0, ""
     oks = sorted(oks)
-    import bisect
-
     for a, b, label in spans:
         lo, hi = bisect.bisect_left(oks, a), bisect.bisect_right(oks, b)
         points = [a, *oks[lo:hi], b]
-        gap = max(y - x for x, y in zip(points, points[1:], strict=False))
+        gap = max(y - x for x, y in itertools.pairwise(points))
         if gap > best:
             best, where = gap, label
     return best, where
@@ -271,8 +328,12 @@ async def run_preset(
     rng = random.Random(f"{seed}-{preset}")
     faults: Counter[str] = Counter()
     started = time.monotonic()
-    control = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(CONTROL_ADDR, 0), limit=0))
-    clients = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(CLIENT_ADDR, 0), limit=0))
+    control = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(local_addr=(CONTROL_ADDR, 0), limit=0)
+    )
+    clients = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(local_addr=(CLIENT_ADDR, 0), limit=0)
+    )
     try:
         cluster.prepare()
         for m in cluster.members:
@@ -281,7 +342,9 @@ async def run_preset(
         for m in cluster.members:
             if not await h.wait_ready(m, why="start"):
                 raise RuntimeError(f"{m.name} did not start: {cluster.log_tail(m, 1000)}")
-        wl = Workload([m.url for m in cluster.members], [m.name for m in cluster.members], seed, concurrency)
+        wl = Workload(
+            [m.url for m in cluster.members], [m.name for m in cluster.members], seed, concurrency
+        )
         load = asyncio.create_task(wl.run(clients))
         try:
             await asyncio.sleep(1.0)

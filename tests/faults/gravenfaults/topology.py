@@ -113,8 +113,21 @@ class Topology:
         for ns, addr, short in ends:
             self._add(ns)
             # both ends created from the hub: the peer lands directly in the member namespace
-            sh("ip", "-n", hub, "link", "add", f"v-{short}", "type", "veth",
-               "peer", "name", "eth0", "netns", ns)  # fmt: skip
+            sh(
+                "ip",
+                "-n",
+                hub,
+                "link",
+                "add",
+                f"v-{short}",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            )
             sh("ip", "-n", hub, "link", "set", f"v-{short}", "master", "br0")
             sh("ip", "-n", hub, "link", "set", f"v-{short}", "up")
             sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
@@ -125,9 +138,21 @@ class Topology:
             # the harness's probes always pass (nemeses append their DROPs after this rule)
             self.iptables(self.member_ns(i), "-A", "INPUT", "-s", CONTROL_ADDR, "-j", "ACCEPT")
             # every inbound connection to a node goes through its delay proxy (proxy.py)
-            self.iptables(self.member_ns(i), "-t", "nat", "-A", "PREROUTING", "-p", "tcp",
-                          "--dport", str(NODE_PORT), "-j", "REDIRECT",
-                          "--to-ports", str(PROXY_PORT))  # fmt: skip
+            self.iptables(
+                self.member_ns(i),
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "--dport",
+                str(NODE_PORT),
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                str(PROXY_PORT),
+            )
 
     def _add(self, name: str) -> None:
         sh("ip", "netns", "add", name)

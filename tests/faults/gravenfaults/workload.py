@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ class Workload:
     def put_keys(self) -> list[str]:
         return sorted({o.key for o in self.ops if o.kind == "put"})
 
-    async def run(self, session: aiohttp.ClientSession, until: Callable[[], bool] | None = None) -> None:
+    async def run(self, session: aiohttp.ClientSession) -> None:
         await asyncio.gather(*(self._client(session, c) for c in range(self.concurrency)))
 
     def stop(self) -> None:
@@ -78,21 +78,44 @@ class Workload:
         url = f"{self.urls[m]}/v1/decisions/{k}"
         t0 = time.monotonic()
         try:
-            async with session.put(url, json={"value": v}, timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as r:
+            async with session.put(
+                url, json={"value": v}, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+            ) as r:
                 body = await r.json(content_type=None)
                 t1 = time.monotonic()
                 if r.status == 200:
-                    return self._record(client=c, kind="put", key=k, invoke=t0, complete=t1, outcome="ok",
-                                        proposed=v, value=body["value"], won=body.get("won"), member=self.names[m])  # fmt: skip
+                    return self._record(
+                        client=c,
+                        kind="put",
+                        key=k,
+                        invoke=t0,
+                        complete=t1,
+                        outcome="ok",
+                        proposed=v,
+                        value=body["value"],
+                        won=body.get("won"),
+                        member=self.names[m],
+                    )
                 outcome = "fail" if r.status in FAIL_STATUSES else "info"
                 err = f"{r.status} {_code(body)}"
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
             t1 = time.monotonic()
             outcome, err = "info", type(exc).__name__
-        return self._record(client=c, kind="put", key=k, invoke=t0, complete=t1, outcome=outcome,
-                            proposed=v, member=self.names[m], error=err)  # fmt: skip
+        return self._record(
+            client=c,
+            kind="put",
+            key=k,
+            invoke=t0,
+            complete=t1,
+            outcome=outcome,
+            proposed=v,
+            member=self.names[m],
+            error=err,
+        )
 
-    async def get(self, session: aiohttp.ClientSession, c: int, m: int, k: str, final: bool = False) -> Op:
+    async def get(
+        self, session: aiohttp.ClientSession, c: int, m: int, k: str, final: bool = False
+    ) -> Op:
         url = f"{self.urls[m]}/v1/decisions/{k}"
         t0 = time.monotonic()
         try:
@@ -100,34 +123,108 @@ class Workload:
                 body = await r.json(content_type=None)
                 t1 = time.monotonic()
                 if r.status == 200:
-                    return self._record(client=c, kind="get", key=k, invoke=t0, complete=t1, outcome="ok",
-                                        value=body["value"], member=self.names[m], final=final)  # fmt: skip
+                    return self._record(
+                        client=c,
+                        kind="get",
+                        key=k,
+                        invoke=t0,
+                        complete=t1,
+                        outcome="ok",
+                        value=body["value"],
+                        member=self.names[m],
+                        final=final,
+                    )
                 if r.status == 404 and _code(body) == "not_decided":
-                    return self._record(client=c, kind="get", key=k, invoke=t0, complete=t1, outcome="ok",
-                                        value=None, member=self.names[m], final=final)  # fmt: skip
+                    return self._record(
+                        client=c,
+                        kind="get",
+                        key=k,
+                        invoke=t0,
+                        complete=t1,
+                        outcome="ok",
+                        value=None,
+                        member=self.names[m],
+                        final=final,
+                    )
                 outcome = "fail" if r.status in FAIL_STATUSES else "info"
                 err = f"{r.status} {_code(body)}"
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
             t1 = time.monotonic()
             outcome, err = "info", type(exc).__name__
-        return self._record(client=c, kind="get", key=k, invoke=t0, complete=t1, outcome=outcome,
-                            member=self.names[m], error=err, final=final)  # fmt: skip
+        return self._record(
+            client=c,
+            kind="get",
+            key=k,
+            invoke=t0,
+            complete=t1,
+            outcome=outcome,
+            member=self.names[m],
+            error=err,
+            final=final,
+        )
 
-    async def final_reads(self, session: aiohttp.ClientSession, tries: int = 5) -> None:
-        """Read every key any PUT touched, until a definite answer (at most ``tries`` each)."""
-        keys = self.put_keys()
-        sem = asyncio.Semaphore(16)
-        rng = random.Random(f"{self.seed}-final")
+    async def final_reads(
+        self, session: aiohttp.ClientSession, tries: int = 5, batch: int = 100
+    ) -> None:
+        """Read every key any PUT touched (``:batchGet``, spread over the members) until each
+        has a definite answer, at most ``tries`` rounds; every key's result is one operation."""
+        todo = self.put_keys()
+        for t in range(tries):
+            chunks = [todo[i : i + batch] for i in range(0, len(todo), batch)]
+            sem = asyncio.Semaphore(4)
 
-        async def one(i: int, k: str) -> None:
-            async with sem:
-                for t in range(tries):
-                    op = await self.get(session, 1000 + i % 16, (i + t) % len(self.urls), k, final=True)
-                    if op.outcome == "ok":
-                        return
-                    await asyncio.sleep(0.2 * (t + 1) * rng.random())
+            async def one(m: int, keys: list[str], sem: asyncio.Semaphore = sem) -> list[str]:
+                async with sem:
+                    return await self._batch_get(session, m, keys)
 
-        await asyncio.gather(*(one(i, k) for i, k in enumerate(keys)))
+            n = len(self.urls)
+            results = await asyncio.gather(*(one((i + t) % n, c) for i, c in enumerate(chunks)))
+            todo = [k for undecided in results for k in undecided]
+            if not todo:
+                return
+            await asyncio.sleep(0.5 * (t + 1))
+
+    async def _batch_get(
+        self, session: aiohttp.ClientSession, m: int, keys: list[str]
+    ) -> list[str]:
+        """Record one final read per key; returns the keys without a definite answer."""
+        t0 = time.monotonic()
+        results: dict[str, Any] = {}
+        err = ""
+        try:
+            async with session.post(
+                f"{self.urls[m]}/v1/decisions:batchGet",
+                json={"keys": keys},
+                timeout=aiohttp.ClientTimeout(total=TIMEOUT),
+            ) as r:
+                body = await r.json(content_type=None)
+                if r.status == 200:
+                    results = {item["key"]: item for item in body["results"]}
+                else:
+                    err = f"{r.status} {_code(body)}"
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+            err = type(exc).__name__
+        t1 = time.monotonic()
+        again = []
+        for k in keys:
+            item = results.get(k)
+            base = {
+                "client": 1000 + m,
+                "kind": "get",
+                "key": k,
+                "invoke": t0,
+                "complete": t1,
+                "member": self.names[m],
+                "final": True,
+            }
+            if item is not None and "value" in item:
+                self._record(**base, outcome="ok", value=item["value"])
+            elif item is not None and item["error"]["code"] == "not_decided":
+                self._record(**base, outcome="ok", value=None)
+            else:
+                self._record(**base, outcome="info", error=item["error"]["code"] if item else err)
+                again.append(k)
+        return again
 
 
 def _code(body: Any) -> str:
