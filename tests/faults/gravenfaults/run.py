@@ -52,7 +52,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--hold", type=float, default=1.5, help="short: seconds each fault lasts")
     p.add_argument("--gap", type=float, default=0.5, help="short: seconds between faults")
-    p.add_argument("--concurrency", type=int, default=6)
+    p.add_argument("--concurrency", type=int, default=None, help="clients (default 2 per member)")
     p.add_argument("--work", type=Path, default=None, help="logs, histories (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     kinds,
                     args.hold,
                     args.gap,
-                    args.concurrency,
+                    args.concurrency or 2 * args.members,
                     clusters,
                 )
             )
@@ -144,11 +144,40 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    print(table(reports), flush=True)
     print(
         f"gravenfaults: seed {seed}: {'FAILED' if bad else 'passed'} ({len(reports)} preset(s))",
         flush=True,
     )
     return 1 if bad else 0
+
+
+def table(reports: list[dict[str, Any]]) -> str:
+    """One row per preset: the figures a soak is judged by."""
+    head = ("preset", "seconds", "ops", "ok", "faults", "violations", "lost acked",
+            "unverified", "max unavail (partition)", "failed expectations")  # fmt: skip
+    rows = [
+        (
+            r["preset"],
+            f"{r['seconds']:.0f}",
+            str(r["operations"]),
+            str(sum(v for k, v in r["outcomes"].items() if k.endswith(":ok"))),
+            str(sum(r["faults"].values())),
+            str(r["violations"]),
+            str(r["lost_acknowledged"]),
+            str(r["unverified"]),
+            f"{r['longest_unavailability_tolerated_partition_s']} s",
+            str(len(r["expectations_failed"])),
+        )
+        for r in reports
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=False)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    return "\n".join([line, sep, *body])
 
 
 def summary(r: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from .history import dump_history
 from .topology import CLIENT_ADDR, CONTROL_ADDR, Topology
 from .workload import Workload
 
-READY_TIMEOUT = 40.0
+READY_TIMEOUT = 60.0  # generous: the machine may be shared and loaded
 PROBE_BUDGET = 3000  # register writes a disk-fault probe may send before giving up
 PROBE_SECONDS = 30.0
 REFUSE_TIMEOUT = 20.0  # seconds a member with a damaged store has to refuse to start
@@ -62,6 +62,8 @@ class Harness:
     expectations: list[Expectation] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)
     probe_seq: int = 0
+    lost_probes: int = 0
+    ops_ref: list[Any] = field(default_factory=list)  # the workload's history, for progress lines
 
     def expect(self, nemesis: str, what: str, ok: bool, detail: str = "") -> bool:
         self.expectations.append(Expectation(nemesis, what, ok, detail))
@@ -176,7 +178,7 @@ class Harness:
             lost == 0,
             f"{lost} lost",
         )
-        self.lost_probes = getattr(self, "lost_probes", 0) + lost
+        self.lost_probes += lost
         return lost
 
     async def expect_refused_start(self, m: Any, kind: str) -> None:
@@ -209,13 +211,10 @@ def _metric_line(text: str, name: str) -> str:
 
 
 async def inject(h: Harness, nem: nemeses.Nemesis, hold: float, faults: Counter[str]) -> None:
-    w = Window(
-        nem.kind,
-        "",
-        sorted(nem.affected) if nem.affected is not None else None,
-        False,
-        time.monotonic(),
-    )
+    """Start ``nem``, keep it ``hold`` seconds, stop it. A nemesis that breaks (an iptables or
+    mount error) is a failed expectation, not the end of the run: the others go on."""
+    affected = sorted(nem.affected) if nem.affected is not None else None
+    w = Window(nem.kind, "", affected, False, time.monotonic())
     h.windows.append(w)
     faults[nem.kind] += 1
     try:
@@ -223,14 +222,17 @@ async def inject(h: Harness, nem: nemeses.Nemesis, hold: float, faults: Counter[
         w.partition = nem.partition
         w.affected = sorted(nem.affected) if nem.affected is not None else None
         w.detail = nem.describe()
-        print(
-            f"  {time.strftime('%H:%M:%S')} [{h.preset}] {nem.describe()} for {hold:.1f} s",
-            flush=True,
-        )
+        stamp = time.strftime("%H:%M:%S")
+        print(f"  {stamp} [{h.preset}] {nem.describe()} for {hold:.1f} s", flush=True)
         await asyncio.sleep(hold)
+    except Exception as exc:  # reported; the fault is still healed below
+        h.expect(nem.kind, "the nemesis starts", False, f"{type(exc).__name__}: {exc}")
     finally:
         w.stop = time.monotonic()
-        await nem.stop(h)
+        try:
+            await nem.stop(h)
+        except Exception as exc:
+            h.expect(nem.kind, "the nemesis heals", False, f"{type(exc).__name__}: {exc}")
 
 
 async def short_schedule(
@@ -261,9 +263,24 @@ async def soak_schedule(h: Harness, seconds: float, faults: Counter[str]) -> Non
                 network_targets.clear()
             await asyncio.sleep(rng.uniform(0.5, 4.0))
 
+    async def progress() -> None:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(60)
+            print(
+                f"  {time.strftime('%H:%M:%S')} [{h.preset}] {sum(faults.values())} faults so "
+                f"far ({len(h.ops_ref)} operations)",
+                flush=True,
+            )
+
     net_w = [1.0] * len(nemeses.NETWORK)
     proc_w = [{"restart-all": 0.3}.get(k, 1.0) for k in nemeses.PROCESS]
-    await asyncio.gather(lane(nemeses.NETWORK, net_w, True), lane(nemeses.PROCESS, proc_w, False))
+    ticker = asyncio.create_task(progress())
+    try:
+        await asyncio.gather(
+            lane(nemeses.NETWORK, net_w, True), lane(nemeses.PROCESS, proc_w, False)
+        )
+    finally:
+        ticker.cancel()
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -345,6 +362,7 @@ async def run_preset(
         wl = Workload(
             [m.url for m in cluster.members], [m.name for m in cluster.members], seed, concurrency
         )
+        h.ops_ref = wl.ops
         load = asyncio.create_task(wl.run(clients))
         try:
             await asyncio.sleep(1.0)
@@ -380,7 +398,7 @@ async def run_preset(
             "faults": dict(sorted(faults.items())),
             "violations": len(result.violations),
             "violations_by_kind": result.by_kind(),
-            "lost_acknowledged": result.lost_acknowledged + getattr(h, "lost_probes", 0),
+            "lost_acknowledged": result.lost_acknowledged + h.lost_probes,
             "unverified": result.unverified,
             "longest_unavailability_tolerated_partition_s": round(unav_part, 2),
             "during": where_part,
