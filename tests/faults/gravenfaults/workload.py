@@ -20,6 +20,9 @@ from typing import Any
 
 import aiohttp
 
+from graven.node.clientcore import ClientError
+from graven.node.smartclient import SmartClient
+
 from .history import Op
 
 TIMEOUT = 8.0  # seconds per request (the node's own deadline is 5 s: a 504 comes first)
@@ -34,6 +37,7 @@ class Workload:
     concurrency: int = 6
     put_share: float = 0.6
     window: int = 12
+    smart: int = 2  # more clients that use graven's SmartClient (all members, its failover)
     ops: list[Op] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=itertools.count)
     _next_key: int = 0
@@ -49,10 +53,50 @@ class Workload:
         return sorted({o.key for o in self.ops if o.kind == "put"})
 
     async def run(self, session: aiohttp.ClientSession) -> None:
-        await asyncio.gather(*(self._client(session, c) for c in range(self.concurrency)))
+        clients = [self._client(session, c) for c in range(self.concurrency)]
+        smart = [SmartClient(list(self.urls), timeout=TIMEOUT) for _ in range(self.smart)]
+        try:
+            base = self.concurrency
+            clients += [self._smart_client(sc, base + i) for i, sc in enumerate(smart)]
+            await asyncio.gather(*clients)
+        finally:
+            for sc in smart:
+                await sc.close()
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _smart_client(self, sc: SmartClient, c: int) -> None:
+        """Decides in the client on fast layouts (one round trip to the acceptors), else
+        through the gateway with endpoint failover: graven's own client, under the faults."""
+        rng = random.Random(f"{self.seed}-client-{c}")
+        for n in range(1 << 40):
+            if self._stop.is_set():
+                return
+            k = self.key(rng)
+            put = rng.random() < self.put_share
+            v = f"c{c}-{n}"
+            t0 = time.monotonic()
+            base = {"client": c, "kind": "put" if put else "get", "key": k, "invoke": t0,
+                    "member": "smart"}  # fmt: skip
+            try:
+                if put:
+                    d = await sc.propose(k, v)
+                    self._record(**base, complete=time.monotonic(), outcome="ok", proposed=v,
+                                 value=d.value, won=d.won)  # fmt: skip
+                else:
+                    got = await sc.get(k)
+                    self._record(**base, complete=time.monotonic(), outcome="ok", value=got)
+            except ClientError as exc:
+                definite = exc.status in FAIL_STATUSES and exc.code != "not_decided"
+                self._record(**base, complete=time.monotonic(), proposed=v if put else None,
+                             outcome="fail" if definite else "info",
+                             error=f"{exc.status} {exc.code}")  # fmt: skip
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self._record(**base, complete=time.monotonic(), proposed=v if put else None,
+                             outcome="info", error=type(exc).__name__)  # fmt: skip
+            if n % 8 == 7:
+                await asyncio.sleep(rng.uniform(0, 0.02))
 
     async def _client(self, session: aiohttp.ClientSession, c: int) -> None:
         rng = random.Random(f"{self.seed}-client-{c}")
