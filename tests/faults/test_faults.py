@@ -167,3 +167,26 @@ def test_soak(tmp_path: Path) -> None:
         assert rep["lost_acknowledged"] == 0
         assert rep["expectations_failed"] == []
     assert code == 0
+
+
+def test_a_full_disk_is_filled_and_freed_without_errors(tmp_path: Path) -> None:
+    """Regression (soak, seed 20261207): filling a member's tmpfs raised ENOSPC out of
+    ``fill`` (a buffered filler file), and ``stop`` removed only a filler it had been handed,
+    so the member's disk stayed full for the rest of the run. Now the filler is unbuffered and
+    has a fixed path that ``stop`` always removes."""
+    from gravenfaults import disk, topology
+
+    mnt = tmp_path / "mnt"
+    disk.mount_tmpfs(f"{topology.PREFIX}{os.getpid()}-disk9", mnt, 2)
+    try:
+        for _ in range(3):  # fills that end in any state of the last block
+            (mnt / "some").write_bytes(os.urandom(12345))
+            filler = disk.fill(mnt)
+            assert filler == disk.filler_path(mnt)
+            st = os.statvfs(mnt)
+            assert st.f_bavail == 0
+            filler.unlink()
+            (mnt / "some").unlink()
+            assert os.statvfs(mnt).f_bavail > 0
+    finally:
+        disk.umount(mnt)

@@ -83,12 +83,19 @@ def sweep_stale_mounts() -> list[str]:
     return swept
 
 
+def filler_path(path: Path) -> Path:
+    return path / "FILLER"
+
+
 def fill(path: Path) -> Path:
-    """Take every free byte of the filesystem at ``path``; returns the filler to delete."""
-    filler = path / "FILLER"
+    """Take every free byte of the filesystem at ``path``; returns the filler to delete.
+
+    The filler's path is fixed (``filler_path``), so a caller can remove it even when this
+    raised half-way. Unbuffered: a buffered file would raise ENOSPC again at close."""
+    filler = filler_path(path)
     st = os.statvfs(path)
     free = st.f_bavail * st.f_frsize
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:
         with contextlib.suppress(OSError):
             os.posix_fallocate(fh.fileno(), 0, free)
         # whatever fallocate left (rounding), take with plain writes until ENOSPC
@@ -96,7 +103,6 @@ def fill(path: Path) -> Path:
         with contextlib.suppress(OSError):
             for _ in range(1 << 16):
                 fh.write(block)
-                fh.flush()
     return filler
 
 

@@ -35,9 +35,16 @@ class Rules:
         self.added.append((ns, spec))
 
     def clear(self) -> None:
+        """Delete every rule added, even when one deletion fails (reported after the rest)."""
+        errors = []
         while self.added:
             ns, spec = self.added.pop()
-            self.topo.iptables(ns, "-D", *spec)
+            try:
+                self.topo.iptables(ns, "-D", *spec)
+            except Exception as exc:  # the others must still go
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 @dataclass
@@ -275,22 +282,20 @@ class DiskFault(Nemesis):
 
     member: int = 0
     mode: str = "f"
-    filler: Path | None = None
     acked: list[str] = field(default_factory=list)
 
     async def start(self, h: Harness) -> None:
         m = h.cluster.members[self.member]
         if self.mode == "full":
-            self.filler = await asyncio.to_thread(disk.fill, m.data_dir)
+            await asyncio.to_thread(disk.fill, m.data_dir)
         else:
             disk.set_mode(m.ctl, self.mode)
         self.acked = await h.expect_store_failure(m, self.kind)
 
     async def stop(self, h: Harness) -> None:
         m = h.cluster.members[self.member]
-        if self.filler is not None:
-            self.filler.unlink(missing_ok=True)
-            self.filler = None
+        # whatever start got to: the filler goes (by its fixed path), the shim is reset
+        disk.filler_path(m.data_dir).unlink(missing_ok=True)
         disk.set_mode(m.ctl, "0")
         # the store refuses all work once a commit failed: a restart brings the member back
         h.cluster.kill(m)
@@ -311,8 +316,9 @@ class CorruptStore(Nemesis):
     async def start(self, h: Harness) -> None:
         m = h.cluster.members[self.member]
         await asyncio.to_thread(h.cluster.terminate, m)
-        self.saved = m.data_dir.parent / "store-backup"
-        await asyncio.to_thread(disk.backup, m.data_dir, self.saved)
+        saved = m.data_dir.parent / "store-backup"
+        await asyncio.to_thread(disk.backup, m.data_dir, saved)
+        self.saved = saved  # only a complete copy is ever put back
         self.detail = disk.corrupt(m.data_dir / disk.DB_NAME, self.how, h.rng)
         h.cluster.start(m)
         await h.expect_refused_start(m, self.kind)
@@ -322,6 +328,7 @@ class CorruptStore(Nemesis):
         h.cluster.kill(m)
         if self.saved is not None:
             await asyncio.to_thread(disk.restore, m.data_dir, self.saved)
+            self.saved = None
         h.cluster.start(m)
         await h.wait_ready(m, why=self.kind)
 
