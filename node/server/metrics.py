@@ -72,6 +72,12 @@ class NodeMetrics:
         Gauge("graven_storage_bytes", "Size of the register database.", registry=r).set_function(
             lambda: _storage_bytes(store)
         )
+        Gauge(
+            "graven_store_failed",
+            "1 once a commit failed (disk full, write or fsync error): the node then refuses "
+            "every register write and is not ready until restarted.",
+            registry=r,
+        ).set_function(lambda: float(store.failure is not None))
         Gauge("graven_config_epoch", "Configuration epoch served.", registry=r).set(cfg.epoch)
         Gauge("graven_node_info", "Node identity.", ["node", "cluster"], registry=r).labels(
             node, cfg.cluster

@@ -34,6 +34,49 @@ ABSENT_CACHE = 8192
 # the hand-over to the writer thread and the wake-up back cost more than they save. Larger
 # batches go to the thread so the loop keeps taking requests while the disk syncs.
 INLINE_MAX_OPS = 2
+# Present once a store was created in the data directory (see check_not_lost).
+CREATED_MARKER = "STORE_CREATED"
+
+
+def check_not_lost(data_dir: Path, db: Path) -> None:
+    """Refuse a store file that is missing or empty in a directory that held a store.
+
+    SQLite takes an empty file for a new database, which is right after a crash during
+    creation (nothing was acknowledged yet) and wrong after a disk or a restore lost the file:
+    an acceptor that comes back without its registers and fences can break agreement. The
+    marker, written once the store exists, tells the two apart.
+    """
+    if not (data_dir / CREATED_MARKER).exists():
+        return
+    try:
+        size = db.stat().st_size
+    except FileNotFoundError:
+        size = -1
+    if size <= 0:
+        what = "missing" if size < 0 else "empty (0 bytes)"
+        raise StoreError(
+            f"{db} is {what}, but {data_dir} held a register store: refusing to start "
+            "without its registers (restore the file; to make this member new, remove the "
+            "whole data directory, which is safe only when no quorum could need its registers)"
+        )
+
+
+def mark_created(data_dir: Path) -> None:
+    """Record, durably, that this directory holds a store (see ``check_not_lost``)."""
+    marker = data_dir / CREATED_MARKER
+    if marker.exists():
+        return
+    tmp = marker.with_name(CREATED_MARKER + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(f"{DB_NAME} created; it must never be missing or empty from now on\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, marker)
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself
+    finally:
+        os.close(fd)
 
 
 class KeyFilter:
@@ -110,8 +153,10 @@ class RegisterStore:
         writer_conn = reader_conn = None
         try:
             db = data_dir / DB_NAME
+            check_not_lost(data_dir, db)
             writer_conn = open_db(db, cluster=cluster, node=node, synchronous="FULL")
             reader_conn = connect(db, synchronous="FULL")
+            mark_created(data_dir)
             store = cls(data_dir, lock, writer_conn, reader_conn)
         except BaseException:
             for conn in (writer_conn, reader_conn):

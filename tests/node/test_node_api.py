@@ -262,6 +262,8 @@ async def test_broken_store_is_503_not_500(
 ) -> None:
     client, _ = node
     await post(client, "/v1/registers/read", {"rs": 1, "keys": ["k"]})
+    resp = await client.get("/metrics")
+    assert metric(await resp.text(), "graven_store_failed") == 0
     side = connect(tmp_path / "data" / DB_NAME)  # a register appears behind the node's back
     side.execute("INSERT INTO registers(key, rs, value) VALUES ('k', 5, 'side')")
     side.close()
@@ -273,6 +275,8 @@ async def test_broken_store_is_503_not_500(
     assert resp.status == 503
     assert (await resp.json())["error"]["code"] == "not_ready"
     await post(client, "/v1/registers/read", {"rs": 9, "keys": ["k"]}, 503)
+    resp = await client.get("/metrics")
+    assert metric(await resp.text(), "graven_store_failed") == 1
 
 
 def metric(text: str, series: str) -> float:

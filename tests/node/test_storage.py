@@ -346,6 +346,35 @@ def test_refuses_a_garbage_file(data_dir: Path) -> None:
         open_store(data_dir)
 
 
+@pytest.mark.parametrize("loss", ["empty", "missing"])
+async def test_refuses_a_store_file_that_was_lost(data_dir: Path, loss: str) -> None:
+    """Regression (fault harness, corrupt-empty): a store file cut to 0 bytes was opened as a
+    brand-new store, so the member came back without its registers and fences."""
+    store = open_store(data_dir)
+    assert (await write(store, "a", 3, "x")).ok
+    store.close()
+    db = data_dir / DB_NAME
+    for f in data_dir.glob(DB_NAME + "*"):
+        if loss == "missing" or f != db:
+            f.unlink()
+    if loss == "empty":
+        os.truncate(db, 0)
+    with pytest.raises(
+        StoreError, match=f"{'empty' if loss == 'empty' else 'missing'}.*held a register store"
+    ) as info:
+        open_store(data_dir)
+    assert "\n" not in str(info.value)
+    assert not db.exists() or db.stat().st_size == 0  # and nothing was created in its place
+
+
+def test_an_empty_file_from_a_crash_during_creation_is_created_again(data_dir: Path) -> None:
+    data_dir.mkdir()
+    (data_dir / DB_NAME).write_bytes(b"")  # the crash came before the store existed
+    store = open_store(data_dir)
+    store.close()
+    assert (data_dir / DB_NAME).stat().st_size > 0
+
+
 def test_refuses_a_foreign_sqlite_database(data_dir: Path) -> None:
     data_dir.mkdir()
     conn = sqlite3.connect(data_dir / DB_NAME)
