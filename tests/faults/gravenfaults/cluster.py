@@ -24,8 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from graven.node.clusterconfig import ClusterConfig, dump, parse
-from graven.node.localcluster import LocalSpec, render
+from graven.node.cluster.config import ClusterConfig, dump, parse
+from graven.node.cluster.render import member_config
+from graven.node.cluster.spec import parse as parse_spec
 
 from . import disk
 from .topology import NODE_PORT as PORT
@@ -61,13 +62,13 @@ class Member:
 def render_config(
     preset: str, members: int, topo: Topology, extra: dict | None = None
 ) -> ClusterConfig:
-    spec = LocalSpec(
-        name=f"faults-{preset}", replicas=members, quorums={"preset": preset, **(extra or {})}
-    )
-    doc = dump(render(spec, PORT, source=f"preset {preset}"))
-    for i, m in enumerate(doc["members"]):
-        m["url"] = f"http://{topo.member_addr(i)}:{PORT}"
+    spec = parse_spec({"replicas": members, "quorums": {"preset": preset, **(extra or {})}})
+    urls = [f"http://{topo.member_addr(i)}:{PORT}" for i in range(members)]
+    doc = member_config(f"faults-{preset}", spec, urls)
     return parse(doc)
+
+
+LYING_NODE = Path(__file__).resolve().parents[2] / "support" / "lying_node.py"
 
 
 @dataclass
@@ -142,13 +143,20 @@ class NetCluster:
 
     # -- members ----------------------------------------------------------------------------
 
+    @staticmethod
+    def node_entry() -> list[str]:
+        # GRAVENFAULTS_LYING_NODE=1: members run the test double that acknowledges before its
+        # store syncs (tests/support/lying_node.py), to show the checker catches lost writes.
+        if os.environ.get("GRAVENFAULTS_LYING_NODE") == "1":
+            return [str(LYING_NODE)]
+        return ["-m", "graven.node.cli"]
+
     def start(self, m: Member) -> None:
         assert not m.running, f"{m.name} already runs"
         argv = [
             *self.topo.nsenter(m.ns),
             sys.executable,
-            "-m",
-            "graven.node.cli",
+            *self.node_entry(),
             "node",
             "--id",
             m.name,
