@@ -1,6 +1,10 @@
 """`graven up`: run a ConsensusCluster spec locally, one `graven node` process per member.
 
-    graven up [SPEC.yaml] [--data-dir DIR] [--base-port P]
+    graven up [SPEC.yaml] [--data-dir DIR] [--base-port P] [--no-tls]
+
+Members talk mutual TLS with certificates from a CA kept in DIR/tls (created on first start),
+and clients need a certificate or token from there (``graven propose`` finds them through the
+discovery file). ``--no-tls`` runs plain http with no access control, for debugging only.
 
 Stays in the foreground; Ctrl-C (or SIGTERM) stops every member. Restarting on the same data
 directory resumes the cluster with all its decisions. Exit status: 0 stopped on request,
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..local import cluster as lc
+from ..local import security as local_security
 
 if TYPE_CHECKING:
     from ..local.supervisor import Supervisor
@@ -29,7 +34,8 @@ def add_parser(subparsers: Any) -> None:
         help="run a cluster locally (one process per member)",
         description=(
             "Run a ConsensusCluster spec as local processes on 127.0.0.1 and supervise them "
-            "until Ctrl-C. Members are <name>-<i> at http://127.0.0.1:<base-port+i>."
+            "until Ctrl-C. Members are <name>-<i> at https://127.0.0.1:<base-port+i>, with "
+            "mutual TLS and client authentication (certificates and a token in DIR/tls)."
         ),
     )
     parser.add_argument(
@@ -46,6 +52,11 @@ def add_parser(subparsers: Any) -> None:
         type=int,
         metavar="P",
         help=f"first member's port (default: the last run's, else {lc.DEFAULT_BASE_PORT})",
+    )
+    parser.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="debugging only: plain http between members and for clients, no authentication",
     )
     parser.set_defaults(run=run)
 
@@ -73,7 +84,7 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
     base_port = args.base_port
     if base_port is None:
         base_port = lc.previous_base_port(previous) or lc.DEFAULT_BASE_PORT
-    cfg = lc.render(spec, base_port, spec_path)
+    cfg = lc.render(spec, base_port, spec_path, "http" if args.no_tls else "https")
     if previous is not None:
         lc.check_same_cluster(previous, cfg, data_dir)
     try:
@@ -86,6 +97,9 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
         _check_not_running(data_dir)
         lc.check_ports_free(cfg)
         config_path = lc.write_config(cfg, data_dir)
+        security = None
+        if not args.no_tls:
+            security = local_security.ensure(data_dir, cfg.cluster, [m.name for m in cfg.members])
     except BaseException:
         lock.release()
         raise
@@ -95,7 +109,10 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
     if data_dir.resolve() != Path(lc.DEFAULT_DATA_DIR).resolve():
         hint += f" --data-dir {shlex.quote(str(data_dir))}"
     hint += _path_note()
-    return Supervisor(cfg, data_dir, config_path, hint, resumed=previous is not None), lock
+    supervisor = Supervisor(
+        cfg, data_dir, config_path, hint, resumed=previous is not None, security=security
+    )
+    return supervisor, lock
 
 
 def _path_note() -> str:

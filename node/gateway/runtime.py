@@ -116,7 +116,10 @@ class ProposerRuntime:
         self._locks = KeyLocks()
         self._session: aiohttp.ClientSession | None = None
         self.forwarder = Forwarder(
-            [m.url for m in cfg.members], node_name, session=self._aiohttp_session
+            [m.url for m in cfg.members],
+            node_name,
+            session=self._aiohttp_session,
+            tls=self.options.tls,
         )
         self.channels: list[AcceptorChannel] = []
         self.closing = False
@@ -130,7 +133,7 @@ class ProposerRuntime:
                 )
             else:
                 transport = remote_transport(
-                    member.url, self.options.rpc_timeout, self._aiohttp_session
+                    member.url, self.options.rpc_timeout, self._aiohttp_session, self.options.tls
                 )
                 channel = Channel(
                     i,
