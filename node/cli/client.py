@@ -101,8 +101,11 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     auth = parser.add_argument_group("credentials (default: the local cluster's)")
     auth.add_argument("--ca", metavar="FILE", help="trust bundle (PEM) for https members")
-    auth.add_argument("--cert", metavar="FILE", help="client certificate (PEM), with --key")
-    auth.add_argument("--key", metavar="FILE", help="the client certificate's key (PEM)")
+    auth.add_argument(
+        "--cert", dest="cert_file", metavar="FILE", help="client certificate (PEM), with --key"
+    )
+    # dest: ``key`` is the positional KEY of propose/get
+    auth.add_argument("--key", dest="key_file", metavar="FILE", help="the certificate's key")
     auth.add_argument("--token", metavar="TOKEN", help="bearer token (shows in ps: prefer a file)")
     auth.add_argument("--token-file", metavar="FILE", help="file holding the bearer token")
 
@@ -176,7 +179,7 @@ def discovery(args: argparse.Namespace) -> dict[str, Any]:
 
 def credentials(args: argparse.Namespace) -> Credentials:
     """The flags' credentials; without any, those of the local cluster in --data-dir."""
-    if (args.cert is None) != (args.key is None):
+    if (args.cert_file is None) != (args.key_file is None):
         raise Failure("--cert and --key go together", EXIT_USAGE)
     if args.token and args.token_file:
         raise Failure("give --token or --token-file, not both", EXIT_USAGE)
@@ -186,7 +189,7 @@ def credentials(args: argparse.Namespace) -> Credentials:
             token = Credentials.read_token(args.token_file)
     except CredentialsError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
-    given = Credentials(ca=args.ca, cert=args.cert, key=args.key, token=token)
+    given = Credentials(ca=args.ca, cert=args.cert_file, key=args.key_file, token=token)
     if not given.empty:
         if given.ca is None and not args.endpoint:
             # e.g. only a token for the local cluster: its CA still comes from discovery

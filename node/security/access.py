@@ -29,7 +29,8 @@ from ..protocol.config import INTERSECTING, Configuration, LayoutError
 from .identity import ADMIN, MEMBER, READ, WRITE, Identity, from_peercert
 from .tokens import TokenStore
 
-IDENTITY = "graven.identity"  # request key: the caller's Identity (None when auth is off)
+# the caller's Identity on a request (absent when auth is off; None when anonymous)
+IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("graven_identity", object)  # type: ignore[arg-type]
 OPEN = frozenset({"/healthz", "/readyz"})
 PEER_PREFIX = "/v1/registers/"
 PEER_CLIENT_PATHS = frozenset({"/v1/registers/read", "/v1/registers/write"})

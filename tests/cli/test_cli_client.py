@@ -385,7 +385,12 @@ def test_bad_input_is_one_line_and_exit_2(cluster: Up) -> None:
 
 def test_endpoint_mode_with_a_dead_first_endpoint(cluster: Up) -> None:
     urls = [m["url"] for m in cluster.discovery()["members"]]
+    tls = cluster.data_dir / "tls"
     args = ["--endpoint", dead_url(), "--endpoint", urls[1], "--data-dir", "/nonexistent"]
+    # no discovery file to take credentials from: without flags, refused (401, exit 2)
+    refused = run(cluster, "propose", "via-endpoint", "no", *args)
+    assert refused.returncode == 2 and "unauthenticated" in refused.stderr, refused.stderr
+    args += ["--ca", str(tls / "ca.crt"), "--token-file", str(tls / "admin.token")]
     assert run(cluster, "propose", "via-endpoint", "yes", *args).returncode == 0
     got = run(cluster, "get", "via-endpoint", *args)
     assert (got.returncode, got.stdout) == (0, "yes\n")
