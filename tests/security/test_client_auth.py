@@ -108,9 +108,7 @@ async def test_role_checks_catch_planted_weakness(
             access, "needed_role", lambda m, p: None if real(m, p) is None else "read"
         )
     else:  # every authenticated caller is an admin
-        monkeypatch.setattr(
-            access.Identity, "has_role", lambda self, needed: True, raising=True
-        )
+        monkeypatch.setattr(access.Identity, "has_role", lambda self, needed: True, raising=True)
     async with secure_node(tmp_path, config(1), keys) as url:
         got = await _matrix(url, keys)
     assert got != EXPECTED

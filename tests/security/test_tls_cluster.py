@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from graven.node.client import AsyncClient, Client
-from graven.node.client.credentials import Credentials
 from graven.node.client.core import ClientError
+from graven.node.client.credentials import Credentials
 from graven.node.client.smart import SmartClient
 from tests.support.cluster import LocalCluster
 
