@@ -84,6 +84,8 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
     base_port = args.base_port
     if base_port is None:
         base_port = lc.previous_base_port(previous) or lc.DEFAULT_BASE_PORT
+    if not spec.spec.security.tls:
+        args.no_tls = True  # the manifest itself switches TLS off
     cfg = lc.render(spec, base_port, spec_path, "http" if args.no_tls else "https")
     if previous is not None:
         lc.check_same_cluster(previous, cfg, data_dir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -55,14 +56,14 @@ def _now() -> dt.datetime:
 
 
 def new_ca(cluster: str, days: int = CA_DAYS, now: dt.datetime | None = None) -> Issued:
-    """A self-signed CA for one cluster (its name and the date make the subject unique, so a
-    rotated CA never shares a subject with the one it replaces)."""
+    """A self-signed CA for one cluster (a random tag makes the subject unique, so a rotated CA
+    never shares a subject with the one it replaces: issuers are told apart by subject)."""
     now = now or _now()
     key = _key()
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "graven"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"graven {cluster} CA {now:%Y%m%d%H%M%S%f}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"graven {cluster} CA {secrets.token_hex(6)}"),
         ]
     )
     public = key.public_key()
