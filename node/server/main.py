@@ -14,6 +14,7 @@ from ..cluster.config import ClusterConfig
 from ..http.appkeys import Extension
 from ..security.node import NodeSecurity
 from ..storage import RegisterStore
+from . import guard
 from .app import create_app
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -65,8 +66,20 @@ async def serve(
     ``security``: TLS and the access policy (None: plain http, everyone allowed)."""
     policy = security.policy if security is not None else None
     app = create_app(cfg, node_name, store, extensions, policy)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    limits = guard.ConnectionGuard()
+    app.middlewares.insert(0, limits.middleware)  # outermost: sees every request's start
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        keepalive_timeout=guard.HEAD_TIMEOUT,
+        **guard.HANDLER_LIMITS,
+    )
     await runner.setup()
+    # bounded connections and request heads: wrap the protocol factory the sites listen with
+    # (aiohttp has no public hook for it)
+    limits.wrap(runner.server)
+    runner._server = limits  # type: ignore[assignment]
     try:
         ssl_context = security.server.context if security is not None else None
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)

@@ -123,7 +123,7 @@ async def secure_node(
             for _ in range(200):  # bounded: 200 x 25 ms
                 if task.done():
                     task.result()
-                with contextlib.suppress(aiohttp.ClientError, OSError):
+                with contextlib.suppress(OSError):
                     async with session.get(url + "/readyz", ssl=ctx) as resp:
                         if resp.status == 200:
                             break
