@@ -97,11 +97,14 @@ def member(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Member]:
         "stranger-cert": (ctx(pki.issue_member(ca, "demo", "demo-9", HOSTS), "demo-9"), {}),
         "member": (_member_ctx(tls), {}),
     }
-    with cluster:
+    cluster.start(60.0)  # generous: a loaded box starts Python slowly
+    try:
         m = Member(cluster, creds)
         yield m
         for conn in m.conns.values():
             conn.close()
+    finally:
+        cluster.close()
 
 
 def _member_ctx(tls: Path) -> ssl.SSLContext:

@@ -12,8 +12,10 @@ from graven.node.client.smart import SmartClient
 from tests.support.cluster import LocalCluster
 
 
-def test_members_decide_over_mtls(local_cluster: Callable[..., LocalCluster]) -> None:
-    c = local_cluster(3, tls=True)
+async def test_members_and_clients_over_mtls(local_cluster: Callable[..., LocalCluster]) -> None:
+    # one cluster for both halves (a start costs seconds): a fast layout, whose first set any
+    # proposer may write, and whose later sets are owned by the members
+    c = local_cluster(3, {"preset": "fast"}, tls=True)
     assert all(url.startswith("https://") for url in c.urls)
     # one client per member, no routing: proposals reach non-home members, which forward to
     # the home or propose themselves, over mTLS either way
@@ -33,10 +35,6 @@ def test_members_decide_over_mtls(local_cluster: Callable[..., LocalCluster]) ->
             assert exc.status == 401
         else:
             raise AssertionError("an anonymous client proposed")
-
-
-async def test_smart_client_fast_path_over_tls(local_cluster: Callable[..., LocalCluster]) -> None:
-    c = local_cluster(3, {"preset": "fast"}, tls=True)
     async with SmartClient(c.urls, credentials=c.credentials) as smart:
         for i in range(5):
             d = await smart.propose(f"fast-{i}", "v")
