@@ -2,6 +2,8 @@
 
 * agreement: all outputs for a key are equal;
 * non-triviality: every output is some proposer's input for that key;
+* linearizable reads: a read that answers a value answers the decided one, and a read never
+  answers "nothing decided" once some client had a decision for the key before it began;
 * write-once: what an acceptor reported about a register never changes — a value stays the same
   value, a nil stays nil — and an acknowledged fence is never forgotten.
 """
@@ -36,6 +38,17 @@ class Checker:
                 "agreement",
                 f"proposer {proposer} output {value!r} for {key}, another output {first!r}",
             )
+
+    def on_read(self, reader: int, key: str, value: str | None, decided_before: bool) -> None:
+        if value is None:
+            if decided_before:
+                raise Violation(
+                    "linearizability",
+                    f"a read at proposer {reader} found nothing decided for {key}, but "
+                    f"{self.outputs[key]!r} was decided before the read began",
+                )
+            return
+        self.on_output(reader, key, value)
 
     def on_reply(self, server: int, key: str, reply: Reply) -> None:
         before = self.reported.get((server, key))
