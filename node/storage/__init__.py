@@ -1,6 +1,6 @@
 """Durable register storage: SQLite (WAL, synchronous=FULL) behind a group-commit thread."""
 
 from .errors import StoreError
-from .store import UNSAFE_ENV, RegisterStore
+from .store import RegisterStore
 
-__all__ = ["UNSAFE_ENV", "RegisterStore", "StoreError"]
+__all__ = ["RegisterStore", "StoreError"]
