@@ -13,6 +13,7 @@ always safe (the disk holds everything that is not pending).
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from array import array
 from bisect import bisect_left

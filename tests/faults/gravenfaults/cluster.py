@@ -24,8 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from graven.node.clusterconfig import ClusterConfig, dump, parse
-from graven.node.localcluster import LocalSpec, render
+from graven.node.cluster.config import ClusterConfig, dump, parse
+from graven.node.cluster.spec import Manifest
+from graven.node.cluster.spec import parse as parse_spec
+from graven.node.local.cluster import render
 
 from . import disk
 from .topology import NODE_PORT as PORT
@@ -61,8 +63,9 @@ class Member:
 def render_config(
     preset: str, members: int, topo: Topology, extra: dict | None = None
 ) -> ClusterConfig:
-    spec = LocalSpec(
-        name=f"faults-{preset}", replicas=members, quorums={"preset": preset, **(extra or {})}
+    spec = Manifest(
+        f"faults-{preset}",
+        parse_spec({"replicas": members, "quorums": {"preset": preset, **(extra or {})}}),
     )
     doc = dump(render(spec, PORT, source=f"preset {preset}"))
     for i, m in enumerate(doc["members"]):

@@ -20,8 +20,8 @@ from typing import Any
 
 import aiohttp
 
-from graven.node.clientcore import ClientError
-from graven.node.smartclient import SmartClient
+from graven.node.client.core import ClientError
+from graven.node.client.smart import SmartClient
 
 from .history import Op
 
