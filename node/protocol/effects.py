@@ -15,6 +15,9 @@ order given:
   ``on_forwarded`` with the decided value, or None when it did not answer usably;
 * ``Cancel``: drop whatever is still queued for the request (its fast attempt ended);
 * ``Done``: the request's outcome; drop whatever is still queued for it.
+
+Effects are plain (not frozen) slotted dataclasses: several are made per request on the hot
+path and frozen ones cost four times as much to build. Treat them as read-only.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ NO_SLOT = "no-slot"  # this member owns no proposer slot and could not hand the 
 STORE_FAILED = "store-failed"  # the used-set floor could not be made durable
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Timing:
     """Delays the runtime schedules, in the host's time unit (seconds on a node)."""
 
@@ -44,21 +47,21 @@ class Timing:
     candidate_grace: float = 0.05  # a read with a candidate waits this long for more replies
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     tid: int
     member: int
     message: Read | Write
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PersistFloor:
     tid: int
     key: str
     rs: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Forward:
     tid: int
     member: int
@@ -67,12 +70,12 @@ class Forward:
     timeout: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cancel:
     tid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     status: str
     value: str | None = None
@@ -87,7 +90,7 @@ class Outcome:
     round_trips: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Done:
     tid: int
     outcome: Outcome

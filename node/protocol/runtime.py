@@ -34,7 +34,6 @@ from collections.abc import Callable
 
 from . import table
 from .acceptor import Reply
-from .config import INTERSECTING, Configuration, key_hash
 from .effects import (
     DEADLINE,
     DECIDED,
@@ -52,6 +51,7 @@ from .effects import (
     Send,
     Timing,
 )
+from .layout import INTERSECTING, Layout, key_hash
 from .proposer import READING, WRITING, Action, Backoff, Decide, Persist, Proposer, Read
 from .proposer import Send as CoreSend
 from .quorums import Mask
@@ -119,7 +119,7 @@ class Request:
 class Runtime:
     def __init__(
         self,
-        layout: Configuration,
+        layout: Layout,
         *,
         index: int | None,
         slot: int | None,
@@ -146,11 +146,11 @@ class Runtime:
         self._timers: list[Timer] = []
         self._seq = 0
         self._out: list[Effect] = []
-        first = layout.segment_of(layout.first_set)
-        self._fast_first = first.kind == INTERSECTING
-        self._fast_quorums = first.phase2
+        self._fast_first = layout.fast_first
+        self._fast_quorums = layout.segments[0].phase2
         last = layout.segments[-1]
         self._last_phases = (last.phase1, last.phase2)
+        self._all = layout.members
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -272,6 +272,13 @@ class Runtime:
         """The effects produced since the last call, in order."""
         out, self._out = self._out, []
         return out
+
+    @property
+    def timers_set(self) -> int:
+        """How many timers were ever set: unchanged since the host last asked ``next_wake``,
+        the next wake can only have moved later, so a timer the host armed is still early
+        enough (it fires, ticks and re-arms)."""
+        return self._seq
 
     def next_wake(self) -> float | None:
         """When ``tick`` has something to do next (stale timers are dropped first)."""
@@ -477,6 +484,8 @@ class Runtime:
     def _check_progress(self, req: Request, now: float) -> None:
         if req.stage != RUN:
             return
+        if req.failed == 0 and self.up == self._all:
+            return  # everyone may answer: nothing is stuck (the common case, kept cheap)
         if not self._reachable(req):
             self._finish(req, self._unreachable(req), now)
             return

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from ..protocol.acceptor import Reply
-from ..protocol.config import Configuration
+from ..protocol.layout import Layout
 
 
 class Violation(Exception):
@@ -22,8 +22,8 @@ class Violation(Exception):
 
 
 class Checker:
-    def __init__(self, config: Configuration, inputs: dict[str, set[str]]) -> None:
-        self.config = config
+    def __init__(self, layout: Layout, inputs: dict[str, set[str]]) -> None:
+        self.layout = layout
         self.inputs = inputs
         self.outputs: dict[str, str] = {}
         # (acceptor, key) -> (highest fence reported, every value reported)

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..protocol import acceptor as acc
-from ..protocol.config import Configuration
 from ..protocol.effects import DECIDED, Done, Forward, PersistFloor, Send, Timing
+from ..protocol.layout import Layout
 from ..protocol.proposer import Read
 from .checks import Checker, Violation
 from .nodes import Forwarded, Own, Peek, SimAcceptor, SimProposer
@@ -75,7 +75,7 @@ class Stats:
 class World:
     def __init__(
         self,
-        config: Configuration,
+        layout: Layout,
         seed: int,
         proposers: int = 2,
         keys: int = 1,
@@ -83,7 +83,7 @@ class World:
         plant: str | None = None,
         trace_size: int = 300,
     ) -> None:
-        self.config = config
+        self.layout = layout
         self.rng = random.Random(seed)
         self.seed = seed
         self.faults = faults or Faults()
@@ -95,15 +95,15 @@ class World:
         self.trace: deque[str] = deque(maxlen=trace_size)
         self.plant = make_plant(plant)
         self.key_names = [f"k{i}" for i in range(keys)]
-        self.acceptors = [SimAcceptor(i) for i in range(config.n)]
-        count = min(proposers, config.proposers)
+        self.acceptors = [SimAcceptor(i) for i in range(layout.n)]
+        count = min(proposers, layout.proposers)
         self.proposers = [
             SimProposer(slot, {k: f"v{slot}.{k}" for k in self.key_names}) for slot in range(count)
         ]
         for p in self.proposers:
             self._boot(p)
         self.checker = Checker(
-            config, {k: {p.inputs[k] for p in self.proposers} for k in self.key_names}
+            layout, {k: {p.inputs[k] for p in self.proposers} for k in self.key_names}
         )
         self.blocked: set[tuple[int, int]] = set()  # (proposer slot, acceptor) pairs cut off
         self.violation: Violation | None = None
@@ -215,16 +215,16 @@ class World:
         )
 
     def _boot(self, p: SimProposer) -> None:
-        n = self.config.n
+        n = self.layout.n
         p.rt = self.plant.runtime(
-            self.config,
+            self.layout,
             index=p.slot if p.slot < n else None,
             slot=p.slot,
             timing=TIMING,
             rng=random.Random(self.rng.getrandbits(64)),
             floors=p.floor,
         )
-        p.view = self.config.members
+        p.view = self.layout.members
         p.disk_until = self.now
 
     def _restart_proposer(self, p: SimProposer, inc: int) -> None:

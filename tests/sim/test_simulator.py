@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from graven.node.protocol.config import build
+from graven.node.protocol.presets import build
 from graven.node.protocol.runtime import Runtime
 from graven.node.sim.checks import Checker, Violation
 from graven.node.sim.plants import PLANTS

@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 
 from graven.node.protocol.acceptor import Reply
-from graven.node.protocol.config import build
 from graven.node.protocol.effects import Cancel, Done, Effect, Forward, PersistFloor, Send, Timing
+from graven.node.protocol.presets import build
 from graven.node.protocol.proposer import Read
 from graven.node.protocol.quorums import mask_of, members_of
 from graven.node.protocol.runtime import Runtime
