@@ -29,7 +29,9 @@ from graven.node.protocol.acceptor import Reply
 from graven.node.protocol.layout import key_hash
 from graven.node.protocol.proposer import Persist, Proposer
 from graven.node.protocol.quorums import Counting, Explicit, Grid, mask_of
+from graven.node.protocol.runtime import Runtime
 from graven.node.server.app import create_app
+from graven.node.sim.plants import plant
 from graven.node.storage import RegisterStore
 
 VALUE_LIMIT = 2048
@@ -54,6 +56,14 @@ async def solo(tmp_path: Path) -> AsyncIterator[TestClient]:
             yield client
     finally:
         store.close()
+
+
+async def test_the_gateway_runs_the_proposer_runtime_the_simulator_runs(solo: TestClient) -> None:
+    gateway = solo.server.app[decisions.GATEWAY]
+    assert type(gateway.pump.runtime) is Runtime  # the class sim/world.py hosts (plants aside)
+    assert plant(None).runtime is Runtime
+    resp = await solo.put("/v1/decisions/k", json={"value": "v"})
+    assert (resp.status, (await resp.json())["value"]) == (200, "v")
 
 
 def _json_schema(node: Any) -> Any:
