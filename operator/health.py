@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import names
 
 if TYPE_CHECKING:
-    from graven.node.protocol.config import Configuration
+    from graven.node.protocol.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def ready_mask(health: list[MemberHealth]) -> int:
     return mask
 
 
-def available(config: Configuration, health: list[MemberHealth]) -> bool:
+def available(config: Layout, health: list[MemberHealth]) -> bool:
     last = config.segments[-1]
     mask = ready_mask(health)
     return last.phase1.is_quorum(mask) and last.phase2.is_quorum(mask)

@@ -17,14 +17,14 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ..protocol import config as layout_config
-from ..protocol.config import Configuration, LayoutError
+from ..protocol import presets
+from ..protocol.layout import EPOCH_BITS, Layout, LayoutError
 
 API_VERSION = "graven.dev/v1alpha1"
 KIND = "ClusterConfig"
 
-# The epoch lives in the high bits of a 62-bit register-set id (see protocol.config).
-MAX_EPOCH = (1 << (62 - layout_config.EPOCH_BITS)) - 1
+# The epoch lives in the high bits of a 62-bit register-set id (see protocol.layout).
+MAX_EPOCH = (1 << (62 - EPOCH_BITS)) - 1
 
 # DNS-label-like names: they end up in pod names, metric labels and file paths.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -60,7 +60,7 @@ class ClusterConfig:
     cluster: str
     epoch: int
     members: list[Member]
-    layout: Configuration
+    layout: Layout
     limits: Limits = field(default_factory=Limits)
 
     def member_index(self, name: str) -> int | None:
@@ -116,8 +116,8 @@ def _positive_int(value: Any, where: str, upper: int) -> int:
 def _members(value: Any) -> list[Member]:
     if not isinstance(value, list) or not value:
         raise ConfigError("members must be a non-empty list of {name, url}")
-    if len(value) > layout_config.MAX_MEMBERS:
-        raise ConfigError(f"members: at most {layout_config.MAX_MEMBERS} members, got {len(value)}")
+    if len(value) > presets.MAX_MEMBERS:
+        raise ConfigError(f"members: at most {presets.MAX_MEMBERS} members, got {len(value)}")
     members: list[Member] = []
     names: set[str] = set()
     urls: set[str] = set()
@@ -177,7 +177,7 @@ def parse(doc: Any) -> ClusterConfig:
         raise ConfigError("quorums must be a mapping (a layout block such as {preset: paxos})")
     try:
         # deep copy: the layout keeps the block as its spec, and callers may mutate ``doc``
-        layout = layout_config.build(copy.deepcopy(quorums), len(members), epoch)
+        layout = presets.build(copy.deepcopy(quorums), len(members), epoch)
     except LayoutError as exc:
         raise ConfigError(f"quorums: {_one_line(str(exc))}") from None
     return ClusterConfig(cluster, epoch, members, layout, _limits(doc.get("limits")))
