@@ -23,10 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..protocol.acceptor import Change, KeyState, apply
+from . import identity
 from .errors import StoreError
+from .identity import Identity, Recorded
 from .lock import DirLock
 from .schema import DB_NAME, connect, open_db
-from .writer import CommitHook, CommitWriter, Op, Pending, UsedSet
+from .writer import CommitHook, CommitWriter, EpochRecord, Op, Pending, UsedSet
 
 # Test-only switch that makes the store lie: acknowledge at submit and write later, without
 # fsync. The crash test uses it to prove that it notices lost acknowledged writes.
@@ -91,6 +93,9 @@ class RegisterStore:
         self._global_fence: int = reader_conn.execute(
             "SELECT fence FROM global_fence WHERE id = 0"
         ).fetchone()[0]
+        self._recorded = Recorded.from_meta(
+            dict(reader_conn.execute("SELECT name, value FROM meta").fetchall())
+        )
         self._stored_keys: int = reader_conn.execute(
             "SELECT count(*) FROM (SELECT key FROM fences UNION SELECT key FROM registers)"
         ).fetchone()[0]
@@ -110,8 +115,15 @@ class RegisterStore:
         )
 
     @classmethod
-    def open(cls, path: str | Path, *, cluster: str, node: str) -> RegisterStore:
-        """Open (or create) the store in data directory ``path``; raises StoreError."""
+    def open(
+        cls, path: str | Path, *, cluster: str, node: str, wanted: Identity | None = None
+    ) -> RegisterStore:
+        """Open (or create) the store in data directory ``path``; raises StoreError.
+
+        With ``wanted`` (what the configuration says: incarnation, epoch, fingerprint) the store
+        refuses, changing nothing, registers of another incarnation or a newer epoch
+        (identity.IdentityRefused), and otherwise records them before returning.
+        """
         data_dir = Path(path)
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +135,9 @@ class RegisterStore:
         writer_conn = reader_conn = None
         try:
             db = data_dir / DB_NAME
-            writer_conn = open_db(db, cluster=cluster, node=node, synchronous=synchronous)
+            writer_conn = open_db(
+                db, cluster=cluster, node=node, synchronous=synchronous, wanted=wanted
+            )
             reader_conn = connect(db, synchronous=synchronous)
             store = cls(data_dir, lock, writer_conn, reader_conn, unsafe=unsafe)
         except BaseException:
@@ -162,6 +176,16 @@ class RegisterStore:
     @property
     def global_fence(self) -> int:
         return self._global_fence
+
+    @property
+    def incarnation(self) -> str:
+        """The cluster incarnation these registers belong to ('' = not recorded)."""
+        return self._recorded.incarnation
+
+    @property
+    def epoch(self) -> int:
+        """The highest configuration epoch recorded (including a raise not yet durable)."""
+        return self._recorded.epoch
 
     @property
     def stored_keys(self) -> int:
@@ -262,6 +286,20 @@ class RegisterStore:
             return self.barrier()
         self._global_fence = rs
         return self._enqueue([(None, Change(rs))])
+
+    def record_epoch(self, epoch: int, fingerprint: str) -> asyncio.Future[None]:
+        """Record that this member has seen configuration ``epoch``; resolves once durable.
+
+        Raises IdentityRefused (and changes nothing) for an epoch below the recorded one, or
+        the recorded epoch with another configuration fingerprint. The same epoch and
+        fingerprint again is a no-op. Reconfiguration calls this before acting in a new epoch.
+        """
+        self._check_usable()
+        updates = identity.epoch_updates(str(self.data_dir), self._recorded, epoch, fingerprint)
+        if not updates:
+            return self.barrier()  # an equal record may still be on its way to the disk
+        self._recorded = Recorded(self._recorded.incarnation, epoch, fingerprint)
+        return self._enqueue([(None, EpochRecord(epoch, fingerprint))])
 
     def barrier(self) -> asyncio.Future[None]:
         """Resolves once everything submitted so far is durable.
