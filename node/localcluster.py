@@ -81,7 +81,12 @@ def load_spec(path: str | Path) -> LocalSpec:
     return LocalSpec(name, replicas, dict(block or {"preset": "paxos"}), dict(limits or {}))
 
 
-def render(spec: LocalSpec, base_port: int, source: str | Path = "spec") -> ClusterConfig:
+def render(
+    spec: LocalSpec,
+    base_port: int,
+    source: str | Path = "spec",
+    incarnation: str | None = None,
+) -> ClusterConfig:
     """The ClusterConfig for local members; errors name the spec file."""
     last = base_port + spec.replicas - 1
     if base_port < 1 or last > 65535:
@@ -92,6 +97,7 @@ def render(spec: LocalSpec, base_port: int, source: str | Path = "spec") -> Clus
         "apiVersion": API_VERSION,
         "kind": KIND,
         "cluster": spec.name,
+        **({"incarnation": incarnation} if incarnation is not None else {}),
         "epoch": 0,
         "members": [
             {"name": f"{spec.name}-{i}", "url": f"http://{HOST}:{base_port + i}"}

@@ -241,3 +241,30 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def peek(data_dir: Path) -> tuple[str, str, Recorded] | None:
+    """(cluster, node, identity) recorded in ``data_dir``'s store, read-only; None if there is
+    no store there. For checks before any member starts (``graven up``); raises StoreError."""
+    path = data_dir / DB_NAME
+    if not path.exists():
+        return None
+    # Without a WAL file the database file is complete: open it immutable, which creates no
+    # -wal/-shm files either (the check must leave the directory as it found it).
+    wal = path.with_name(path.name + "-wal")
+    query = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open: {exc}") from None
+    try:
+        if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                return None  # an empty file: a creation that crashed before its first commit
+            raise StoreError(f"{path} is not a graven register store (foreign SQLite database)")
+        meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path} is not a readable graven register store: {exc}") from None
+    finally:
+        conn.close()
+    return meta.get("cluster", ""), meta.get("node", ""), Recorded.from_meta(meta)
