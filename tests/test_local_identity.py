@@ -15,7 +15,7 @@ import yaml
 from graven.node import localcluster as lc
 
 sys.path.insert(0, str(Path(__file__).parent))
-from localup import EXAMPLE, REPO, free_base_port, graven, start_up
+from localup import EXAMPLE, free_base_port, graven, start_up
 
 
 def one_line(stderr: str) -> str:
