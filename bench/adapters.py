@@ -1,14 +1,11 @@
 """Create-if-absent and read, spoken to etcd (JSON gateway) and to Graven (proposer gateway,
-or the in-process smart client).
+or the in-process smart client): the targets of Graven's one load generator
+(`graven.node.client.loadgen`, its `Target` protocol) in the comparison.
 
-All adapters take the same key and value strings and return the same `Outcome`, so the load
-generator cannot tell the systems apart. A non-2xx reply (or a smart-client error) raises
-`BadStatus`.
-
-Every call names a session and an endpoint; the plain adapters use them. `SmartGravenAdapter`
-ignores both: one `graven.node.smartclient.SmartClient` per row (made in `open`, closed in
-`close`) talks to all members itself, so `member_reader` gives the load generator a plain
-adapter for the checks that must read one given member.
+All targets take the same key and value strings and return the same `Decision`, so the load
+generator cannot tell the systems apart. A non-2xx reply raises `BadStatus`. The plain adapters
+send each request to the endpoint they are given, over one keep-alive session per row (made in
+`open`); the smart target (`graven.node.client.loadgen.SmartTarget`) talks to all members itself.
 """
 
 from __future__ import annotations
@@ -16,69 +13,47 @@ from __future__ import annotations
 import base64
 import zlib
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import aiohttp
 import orjson
 
-if TYPE_CHECKING:
-    from graven.node.smartclient import SmartClient
+from graven.node.client.core import Decision
+from graven.node.client.loadgen import SmartTarget, Target
 
 JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    won: bool  # this request's value was the one decided
-    value: str  # the decided value
+REQUEST_TIMEOUT_S = 10.0
 
 
 class BadStatus(aiohttp.ClientError):
     """The server answered with a non-2xx status."""
 
 
-class Adapter(Protocol):
-    name: ClassVar[str]
-
-    async def open(self, endpoints: Sequence[str]) -> None:
-        """Before the row's first request (the smart client is made here)."""
-        ...
-
-    async def close(self) -> None:
-        """After the row's last request, also on error."""
-        ...
-
-    async def create(
-        self, session: aiohttp.ClientSession, endpoint: str, key: str, value: str
-    ) -> Outcome: ...
-
-    async def read(self, session: aiohttp.ClientSession, endpoint: str, key: str) -> str | None: ...
-
-    def route(self, key: str, endpoints: Sequence[str]) -> str | None:
-        """The member a client that knows the system sends ``key`` to (None: any member)."""
-        ...
-
-    def member_reader(self) -> Adapter:
-        """An adapter whose `read` asks exactly the endpoint it is given (re-read checks)."""
-        ...
-
-    def paths(self) -> Counter[str] | None:
-        """Decisions so far by path ("fast", "gateway") when the client knows; else None."""
-        ...
-
-
 class _Plain:
     """What the adapters that speak to one given endpoint per call share."""
 
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "open() first"
+        return self._session
+
     async def open(self, endpoints: Sequence[str]) -> None:
-        return None
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
 
     async def close(self) -> None:
-        return None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    def member_reader(self) -> Adapter:
+    def member_reader(self) -> Target:
         return self  # type: ignore[return-value]
 
     def paths(self) -> Counter[str] | None:
@@ -111,9 +86,7 @@ class EtcdAdapter(_Plain):
 
     name: ClassVar[str] = "etcd"
 
-    async def create(
-        self, session: aiohttp.ClientSession, endpoint: str, key: str, value: str
-    ) -> Outcome:
+    async def create(self, endpoint: str, key: str, value: str) -> Decision:
         k = _b64(key)
         body = orjson.dumps(
             {
@@ -124,18 +97,18 @@ class EtcdAdapter(_Plain):
                 "failure": [{"request_range": {"key": k}}],
             }
         )
-        reply = await _call(session, "POST", endpoint + "/v3/kv/txn", body)
+        reply = await _call(self.session, "POST", endpoint + "/v3/kv/txn", body)
         assert reply is not None
         if reply.get("succeeded"):  # the gateway omits false booleans
-            return Outcome(True, value)
+            return Decision(key, value, True)
         kvs = reply["responses"][0]["response_range"].get("kvs", [])
         if not kvs:
             raise ValueError(f"etcd txn on {key}: compare failed but the key is absent")
-        return Outcome(False, _unb64(kvs[0].get("value", "")))
+        return Decision(key, _unb64(kvs[0].get("value", "")), False)
 
-    async def read(self, session: aiohttp.ClientSession, endpoint: str, key: str) -> str | None:
+    async def read(self, endpoint: str, key: str) -> str | None:
         body = orjson.dumps({"key": _b64(key)})  # linearizable (serializable=false) by default
-        reply = await _call(session, "POST", endpoint + "/v3/kv/range", body)
+        reply = await _call(self.session, "POST", endpoint + "/v3/kv/range", body)
         assert reply is not None
         kvs = reply.get("kvs", [])
         return _unb64(kvs[0].get("value", "")) if kvs else None
@@ -149,16 +122,16 @@ class GravenAdapter(_Plain):
 
     name: ClassVar[str] = "graven"
 
-    async def create(
-        self, session: aiohttp.ClientSession, endpoint: str, key: str, value: str
-    ) -> Outcome:
+    async def create(self, endpoint: str, key: str, value: str) -> Decision:
         body = orjson.dumps({"value": value})
-        reply = await _call(session, "PUT", f"{endpoint}/v1/decisions/{key}", body)
+        reply = await _call(self.session, "PUT", f"{endpoint}/v1/decisions/{key}", body)
         assert reply is not None
-        return Outcome(bool(reply["won"]), str(reply["value"]))
+        return Decision(key, str(reply["value"]), bool(reply["won"]))
 
-    async def read(self, session: aiohttp.ClientSession, endpoint: str, key: str) -> str | None:
-        reply = await _call(session, "GET", f"{endpoint}/v1/decisions/{key}", None, ok_404=True)
+    async def read(self, endpoint: str, key: str) -> str | None:
+        reply = await _call(
+            self.session, "GET", f"{endpoint}/v1/decisions/{key}", None, ok_404=True
+        )
         return None if reply is None else str(reply["value"])
 
     def route(self, key: str, endpoints: Sequence[str]) -> str | None:
@@ -168,58 +141,8 @@ class GravenAdapter(_Plain):
         return endpoints[zlib.crc32(key.encode()) % len(endpoints)]
 
 
-class SmartGravenAdapter:
-    """Graven through ``SmartClient``: on a fast first set it writes every acceptor's register
-    itself and decides in one round trip; otherwise (and on conflict) it uses the proposer
-    gateway, routed to the key's home member. The endpoint of each call is ignored."""
-
-    name: ClassVar[str] = "graven-smart"
-
-    def __init__(self) -> None:
-        self.client: SmartClient | None = None
-
-    async def open(self, endpoints: Sequence[str]) -> None:
-        from graven.node.smartclient import SmartClient  # only the smart rows need it
-
-        self.client = SmartClient(list(endpoints))
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-
-    async def create(
-        self, session: aiohttp.ClientSession, endpoint: str, key: str, value: str
-    ) -> Outcome:
-        from graven.node.clientcore import ClientError
-
-        assert self.client is not None, "open() first"
-        try:
-            decision = await self.client.propose(key, value)
-        except ClientError as exc:
-            raise BadStatus(f"smart propose {key}: {exc}") from exc
-        return Outcome(decision.won, decision.value)
-
-    async def read(self, session: aiohttp.ClientSession, endpoint: str, key: str) -> str | None:
-        from graven.node.clientcore import ClientError
-
-        assert self.client is not None, "open() first"
-        try:
-            return await self.client.get(key)
-        except ClientError as exc:
-            raise BadStatus(f"smart get {key}: {exc}") from exc
-
-    def route(self, key: str, endpoints: Sequence[str]) -> str | None:
-        return None  # unused: the client routes (and fans out) by itself
-
-    def member_reader(self) -> Adapter:
-        return GravenAdapter()
-
-    def paths(self) -> Counter[str] | None:
-        return None if self.client is None else Counter(self.client.stats)
-
-
-ADAPTERS: dict[str, type[Adapter]] = {
+ADAPTERS: dict[str, Callable[[], Target]] = {
     "etcd": EtcdAdapter,
     "graven": GravenAdapter,
-    "graven-smart": SmartGravenAdapter,
+    "graven-smart": lambda: SmartTarget(REQUEST_TIMEOUT_S, racing=False),
 }

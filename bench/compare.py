@@ -15,7 +15,7 @@ here is stopped by PID when its rows are done, also on error or Ctrl-C.
 --presets picks the Graven systems, comma-separated (default: all of them):
   paxos, flexible, fast           through the proposer gateway (PUT /v1/decisions/{key}), each
                                   key sent to its home member;
-  paxos-smart, fast-smart, ...    `<preset>-smart`: through graven.node.smartclient.SmartClient,
+  paxos-smart, fast-smart, ...    `<preset>-smart`: through graven.node.client.smart.SmartClient,
                                   one per row, in the load generator's process. On `fast` it
                                   writes every acceptor's first register set itself (one round
                                   trip); otherwise, and on conflict, it uses the gateway. Its
@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -65,6 +66,8 @@ from stats import cdf_points
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 DOCS = BENCH.parent / "docs" / "benchmarks.md"
+# The plots docs/benchmarks.md shows: the only results kept in git (bench/results/ is ignored).
+DOCS_PLOTS = DOCS.with_suffix("")
 PRESETS = ("paxos", "flexible", "fast")
 DEFAULT_SYSTEMS = (*PRESETS, "paxos-smart", "fast-smart")
 SMART = "-smart"
@@ -150,7 +153,7 @@ def plan(
     memory_keys: int = MEMORY_KEYS,
 ) -> list[Row]:
     secs = seconds or (2.0 if quick else 10.0)
-    base = Workload(seconds=secs, warmup_s=0.5 if quick else 1.0, read_keys=200 if quick else 1000)
+    base = Workload(seconds=secs, warmup=0.5 if quick else 1.0, read_keys=200 if quick else 1000)
     levels = (1, 64) if quick else (1, 16, 64, 256)
     rows = [Row("main", 3, replace(base, mode="unique", concurrency=c)) for c in levels]
     rows.append(Row("main", 3, replace(base, mode="contention", concurrency=16)))
@@ -247,7 +250,7 @@ def run_system(
                         run_row(system.adapter, cluster.endpoints, cluster.pids, row.load)
                     )
                     yield _record(result, row, system)
-        except (RuntimeError, OSError) as exc:  # includes EtcdError and GravenError
+        except (RuntimeError, OSError) as exc:  # includes EtcdError, GravenError, not ready
             what = f"{members} members" + (f", {stored} stored keys" if stored else "")
             missing.append(f"{label}, {what}: could not run ({exc})".splitlines()[0])
             print(f"  {label}: {exc}", file=sys.stderr)
@@ -362,9 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python bench/compare.py", *map(shlex.quote, given)])
     missing: list[str] = []
-    with_graven = not args.etcd_only and gravencluster.available()
-    if not args.etcd_only and not with_graven:
-        missing.append("Graven: the proposer gateway or `graven up` is not in this checkout yet")
+    with_graven = not args.etcd_only
     presets = args.presets
     if args.stored_keys < 0 or args.memory_keys < 0:
         parser.error("--stored-keys and --memory-keys must be >= 0")
@@ -411,8 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in missing:
         print(f"not measured: {item}")
     if args.docs if args.docs is not None else not args.quick:
-        DOCS.write_text(report.markdown(records, meta, pngs))
-        written.append(DOCS)
+        written += _write_docs(records, meta, pngs)
     print("wrote: " + ", ".join(str(p.relative_to(BENCH.parent)) for p in [*written, *pngs]))
     bad = any(r["errors"] or r["disagreements"] or r["won_anomalies"] for r in runs)
     return 1 if bad or not records else 0
@@ -423,9 +423,21 @@ def render(path: Path) -> int:
     data = json.loads(path.read_text())
     stem = path.resolve().with_suffix("")
     pngs = _plots(data["rows"], stem)
-    DOCS.write_text(report.markdown(data["rows"], data["meta"], pngs))
-    print("wrote: " + ", ".join(str(p.relative_to(BENCH.parent)) for p in [DOCS, *pngs]))
+    written = _write_docs(data["rows"], data["meta"], pngs)
+    print("wrote: " + ", ".join(str(p.relative_to(BENCH.parent)) for p in [*written, *pngs]))
     return 0
+
+
+def _write_docs(
+    records: list[dict[str, Any]], meta: dict[str, Any], pngs: list[Path]
+) -> list[Path]:
+    """docs/benchmarks.md and a copy of the plots it shows (replacing the previous ones)."""
+    DOCS_PLOTS.mkdir(exist_ok=True)
+    for old in DOCS_PLOTS.glob("*.png"):
+        old.unlink()
+    shown = [Path(shutil.copy2(p, DOCS_PLOTS / p.name)) for p in pngs]
+    DOCS.write_text(report.markdown(records, meta, shown))
+    return [DOCS, *shown]
 
 
 def _terminate(signum: int, frame: object) -> None:

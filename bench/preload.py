@@ -31,7 +31,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 from adapters import ADAPTERS, BadStatus
-from load import make_value
+
+from graven.node.client.loadgen import make_value
 
 PREFIX = "pre-"
 VALUE_SIZE = 64
@@ -61,7 +62,7 @@ def sample(count: int) -> list[str]:
 
 def graven_members(spec: Path) -> tuple[str, list[str]]:
     """(cluster name, member names) exactly as `graven up` will name them."""
-    from graven.node import localcluster as lc
+    from graven.node.local import cluster as lc
 
     cfg = lc.render(lc.load_spec(spec), lc.DEFAULT_BASE_PORT, spec)
     return cfg.cluster, [m.name for m in cfg.members]
@@ -74,7 +75,7 @@ class PreloadError(RuntimeError):
 def graven_stores(data_dir: Path, spec: Path, count: int) -> None:
     """Create every member's store under `data_dir` (as `graven up` lays it out) with `count`
     decided keys. Must run before the members start."""
-    from graven.node.localcluster import LocalClusterError
+    from graven.node.local.cluster import LocalClusterError
     from graven.node.storage import StoreError
 
     try:
@@ -174,15 +175,18 @@ async def _etcd_keys(endpoints: Sequence[str], count: int) -> None:
 
 async def verify(system: str, endpoints: Sequence[str], count: int) -> None:
     """Read a sample of the preloaded keys from every member; PreloadError on any surprise."""
-    adapter = ADAPTERS[system]().member_reader()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    reader = ADAPTERS["etcd" if system == "etcd" else "graven"]()  # reads the member it is given
+    await reader.open(endpoints)
+    try:
         for key in sample(count):
             for endpoint in endpoints:
                 try:
-                    got = await adapter.read(session, endpoint, key)
+                    got = await reader.read(endpoint, key)
                 except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
                     raise PreloadError(f"preload check: {key} on {endpoint}: {exc}") from exc
                 if got != value_of(key):
                     raise PreloadError(
                         f"preload check: {key} on {endpoint} reads {got!r}, not the stored value"
                     )
+    finally:
+        await reader.close()

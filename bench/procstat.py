@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import signal
 import subprocess
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -48,15 +46,6 @@ def self_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def is_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def stop_popen(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM one child we started, wait, then SIGKILL it if it did not exit."""
     if proc.poll() is not None:
@@ -67,28 +56,3 @@ def stop_popen(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=timeout)
-
-
-def stop_pids(pids: Iterable[int], must_contain: str, timeout: float = 10.0) -> None:
-    """SIGTERM then SIGKILL processes by PID, only if their command line still matches."""
-    targets = [pid for pid in pids if must_contain in _cmdline(pid)]
-    for pid in targets:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(is_alive(pid) for pid in targets):
-        time.sleep(0.05)
-    for pid in targets:
-        if is_alive(pid) and must_contain in _cmdline(pid):
-            _signal(pid, signal.SIGKILL)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)

@@ -112,7 +112,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from graven.node.cli import UsageError
+    from graven.node.cli.errors import UsageError
 
     if args.health_interval <= 0 or args.drift_interval <= 0:
         raise UsageError("--health-interval and --drift-interval must be positive")

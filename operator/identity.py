@@ -106,9 +106,7 @@ def retained_refusal(
     )
 
 
-def _layout_refusal(
-    name: str, claims: list[Claim], replicas: int, quorums_key: str
-) -> str | None:
+def _layout_refusal(name: str, claims: list[Claim], replicas: int, quorums_key: str) -> str | None:
     """Adoption keeps registers meaningful only under the members and layout that wrote them."""
     for claim in claims:
         was = claim.written

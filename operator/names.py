@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from graven.node.cluster.render import member_name as member
+from graven.node.cluster.spec import MAX_NAME_LENGTH
+
 GROUP = "graven.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -19,10 +22,6 @@ DATA_VOLUME = "data"
 # Pods run as this non-root uid/gid; fsGroup makes the PVC writable for it.
 RUN_AS_USER = 10001
 
-# StatefulSet pods are named NAME-<ordinal>, and `controller-revision-hash` labels carry
-# NAME-<10 chars>: the cluster name must leave room for both and for the "-peers" service.
-MAX_NAME_LENGTH = 45
-
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -39,16 +38,16 @@ ANNOTATION_TOLERATES = f"{GROUP}/tolerates"
 FINALIZER = f"{GROUP}/cleanup"
 
 
+# the name limit and the member names live with the spec parser and the renderer
+__all__ = ["MAX_NAME_LENGTH", "member"]
+
+
 def peers_service(name: str) -> str:
     return f"{name}-peers"
 
 
 def config_map(name: str) -> str:
     return f"{name}-config"
-
-
-def member(name: str, index: int) -> str:
-    return f"{name}-{index}"
 
 
 def member_url(name: str, namespace: str, index: int) -> str:

@@ -20,11 +20,12 @@ from typing import Any
 import aiohttp
 import kopf
 
+from graven.node.cluster.spec import ClusterSpec, SpecError, check_name, parse
+
 from . import drift, health, identity, names, render, status, topology
 from .kube import ApiError, Kube, object_path, path
 from .layout import LayoutVerdict, check_layout, summary
 from .metrics import ClusterMetrics
-from .spec import ClusterSpec, SpecError, check_name, parse
 
 log = logging.getLogger("graven.operator")
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
-from . import alerts, identity, names, topology
-from .spec import ClusterSpec
+from graven.node.cluster.render import member_config
+from graven.node.cluster.spec import ClusterSpec
 
-DEFAULT_LIMITS = {"maxValueBytes": 1 << 20}
+from . import alerts, identity, names, topology
 
 
 @dataclass(frozen=True)
@@ -63,20 +63,9 @@ def _meta(
 def cluster_config(
     name: str, namespace: str, spec: ClusterSpec, epoch: int = 0, incarnation: str | None = None
 ) -> dict:
-    """The ClusterConfig document every member reads (member index = pod ordinal)."""
-    doc: dict[str, Any] = {"apiVersion": names.API_VERSION, "kind": "ClusterConfig"}
-    doc["cluster"] = name
-    if incarnation is not None:
-        doc["incarnation"] = incarnation  # members refuse data of any other incarnation
-    return doc | {
-        "epoch": epoch,
-        "members": [
-            {"name": names.member(name, i), "url": names.member_url(name, namespace, i)}
-            for i in range(spec.replicas)
-        ],
-        "quorums": dict(spec.quorums),
-        "limits": {**DEFAULT_LIMITS, **spec.limits},
-    }
+    """The ClusterConfig document every member reads, with in-cluster member URLs."""
+    urls = [names.member_url(name, namespace, i) for i in range(spec.replicas)]
+    return member_config(name, spec, urls, epoch, incarnation)
 
 
 def config_text(

@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
+from graven.node.cluster.spec import canonical_quorums
+
 from . import names
-from .spec import canonical_quorums
 
 ANNOTATION_MEMBERS = f"{names.GROUP}/members"
 ANNOTATION_QUORUMS = f"{names.GROUP}/quorums"

@@ -1,1 +1,1 @@
-"""aiohttp node: register service, proposer gateway, metrics."""
+"""The aiohttp node: the app that mounts the acceptor and the gateway, /metrics, health, main."""

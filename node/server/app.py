@@ -8,18 +8,17 @@ Routes owned here: ``/v1/registers/*`` (peer API), ``/v1/cluster``, ``/healthz``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from aiohttp import web
 
-from ..clusterconfig import ClusterConfig
+from ..acceptor import routes as registers
+from ..cluster.config import ClusterConfig
+from ..http.appkeys import CLUSTER, METRICS, NODE, STORE, Extension
+from ..http.errors import error_middleware
 from ..storage import RegisterStore
-from . import info, registers
-from .appkeys import CLUSTER, METRICS, NODE, STORE
-from .errors import error_middleware
+from . import info
 from .metrics import NodeMetrics
-
-Extension = Callable[[web.Application], None]
 
 
 def create_app(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..clusterconfig import dump
-from .appkeys import CLUSTER, NODE, REACHABILITY, STORE
-from .errors import error_response
-from .jsonio import json_response
+from ..cluster.config import dump
+from ..http.appkeys import CLUSTER, NODE, REACHABILITY, STORE
+from ..http.errors import error_response
+from ..http.jsonio import json_response
 
 
 async def healthz(request: web.Request) -> web.Response:

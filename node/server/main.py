@@ -10,9 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..clusterconfig import ClusterConfig
+from ..cluster.config import ClusterConfig
+from ..http.appkeys import Extension
 from ..storage import RegisterStore
-from .app import Extension, create_app
+from .app import create_app
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SHUTDOWN_TIMEOUT = 10.0  # seconds in-flight requests get to finish after a stop signal
@@ -22,7 +23,7 @@ LOOP_ENV = "GRAVEN_EVENT_LOOP"  # "asyncio" forces the standard loop (default: u
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop when it is installed and not switched off, else None (the standard one).
 
-    Why: with uvloop a node spent 10-20% less CPU per decision in bench/decisions_quick.py
+    Why: with uvloop a node spent 10-20% less CPU per decision in bench/compare.py
     (3 members, c=1..64) and decided that much more per second on the same two cores.
     """
     if os.environ.get(LOOP_ENV, "").strip().lower() == "asyncio":

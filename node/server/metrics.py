@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -22,11 +21,11 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ..clusterconfig import ClusterConfig
+from ..cluster.config import ClusterConfig
+from ..proposer.metrics import BATCH_BUCKETS
 from ..storage import RegisterStore
 
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -73,6 +72,12 @@ class NodeMetrics:
         Gauge("graven_storage_bytes", "Size of the register database.", registry=r).set_function(
             lambda: _storage_bytes(store)
         )
+        Gauge(
+            "graven_store_failed",
+            "1 once a commit failed (disk full, write or fsync error): the node then refuses "
+            "every register write and is not ready until restarted.",
+            registry=r,
+        ).set_function(lambda: float(store.failure is not None))
         Gauge("graven_config_epoch", "Configuration epoch served.", registry=r).set(cfg.epoch)
         Gauge("graven_node_info", "Node identity.", ["node", "cluster"], registry=r).labels(
             node, cfg.cluster
@@ -133,114 +138,3 @@ def _storage_bytes(store: RegisterStore) -> float:
         return store.storage_bytes()
     except sqlite3.Error:  # closed while a scrape was on its way: report nothing, not an error
         return float("nan")
-
-
-DECISION_PATHS = ("fast", "classic", "recovered", "read")
-DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-RPC_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-COUNT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 16, 32)
-
-
-class ProposerMetrics:
-    """The proposer gateway's series, in the node's registry (names are a contract)."""
-
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        members: list[str],
-        member_up: Callable[[int], bool],
-        quorum_margin: Callable[[], int],
-    ) -> None:
-        r = registry
-        self.decisions = Counter(
-            "graven_decisions",
-            "Decisions learned by this node's proposer, by path.",
-            ["path"],
-            registry=r,
-        )
-        # labelled children resolved once: ``labels()`` costs a validation and a lock per call
-        self.decided_by_path = {path: self.decisions.labels(path) for path in DECISION_PATHS}
-        self.duration = Histogram(
-            "graven_decision_duration_seconds",
-            "Time from the start of a proposal to its decision.",
-            buckets=DECISION_BUCKETS,
-            registry=r,
-        )
-        self.round_trips = Histogram(
-            "graven_decision_round_trips",
-            "Acceptor round trips (phase 1 or phase 2 message waves) per decision.",
-            buckets=COUNT_BUCKETS,
-            registry=r,
-        )
-        self.register_sets = Histogram(
-            "graven_decision_register_sets",
-            "Register sets tried per decision.",
-            buckets=COUNT_BUCKETS,
-            registry=r,
-        )
-        self.conflicts = Counter(
-            "graven_proposal_conflicts",
-            "Attempts abandoned because another value took the register set.",
-            registry=r,
-        )
-        self.forwards = Counter(
-            "graven_proposal_forwards",
-            "Client proposals this node handed to the key's home member, by outcome (failed: "
-            "proposed here instead: the home did not answer in time, or too many forwards).",
-            ["outcome"],
-            registry=r,
-        )
-        self.forwarded = {o: self.forwards.labels(o) for o in ("ok", "failed")}
-        self.retries = Counter(
-            "graven_proposal_retries",
-            "Attempts beyond the first (after a conflict, fence or timeout).",
-            registry=r,
-        )
-        self.rpc_duration = Histogram(
-            "graven_acceptor_rpc_duration_seconds",
-            "Duration of one (batched) request to an acceptor.",
-            ["member"],
-            buckets=RPC_BUCKETS,
-            registry=r,
-        )
-        self.rpcs = Counter(
-            "graven_acceptor_rpcs",
-            "Requests (each a batch of items) sent to acceptors, by kind.",
-            ["member", "kind"],
-            registry=r,
-        )
-        self.rpc_failures = Counter(
-            "graven_acceptor_rpc_failures",
-            "Requests to acceptors that got no usable reply (refused, timed out, 5xx).",
-            ["member"],
-            registry=r,
-        )
-        self.rpc_items = Histogram(
-            "graven_acceptor_rpc_batch_size",
-            "Items per request to an acceptor.",
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "graven_proposals_in_flight", "Proposals this node is running.", registry=r
-        )
-        up = Gauge(
-            "graven_member_up",
-            "1 while this node reaches the member, 0 after a failed request until a probe works.",
-            ["member"],
-            registry=r,
-        )
-        self.member_rpc_duration: dict[str, Histogram] = {}
-        self.member_rpc_failures: dict[str, Counter] = {}
-        self.member_rpcs: dict[tuple[str, str], Counter] = {}
-        for i, name in enumerate(members):
-            self.member_rpc_duration[name] = self.rpc_duration.labels(name)
-            self.member_rpc_failures[name] = self.rpc_failures.labels(name)
-            for kind in ("read", "write"):
-                self.member_rpcs[name, kind] = self.rpcs.labels(name, kind)
-            up.labels(name).set_function(lambda i=i: float(member_up(i)))
-        Gauge(
-            "graven_quorum_margin",
-            "More member failures this node's view survives while still deciding (-1: lost).",
-            registry=r,
-        ).set_function(lambda: float(quorum_margin()))

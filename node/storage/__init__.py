@@ -2,6 +2,6 @@
 
 from .errors import StoreError
 from .identity import Identity, IdentityRefused
-from .store import UNSAFE_ENV, RegisterStore
+from .store import RegisterStore
 
-__all__ = ["UNSAFE_ENV", "Identity", "IdentityRefused", "RegisterStore", "StoreError"]
+__all__ = ["Identity", "IdentityRefused", "RegisterStore", "StoreError"]

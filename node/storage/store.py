@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import sys
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
@@ -30,10 +29,6 @@ from .lock import DirLock
 from .schema import DB_NAME, connect, open_db
 from .writer import CommitHook, CommitWriter, EpochRecord, Op, Pending, UsedSet
 
-# Test-only switch that makes the store lie: acknowledge at submit and write later, without
-# fsync. The crash test uses it to prove that it notices lost acknowledged writes.
-UNSAFE_ENV = "GRAVEN_UNSAFE_ACK_BEFORE_SYNC"
-UNSAFE_DELAY = 0.2  # seconds an acknowledged batch waits before it is even written
 # Keys known to have no stored state, so repeated probes of them (a fresh key is read and
 # written several times per decision) do not each query SQLite; bounded so probing cannot
 # fill memory.
@@ -42,6 +37,49 @@ ABSENT_CACHE = 8192
 # the hand-over to the writer thread and the wake-up back cost more than they save. Larger
 # batches go to the thread so the loop keeps taking requests while the disk syncs.
 INLINE_MAX_OPS = 2
+# Present once a store was created in the data directory (see check_not_lost).
+CREATED_MARKER = "STORE_CREATED"
+
+
+def check_not_lost(data_dir: Path, db: Path) -> None:
+    """Refuse a store file that is missing or empty in a directory that held a store.
+
+    SQLite takes an empty file for a new database, which is right after a crash during
+    creation (nothing was acknowledged yet) and wrong after a disk or a restore lost the file:
+    an acceptor that comes back without its registers and fences can break agreement. The
+    marker, written once the store exists, tells the two apart.
+    """
+    if not (data_dir / CREATED_MARKER).exists():
+        return
+    try:
+        size = db.stat().st_size
+    except FileNotFoundError:
+        size = -1
+    if size <= 0:
+        what = "missing" if size < 0 else "empty (0 bytes)"
+        raise StoreError(
+            f"{db} is {what}, but {data_dir} held a register store: refusing to start "
+            "without its registers (restore the file; to make this member new, remove the "
+            "whole data directory, which is safe only when no quorum could need its registers)"
+        )
+
+
+def mark_created(data_dir: Path) -> None:
+    """Record, durably, that this directory holds a store (see ``check_not_lost``)."""
+    marker = data_dir / CREATED_MARKER
+    if marker.exists():
+        return
+    tmp = marker.with_name(CREATED_MARKER + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(f"{DB_NAME} created; it must never be missing or empty from now on\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, marker)
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself
+    finally:
+        os.close(fd)
 
 
 class KeyFilter:
@@ -73,11 +111,8 @@ class RegisterStore:
         lock: DirLock,
         writer_conn: sqlite3.Connection,
         reader_conn: sqlite3.Connection,
-        *,
-        unsafe: bool,
     ) -> None:
         self.data_dir = data_dir
-        self.unsafe = unsafe
         self._lock = lock
         self._reader = reader_conn
         self._cache: dict[str, KeyState] = {}
@@ -110,9 +145,7 @@ class RegisterStore:
         self._closed = False
         self.last_batch_size = 0
         self.on_commit: CommitHook | None = None
-        self._writer = CommitWriter(
-            writer_conn, self._committed, delay_before_write=UNSAFE_DELAY if unsafe else 0.0
-        )
+        self._writer = CommitWriter(writer_conn, self._committed)
 
     @classmethod
     def open(
@@ -130,24 +163,20 @@ class RegisterStore:
         except OSError as exc:
             raise StoreError(f"cannot create data directory {data_dir}: {exc.strerror}") from None
         lock = DirLock.acquire(data_dir)
-        unsafe = os.environ.get(UNSAFE_ENV) == "1"
-        synchronous = "OFF" if unsafe else "FULL"
         writer_conn = reader_conn = None
         try:
             db = data_dir / DB_NAME
-            writer_conn = open_db(
-                db, cluster=cluster, node=node, synchronous=synchronous, wanted=wanted
-            )
-            reader_conn = connect(db, synchronous=synchronous)
-            store = cls(data_dir, lock, writer_conn, reader_conn, unsafe=unsafe)
+            check_not_lost(data_dir, db)
+            writer_conn = open_db(db, cluster=cluster, node=node, synchronous="FULL", wanted=wanted)
+            reader_conn = connect(db, synchronous="FULL")
+            mark_created(data_dir)
+            store = cls(data_dir, lock, writer_conn, reader_conn)
         except BaseException:
             for conn in (writer_conn, reader_conn):
                 if conn is not None:
                     conn.close()
             lock.release()
             raise
-        if unsafe:
-            print(f"graven: WARNING: {UNSAFE_ENV}=1, acknowledging before durable", file=sys.stderr)
         return store
 
     # -- reading ---------------------------------------------------------------------------
@@ -308,9 +337,9 @@ class RegisterStore:
         others alone.
         """
         settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._turn_futures and not self.unsafe:
+        if self._turn_futures:
             self._turn_futures.append(settled)  # resolved with this turn's batch
-        elif self._seq in self._waiting and not self.unsafe:
+        elif self._seq in self._waiting:
             self._waiting[self._seq].append(settled)  # the newest batch is not durable yet
         elif self._writer.failure is not None:
             settled.set_exception(self._writer.failure)
@@ -367,10 +396,7 @@ class RegisterStore:
             self._turn_loop = loop
             loop.call_soon(self._flush)
         self._turn_ops.extend(ops)
-        if self.unsafe:
-            durable.set_result(None)  # the lie: acknowledged before anything is written
-        else:
-            self._turn_futures.append(durable)
+        self._turn_futures.append(durable)
         return durable
 
     def _flush(self) -> None:

@@ -72,18 +72,13 @@ class CommitWriter:
         self,
         conn: sqlite3.Connection,
         on_done: DoneHook,
-        *,
-        delay_before_write: float = 0.0,
     ) -> None:
         self._conn = conn
         self._on_done = on_done
-        # Only the deliberately unsafe test mode sets a delay (see store.UNSAFE_ENV).
-        self._delay = delay_before_write
         self._cond = threading.Condition()
         self._queue: list[Pending] = []
         self._stopping = False
         self._busy = False  # a commit is running (in the thread or inline on the loop)
-        self._wake = threading.Event()  # interrupts the unsafe-mode delay on close
         # Set once by the thread when a commit fails; the store then refuses all further work.
         self.failure: StoreError | None = None
         self._thread = threading.Thread(target=self._run, name="graven-commit", daemon=True)
@@ -100,8 +95,6 @@ class CommitWriter:
         """Commit ``pending`` now on the caller's thread if the writer is idle (True), else
         leave it (False: enqueue it). Why: at low load the hand-over to the thread and the
         wake-up back cost more than the commit itself; under load the thread keeps batching."""
-        if self._delay:
-            return False
         with self._cond:
             if self._busy or self._queue or self._stopping:
                 return False
@@ -120,7 +113,6 @@ class CommitWriter:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        self._wake.set()
         self._thread.join()
         self._conn.close()
 
@@ -135,8 +127,6 @@ class CommitWriter:
                     return  # stopping and drained
                 batch, self._queue = self._queue, []
                 self._busy = True
-            if self._delay:
-                self._wake.wait(self._delay)
             try:
                 self._commit(batch)
             finally:

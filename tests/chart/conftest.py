@@ -36,6 +36,7 @@ METRIC_CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "graven_storage_bytes": ("gauge", ()),
     "graven_config_epoch": ("gauge", ()),
     "graven_node_info": ("gauge", ("node", "cluster")),
+    "graven_store_failed": ("gauge", ()),
     # proposer / gateway
     "graven_decisions_total": ("counter", ("path",)),
     "graven_decision_duration_seconds": ("histogram", ()),

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -31,10 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the cluster fixture
-from cluster_fixture import HOST, LocalCluster, free_ports
-
 from graven.operator import render
+from tests.support.cluster import HOST, LocalCluster, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "monitoring" / "dashboard.json"
@@ -78,7 +75,7 @@ def _prometheus_binary() -> str:
     return path
 
 
-# --- plain HTTP (synchronous, like cluster_fixture) -------------------------------------------
+# --- plain HTTP (synchronous, like tests.support.cluster) ---------------------------------------
 
 
 def _request(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,11 +9,9 @@ import pytest
 
 # The helpers next to this file are plain modules (a package named "operator" would shadow
 # the standard library's), so make them importable by name.
-sys.path.insert(0, str(Path(__file__).parent))
-
-from apiclient import Api
-from emulator import Running
-from harness import KUBECONFIG, NAMESPACE, Cluster, OperatorRunner, load_crd
+from tests.operator.apiclient import Api
+from tests.operator.emulator import Running
+from tests.operator.harness import KUBECONFIG, NAMESPACE, Cluster, OperatorRunner, load_crd
 
 
 @pytest.fixture

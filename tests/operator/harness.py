@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from apiclient import Api
-from emulator import Running
 
 from graven.operator.metrics import ClusterMetrics, MetricsServer
+from tests.operator.apiclient import Api
+from tests.operator.emulator import Running
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "consensusclusters.graven.dev.yaml"
@@ -121,7 +121,7 @@ class OperatorRunner:
 
     def wait_reconciles(self, count: int = 2, timeout: float = 20) -> None:
         """Wait for ``count`` more reconciles: e.g. drift timer passes after a change."""
-        from apiclient import wait_for
+        from tests.operator.apiclient import wait_for
 
         target = self.reconciles + count
         wait_for(lambda: self.reconciles >= target, timeout=timeout, what=f"{count} reconciles")

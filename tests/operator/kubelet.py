@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from apiclient import Api
+
+from tests.operator.apiclient import Api
 
 
 class FakeKubelet:

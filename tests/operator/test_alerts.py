@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import ROOT
 
 from graven.operator import render
+from tests.operator.harness import ROOT
 
 RULES = ROOT / "monitoring" / "rules.yaml"
 RULES_TEST = ROOT / "monitoring" / "rules_test.yaml"

@@ -11,8 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from apiclient import wait_for
-from harness import EXAMPLES, NAMESPACE, ROOT, Cluster
+
+from tests.operator.apiclient import wait_for
+from tests.operator.harness import EXAMPLES, NAMESPACE, ROOT, Cluster
 
 GRAVEN = Path(sys.executable).with_name("graven")
 CRDS = ROOT / "crds"

@@ -24,11 +24,11 @@ import celpy.evaluation
 import jsonschema
 import pytest
 import yaml
-from emulator import apply_defaults, strict_schema
-from harness import EXAMPLES, crd_schema
 
-from graven.operator import spec as spec_module
+from graven.node.cluster import spec as spec_module
 from graven.operator.layout import INVALID, check_layout
+from tests.operator.emulator import apply_defaults, strict_schema
+from tests.operator.harness import EXAMPLES, crd_schema
 
 # ------------------------------------------------------------------------ rules in the schema
 

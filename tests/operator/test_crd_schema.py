@@ -10,14 +10,14 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from emulator import apply_defaults, strict_schema
-from harness import EXAMPLES, crd_schema, load_crd
 
-from graven.operator import spec as spec_module
+from graven.node.cluster import spec as spec_module
 from graven.operator import status
 from graven.operator.health import MemberHealth
 from graven.operator.layout import check_layout
 from graven.operator.topology import Topology
+from tests.operator.emulator import apply_defaults, strict_schema
+from tests.operator.harness import EXAMPLES, crd_schema, load_crd
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
 

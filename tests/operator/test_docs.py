@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import kubernetes_validate
 import pytest
 import yaml
-from apiclient import wait_for
-from harness import NAMESPACE, ROOT, Cluster, OperatorRunner, demo, monitoring_crd
-from kubelet import FakeKubelet
+
+from tests.operator.apiclient import wait_for
+from tests.operator.harness import NAMESPACE, ROOT, Cluster, OperatorRunner, demo, monitoring_crd
+from tests.operator.kubelet import FakeKubelet
 
 DOC = ROOT / "docs" / "operator.md"
 TOKEN = "test-token"  # what the operator authenticates with (the fixture's kubeconfig)

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
+from graven.node.cluster.spec import parse
 from graven.operator import drift, render
-from graven.operator.spec import parse
 
 
 def rendered(raw: dict | None = None) -> dict[str, dict]:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from apiclient import condition, wait_for
-from harness import EXAMPLES, NAMESPACE, Cluster, OperatorRunner
-from kubelet import ProcessKubelet
+
+from tests.operator.apiclient import condition, wait_for
+from tests.operator.harness import EXAMPLES, NAMESPACE, Cluster, OperatorRunner
+from tests.operator.kubelet import ProcessKubelet
 
 GRAVEN = Path(sys.executable).with_name("graven")
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from apiclient import ApiError
-from emulator import labels_match
-from harness import NAMESPACE, Cluster
+
+from tests.operator.apiclient import ApiError
+from tests.operator.emulator import labels_match
+from tests.operator.harness import NAMESPACE, Cluster
 
 NS = NAMESPACE
 

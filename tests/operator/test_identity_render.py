@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from graven.node import clusterconfig
+from graven.node.cluster import config as clusterconfig
+from graven.node.cluster.spec import canonical_quorums, parse
 from graven.operator import drift, health, identity, render, status
-from graven.operator.spec import canonical_quorums, parse
 from graven.operator.topology import Topology
 
 UID = "0b7c-old"

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from apiclient import wait_for
-from harness import CRD_PATH, EXAMPLES, NAMESPACE, Cluster, OperatorRunner
-from kubelet import FakeKubelet
+
+from tests.operator.apiclient import wait_for
+from tests.operator.harness import CRD_PATH, EXAMPLES, NAMESPACE, Cluster, OperatorRunner
+from tests.operator.kubelet import FakeKubelet
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")

@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from test_status import observe
 
 from graven.operator import names, status
 from graven.operator.kube import path
 from graven.operator.metrics import ClusterMetrics, MetricsServer
 from graven.operator.reconcile import Operator
+from tests.operator.test_status import observe
 
 T0, T1, T2 = "2030-01-01T00:00:00Z", "2030-01-01T00:01:00Z", "2030-01-01T00:02:00Z"
 PAXOS = {"preset": "paxos"}

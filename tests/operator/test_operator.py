@@ -7,9 +7,10 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
-from apiclient import Api, ApiError, condition, wait_for
-from harness import NAMESPACE, Cluster, OperatorRunner, demo, monitoring_crd
-from kubelet import FakeKubelet
+
+from tests.operator.apiclient import Api, ApiError, condition, wait_for
+from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo, monitoring_crd
+from tests.operator.kubelet import FakeKubelet
 
 NS = NAMESPACE
 CHILDREN = [

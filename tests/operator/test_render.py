@@ -9,13 +9,13 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from harness import EXAMPLES
 
-from graven.node import clusterconfig
+from graven.node.cluster import config as clusterconfig
+from graven.node.cluster.spec import parse
 from graven.operator import names, render
 from graven.operator.layout import check_layout
 from graven.operator.render import Capabilities
-from graven.operator.spec import parse
+from tests.operator.harness import EXAMPLES
 
 K8S = "1.33.0"
 ALL_CAPS = Capabilities(service_monitor=True, prometheus_rule=True)

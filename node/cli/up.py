@@ -1,0 +1,139 @@
+"""`graven up`: run a ConsensusCluster spec locally, one `graven node` process per member.
+
+    graven up [SPEC.yaml] [--data-dir DIR] [--base-port P] [--adopt INCARNATION]
+
+Stays in the foreground; Ctrl-C (or SIGTERM) stops every member. Restarting on the same data
+directory resumes the cluster with all its decisions. The first run picks the cluster's
+incarnation id (kept in DIR/cluster.yaml); member data of another incarnation is refused unless
+adopted with ``--adopt`` (same members and layout). Exit status: 0 stopped on request,
+1 a member failed to start or every member died, 2 bad input or start-up refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..local import cluster as lc
+from ..local import identity as localidentity
+
+if TYPE_CHECKING:
+    from ..local.supervisor import Supervisor
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "up",
+        help="run a cluster locally (one process per member)",
+        description=(
+            "Run a ConsensusCluster spec as local processes on 127.0.0.1 and supervise them "
+            "until Ctrl-C. Members are <name>-<i> at http://127.0.0.1:<base-port+i>."
+        ),
+    )
+    parser.add_argument(
+        "spec", nargs="?", metavar="SPEC.yaml", help="ConsensusCluster manifest (default: demo)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=lc.DEFAULT_DATA_DIR,
+        metavar="DIR",
+        help=f"where members keep their registers and logs (default: ./{lc.DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument(
+        "--base-port",
+        type=int,
+        metavar="P",
+        help=f"first member's port (default: the last run's, else {lc.DEFAULT_BASE_PORT})",
+    )
+    parser.add_argument(
+        "--adopt",
+        metavar="INCARNATION",
+        help=(
+            "run over member data of that cluster incarnation (named in the refusal), e.g. "
+            "after DIR/cluster.yaml was lost; only with the same members and layout"
+        ),
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        supervisor, lock = prepare(args)
+    except lc.LocalClusterError as exc:
+        print(f"graven up: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(supervisor.run())
+    finally:
+        lock.release()
+
+
+def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
+    """Every check that can refuse the start, before any process is spawned."""
+    spec_path = Path(args.spec) if args.spec else lc.default_spec_path()
+    spec = lc.load_spec(spec_path)
+    data_dir = Path(args.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise lc.LocalClusterError(f"--data-dir {data_dir} exists and is not a directory")
+    previous = lc.previous_config(data_dir) if data_dir.is_dir() else None
+    base_port = args.base_port
+    if base_port is None:
+        base_port = lc.previous_base_port(previous) or lc.DEFAULT_BASE_PORT
+    incarnation = localidentity.choose(previous, args.adopt, data_dir)
+    cfg = lc.render(spec, base_port, spec_path, incarnation)
+    if previous is not None:
+        lc.check_same_cluster(previous, cfg, data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise lc.LocalClusterError(f"cannot create {data_dir}: {exc.strerror}") from None
+    lock = lc.SupervisorLock(data_dir)
+    lock.acquire()
+    try:
+        _check_not_running(data_dir)
+        # without DIR/cluster.yaml (and no --adopt) any member data is another cluster's
+        fresh = previous is None and args.adopt is None
+        localidentity.check_member_data(cfg, data_dir, fresh=fresh)
+        lc.check_ports_free(cfg)
+        config_path = lc.write_config(cfg, data_dir)
+    except BaseException:
+        lock.release()
+        raise
+    from ..local.supervisor import Supervisor  # aiohttp: imported only when a cluster starts
+
+    hint = "graven propose hello world"
+    if data_dir.resolve() != Path(lc.DEFAULT_DATA_DIR).resolve():
+        hint += f" --data-dir {shlex.quote(str(data_dir))}"
+    hint += _path_note()
+    return Supervisor(cfg, data_dir, config_path, hint, resumed=previous is not None), lock
+
+
+def _path_note() -> str:
+    """`make up` runs .venv/bin/graven; say so when a bare `graven` would not be found."""
+    script = Path(sys.executable).parent / "graven"
+    if shutil.which("graven") is not None or not script.exists():
+        return ""
+    try:
+        shown = script.relative_to(Path.cwd())
+    except ValueError:
+        shown = script
+    return f"\n     (graven is not on your PATH: run {shown}, or activate its virtualenv)"
+
+
+def _check_not_running(data_dir: Path) -> None:
+    doc = lc.read_discovery(data_dir) if lc.discovery_path(data_dir).exists() else None
+    if doc is None:
+        return
+    alive = lc.live_pids(doc)
+    if alive:
+        pids = ", ".join(str(p) for p in alive)
+        raise lc.LocalClusterError(
+            f"cluster {doc.get('cluster')} in {data_dir} is already running (pids {pids}); "
+            "stop it first (Ctrl-C in its terminal, or kill those pids)"
+        )
+    lc.remove_discovery(data_dir)  # left behind by a `graven up` that was killed

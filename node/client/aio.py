@@ -1,0 +1,152 @@
+"""``AsyncClient``: the asyncio (aiohttp) twin of ``graven.node.client.Client``.
+
+    async with AsyncClient(endpoints) as c:
+        d = await c.propose("k", "v")
+
+One ``aiohttp.ClientSession`` with a keep-alive pool serves every endpoint; the session is made
+on first use so the client can be built outside a running loop. Same failover and routing rules
+as the blocking client (they live in ``clientcore``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from .core import (
+    CLUSTER_REQUEST,
+    DEFAULT_TIMEOUT,
+    ClientError,
+    Decision,
+    Request,
+    RequestPlan,
+    Router,
+    get_request,
+    learning_failed,
+    needs_learning,
+    propose_request,
+)
+
+_JSON = {"Content-Type": "application/json"}
+
+
+class AsyncClient:
+    def __init__(
+        self,
+        endpoints: list[str],
+        timeout: float = DEFAULT_TIMEOUT,
+        route: bool = True,
+        pool: int = 0,
+    ) -> None:
+        """``pool``: connections per endpoint (0: unlimited, one per concurrent request)."""
+        self.router = Router(endpoints)
+        self.timeout = timeout
+        self.route = route
+        self._pool = pool
+        self._session: aiohttp.ClientSession | None = None
+        self._learning: asyncio.Lock | None = None
+
+    async def propose(self, key: str, value: str, *, via: str | None = None) -> Decision:
+        return await self._call(propose_request(key, value, via))
+
+    async def get(
+        self, key: str, wait: float | None = None, *, via: str | None = None
+    ) -> str | None:
+        return await self._call(get_request(key, wait, via))
+
+    async def cluster(self) -> dict[str, Any]:
+        doc = await self._call(CLUSTER_REQUEST)
+        self.router.learn(doc)
+        return doc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def session(self) -> aiohttp.ClientSession:
+        """The keep-alive session every request uses (made on first use, inside a loop)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._pool)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def _learn(self) -> None:
+        if self._learning is None:
+            self._learning = asyncio.Lock()
+        async with self._learning:  # many concurrent first requests, one /v1/cluster fetch
+            if self.router.learned:
+                return
+            try:
+                await self.cluster()
+            except ClientError as exc:
+                learning_failed(self.router, exc)
+
+    async def _call(self, request: Request) -> Any:
+        if needs_learning(self.router, request, self.route):
+            await self._learn()
+        session = self.session()
+        plan = RequestPlan(self.router, request, self.route, self.timeout)
+        timeout = aiohttp.ClientTimeout(total=plan.timeout)
+        for index, endpoint in plan.attempts():
+            # encoded=True: keep the quoted key exactly as sent (%2F must stay %2F)
+            url = URL(endpoint.url + request.path, encoded=True)
+            try:
+                status, data = await self._exchange(
+                    session, request.method, url, request.body, timeout
+                )
+            except aiohttp.ClientConnectorError as exc:
+                plan.failed(index, _reason(exc))
+                continue
+            except TimeoutError:
+                raise plan.timed_out(index) from None
+            except aiohttp.ClientError as exc:
+                plan.failed(index, str(exc) or type(exc).__name__)
+                continue
+            done, result = plan.answered(index, status, data)
+            if done:
+                return result
+        raise plan.exhausted()
+
+    @staticmethod
+    async def _exchange(
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        body: bytes | None,
+        timeout: aiohttp.ClientTimeout,
+    ) -> tuple[int, bytes]:
+        headers = _JSON if body is not None else None
+        for attempt in range(2):
+            try:
+                async with session.request(
+                    method, url, data=body, headers=headers, timeout=timeout
+                ) as resp:
+                    return resp.status, await resp.read()
+            except aiohttp.ServerDisconnectedError:
+                # a pooled keep-alive connection closed by the server: one fresh try
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def _reason(exc: aiohttp.ClientConnectorError) -> str:
+    os_error = exc.os_error
+    if isinstance(os_error, ConnectionRefusedError):
+        return "connection refused"
+    return os_error.strerror or str(os_error) or type(os_error).__name__

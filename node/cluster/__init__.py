@@ -1,0 +1,3 @@
+"""What a cluster is: the ConsensusCluster spec, the member configuration rendered from it,
+and layout files.
+"""

@@ -1,0 +1,1 @@
+"""HTTP plumbing the route modules share: typed app keys, JSON errors and I/O, validation."""
