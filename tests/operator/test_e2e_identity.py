@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from apiclient import Api, condition, wait_for
-from harness import EXAMPLES, NAMESPACE, Cluster, OperatorRunner
-from kubelet import ProcessKubelet
-from test_e2e_nodes import MISSING, free_ports
 
 from graven.operator.identity import ANNOTATION_ADOPT, LABEL_INCARNATION
+from tests.operator.apiclient import Api, condition, wait_for
+from tests.operator.harness import EXAMPLES, NAMESPACE, Cluster, OperatorRunner
+from tests.operator.kubelet import ProcessKubelet
+from tests.operator.test_e2e_nodes import MISSING, free_ports
 
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 NAME = "demo"
