@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from .names import GROUP
+
 # Per kind: top-level paths the operator owns and may patch.
 MUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
     "ConfigMap": (("data",),),
@@ -44,6 +46,18 @@ IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
         ("spec", "volumeClaimTemplates"),
     ),
 }
+_INCARNATION_LABEL_PATH = f"metadata.labels.{GROUP}/incarnation"
+
+
+def _identity_record(path: str) -> bool:
+    """A claim template's identity label or annotations (see identity.py): claim templates
+    made before incarnations were recorded lack them, which is not drift (they cannot change,
+    and the members' stores know their own identity)."""
+    if not path.startswith("spec.volumeClaimTemplates["):
+        return False
+    return path.endswith(_INCARNATION_LABEL_PATH) or ".metadata.annotations" in path
+
+
 # Optional pod-spec fields the operator owns: absent from the render means "remove".
 OWNED_OPTIONAL_POD_FIELDS = ("affinity", "tolerations", "imagePullSecrets")
 
@@ -175,7 +189,10 @@ def plan(desired: Mapping[str, Any], live: Mapping[str, Any]) -> Plan:
     for path in IMMUTABLE.get(kind, ()):
         want, have = _get(desired, path), _get(live, path)
         if want is not None:
-            result.immutable.extend(differences(want, have, ".".join(path)))
+            diff = differences(want, have, ".".join(path))
+            # Claim templates made before incarnations were recorded lack the label; that is
+            # not drift (the claims cannot change, and the members' stores know their own).
+            result.immutable.extend(d for d in diff if not _identity_record(d))
 
     result.patch = patch or None
     return result

@@ -22,7 +22,7 @@ import kopf
 
 from graven.node.cluster.spec import ClusterSpec, SpecError, check_name, parse
 
-from . import drift, health, names, render, status, topology
+from . import drift, health, identity, names, render, status, topology
 from .kube import ApiError, Kube, object_path, path
 from .layout import LayoutVerdict, check_layout, summary
 from .metrics import ClusterMetrics
@@ -165,7 +165,8 @@ class Operator:
         try:
             check_name(name)
             spec = parse(body.get("spec"))
-        except SpecError as exc:
+            incarnation = identity.incarnation(meta)
+        except (SpecError, identity.AdoptionError) as exc:
             return status.Outcome(
                 generation,
                 status.Cond(None, "NotChecked", "the spec could not be read"),
@@ -196,6 +197,12 @@ class Operator:
             running = topology.running(
                 live[("ConfigMap", names.config_map(name))], live[("StatefulSet", name)]
             )
+            held = await self._identity_refusal(name, namespace, meta, incarnation, running, spec)
+            if held is not None:
+                reason, message = held
+                return status.Outcome(
+                    generation, layout_valid, status.Cond(False, reason, message)
+                ), [Event("Warning", reason, _short(message), sticky=True)]
             refusal = _refusal(running, spec)
             if refusal:
                 return status.Outcome(
@@ -204,7 +211,7 @@ class Operator:
 
             epoch = running.epoch if running else 0
             tolerates = verdict.tolerates or 0
-            desired = render.render_all(name, namespace, spec, tolerates, caps, epoch)
+            desired = render.render_all(name, namespace, spec, tolerates, caps, epoch, incarnation)
             kopf.adopt(desired, owner=dict(body))
             report = await self.apply(desired, live, uid)
             await self._prune(spec, caps, live, uid, report)
@@ -218,6 +225,31 @@ class Operator:
                 generation, layout_valid, status.Cond(False, status.APPLY_FAILED, message)
             ), [Event("Warning", status.APPLY_FAILED, _short(message), sticky=True)]
         return self._outcome(generation, layout_valid, report, running is None)
+
+    async def _identity_refusal(
+        self,
+        name: str,
+        namespace: str,
+        meta: Mapping[str, Any],
+        incarnation: str,
+        running: topology.Topology | None,
+        spec: ClusterSpec,
+    ) -> tuple[str, str] | None:
+        """(reason, message) when the members' data is not this incarnation's to run."""
+        if running is not None:
+            if running.incarnation is not None and running.incarnation != incarnation:
+                return status.INCARNATION_MISMATCH, identity.mismatch_refusal(
+                    running.incarnation, incarnation
+                )
+            return None  # running members of this incarnation (or from before incarnations)
+        # Nothing runs: claims left by a deleted cluster of the same name must not be reused.
+        found = await self.kube.list(path("PersistentVolumeClaim", namespace), names.selector(name))
+        claims = identity.member_claims(name, found)
+        adopting = identity.adopted(meta) is not None
+        message = identity.retained_refusal(
+            name, incarnation, adopting, claims, spec.replicas, spec.quorums_key
+        )
+        return None if message is None else (status.RETAINED_VOLUMES, message)
 
     async def apply(
         self,

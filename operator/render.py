@@ -18,7 +18,7 @@ import yaml
 from graven.node.cluster.render import member_config
 from graven.node.cluster.spec import ClusterSpec
 
-from . import alerts, names, topology
+from . import alerts, identity, names, topology
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,18 @@ def _meta(
     return {"name": obj_name, "namespace": namespace, "labels": labels(cluster, component, spec)}
 
 
-def cluster_config(name: str, namespace: str, spec: ClusterSpec, epoch: int = 0) -> dict:
+def cluster_config(
+    name: str, namespace: str, spec: ClusterSpec, epoch: int = 0, incarnation: str | None = None
+) -> dict:
     """The ClusterConfig document every member reads, with in-cluster member URLs."""
     urls = [names.member_url(name, namespace, i) for i in range(spec.replicas)]
-    return member_config(name, spec, urls, epoch)
+    return member_config(name, spec, urls, epoch, incarnation)
 
 
-def config_text(name: str, namespace: str, spec: ClusterSpec, epoch: int = 0) -> str:
-    doc = cluster_config(name, namespace, spec, epoch)
+def config_text(
+    name: str, namespace: str, spec: ClusterSpec, epoch: int = 0, incarnation: str | None = None
+) -> str:
+    doc = cluster_config(name, namespace, spec, epoch, incarnation)
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
@@ -75,13 +79,15 @@ def config_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def config_map(name: str, namespace: str, spec: ClusterSpec, epoch: int = 0) -> dict:
+def config_map(
+    name: str, namespace: str, spec: ClusterSpec, epoch: int = 0, incarnation: str | None = None
+) -> dict:
     meta = _meta(names.config_map(name), name, namespace, "config")
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta,
-        "data": {names.CONFIG_FILE: config_text(name, namespace, spec, epoch)},
+        "data": {names.CONFIG_FILE: config_text(name, namespace, spec, epoch, incarnation)},
     }
 
 
@@ -176,6 +182,9 @@ def _container(spec: ClusterSpec) -> dict:
             },
         ],
         "ports": [{"name": names.PORT_NAME, "containerPort": names.PORT, "protocol": "TCP"}],
+        # A member that refuses its data (another incarnation, an older epoch) says why in one
+        # line on stderr; this puts that line into the pod status, where the operator reads it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         # Readiness is checked often: the operator's Available condition follows it.
         "readinessProbe": _probe("/readyz", period=2, timeout=1, failures=2),
         "livenessProbe": _probe("/healthz", period=10, timeout=2, failures=6),
@@ -229,27 +238,39 @@ def _pod_spec(name: str, spec: ClusterSpec) -> dict:
     return pod
 
 
-def _claim_template(name: str, spec: ClusterSpec) -> dict:
+def _claim_template(name: str, spec: ClusterSpec, epoch: int, incarnation: str | None) -> dict:
     claim: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": spec.storage.size}},
     }
     if spec.storage.storage_class:
         claim["storageClassName"] = spec.storage.storage_class
+    claim_meta: dict[str, Any] = {"name": names.DATA_VOLUME, "labels": names.selector(name)}
+    if incarnation is not None:
+        # Whose registers a claim holds and under which members and layout they were written,
+        # readable after the cluster is deleted (identity.py). Claims keep what they were
+        # created with: a reconfiguration has to update them.
+        claim_meta["labels"] = {**claim_meta["labels"], identity.LABEL_INCARNATION: incarnation}
+        claim_meta["annotations"] = topology.annotations(spec.replicas, spec.quorums, epoch)
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": names.DATA_VOLUME, "labels": names.selector(name)},
+        "metadata": claim_meta,
         "spec": claim,
     }
 
 
 def statefulset(
-    name: str, namespace: str, spec: ClusterSpec, cfg_hash: str, epoch: int = 0
+    name: str,
+    namespace: str,
+    spec: ClusterSpec,
+    cfg_hash: str,
+    epoch: int = 0,
+    incarnation: str | None = None,
 ) -> dict:
     meta = _meta(name, name, namespace, "member", spec)
     # The running layout, readable even if the ConfigMap is lost (see topology.py).
-    meta["annotations"] = topology.annotations(spec.replicas, spec.quorums, epoch)
+    meta["annotations"] = topology.annotations(spec.replicas, spec.quorums, epoch, incarnation)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -274,7 +295,7 @@ def statefulset(
                 },
                 "spec": _pod_spec(name, spec),
             },
-            "volumeClaimTemplates": [_claim_template(name, spec)],
+            "volumeClaimTemplates": [_claim_template(name, spec, epoch, incarnation)],
         },
     }
 
@@ -335,14 +356,16 @@ def render_all(
     tolerates: int,
     caps: Capabilities = Capabilities(),
     epoch: int = 0,
+    incarnation: str | None = None,
 ) -> list[dict]:
     """Every child object, in apply order (configuration and services before the pods)."""
-    cm = config_map(name, namespace, spec, epoch)
+    cm = config_map(name, namespace, spec, epoch, incarnation)
+    cfg_hash = config_hash(cm["data"][names.CONFIG_FILE])
     objs = [
         cm,
         peers_service(name, namespace),
         client_service(name, namespace),
-        statefulset(name, namespace, spec, config_hash(cm["data"][names.CONFIG_FILE]), epoch),
+        statefulset(name, namespace, spec, cfg_hash, epoch, incarnation),
         pod_disruption_budget(name, namespace, tolerates),
     ]
     if spec.monitoring.service_monitor and caps.service_monitor:

@@ -38,7 +38,22 @@ PAUSED = "Paused"
 INVALID_SPEC = "InvalidSpec"
 APPLY_FAILED = "ApplyFailed"
 IMMUTABLE_CHANGED = "ImmutableFieldChanged"
-STICKY = {REFUSED, LAYOUT_REJECTED, PAUSED, INVALID_SPEC, APPLY_FAILED, IMMUTABLE_CHANGED}
+# Volumes of a deleted cluster of the same name wait to be adopted or wiped (identity.py).
+RETAINED_VOLUMES = "RetainedVolumes"
+# The running members are another incarnation than the cluster now names (adoption changed).
+INCARNATION_MISMATCH = "IncarnationMismatch"
+STICKY = {
+    REFUSED,
+    LAYOUT_REJECTED,
+    PAUSED,
+    INVALID_SPEC,
+    APPLY_FAILED,
+    IMMUTABLE_CHANGED,
+    RETAINED_VOLUMES,
+    INCARNATION_MISMATCH,
+}
+# Refusals that keep a cluster from being deployed at all: phase Failed.
+NOT_DEPLOYABLE = {INVALID_SPEC, RETAINED_VOLUMES, INCARNATION_MISMATCH}
 
 QUORUM_READY = "QuorumReady"
 QUORUM_NOT_READY = "QuorumNotReady"
@@ -121,7 +136,7 @@ def rollout(sts: Mapping[str, Any] | None) -> Cond:
 
 
 def _member_list(members: list[MemberHealth]) -> str:
-    return ", ".join(f"{m.name} ({m.reason})" for m in members)
+    return ", ".join(f"{m.name} ({m.reason}{': ' + m.detail if m.detail else ''})" for m in members)
 
 
 def _health(
@@ -175,7 +190,7 @@ def _phase(conditions: list[Mapping[str, Any]], deployed: bool) -> str:
 
     progressing = find(conditions, PROGRESSING) or {}
     if not deployed:
-        if is_(LAYOUT_VALID, "False") or progressing.get("reason") == INVALID_SPEC:
+        if is_(LAYOUT_VALID, "False") or progressing.get("reason") in NOT_DEPLOYABLE:
             return FAILED
         return PENDING
     if is_(AVAILABLE, "True"):

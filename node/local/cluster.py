@@ -53,7 +53,9 @@ def load_spec(path: str | Path) -> Manifest:
         raise LocalClusterError(str(exc)) from None
 
 
-def render(manifest: Manifest, base_port: int, source: str | Path = "spec") -> ClusterConfig:
+def render(
+    manifest: Manifest, base_port: int, source: str | Path = "spec", incarnation: str | None = None
+) -> ClusterConfig:
     """The ClusterConfig for local members (the operator's renderer, 127.0.0.1 URLs); errors
     name the spec file."""
     replicas = manifest.spec.replicas
@@ -64,7 +66,7 @@ def render(manifest: Manifest, base_port: int, source: str | Path = "spec") -> C
         )
     urls = [f"http://{HOST}:{base_port + i}" for i in range(replicas)]
     try:
-        cfg = parse(member_config(manifest.name, manifest.spec, urls))
+        cfg = parse(member_config(manifest.name, manifest.spec, urls, 0, incarnation))
     except ConfigError as exc:
         raise LocalClusterError(f"{source}: {exc}") from None
     report = check(cfg.layout)
