@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools up test lint sim bench clean
+.PHONY: install tools up test lint sim bench clean kube kube-down test-kube
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ lint: install
 
 test: install tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A real single-node Kubernetes (built here from pinned Go modules; first run 25+ min, then
+# about a minute) with Graven's image loaded; see README "Running on a real Kubernetes".
+kube:
+	bash tools/kube/kube.sh
+
+kube-down:
+	bash tools/kube/down.sh
+
+# End-to-end tests against the cluster `make kube` started (not part of `make test`).
+test-kube: install tools
+	GRAVEN_KUBE=1 $(BIN)/python -m pytest tests/kube $(PYTEST_ARGS)
 
 sim: install
 	$(BIN)/graven simulate --preset paxos --members 3
