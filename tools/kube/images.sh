@@ -4,8 +4,7 @@
 #   base    - Debian + python3 via mmdebstrap     -> $BASE_IMAGE (stands in for python:3.11-slim)
 #   graven  - the repository's Dockerfile on base -> $GRAVEN_IMAGE, also tagged graven:0.1.0
 # and writes each as an archive under $KUBE_CACHE/images for `ctr images import` (up.sh).
-# pause and base are rebuilt only when their recipe changes; graven is rebuilt every run
-# (podman's layer cache makes an unchanged tree a few seconds).
+# Each is rebuilt only when its recipe (or, for graven, its sources) changed.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 P="$TOOLS_KUBE/podman.sh"
@@ -42,14 +41,20 @@ fi
 echo "image $BASE_IMAGE ready"
 
 # --- graven: the Dockerfile as users build it, over the Debian-made base -------------------
+# Rebuilt whenever anything the Dockerfile copies changes, without buildah's layer cache: it
+# keys `RUN --mount=type=bind,from=build` on the command only, so a changed wheel would be
+# silently ignored (BuildKit does not have that problem).
 # pip inside the build reaches PyPI through the host's network and trusts the host's CAs
 # (a TLS-inspecting egress proxy may sit in between); neither ends up in the image.
-$P build --quiet --pull=never --network=host \
-  --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
-  --build-arg PYTHON_IMAGE="$BASE_IMAGE" -t "$GRAVEN_IMAGE" -f "$REPO_ROOT/Dockerfile" "$REPO_ROOT" >/dev/null
-id=$($P image inspect --format '{{.Id}}' "$GRAVEN_IMAGE")
-if [ "$(cat "$I/graven.id" 2>/dev/null)" != "$id" ] || [ ! -f "$I/graven.tar" ]; then
+h=$(cd "$REPO_ROOT" && find Dockerfile .dockerignore pyproject.toml README.md node operator \
+      -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+if [ "$(cat "$I/graven.stamp" 2>/dev/null)" != "$h" ] || [ ! -f "$I/graven.tar" ]; then
+  echo "building $GRAVEN_IMAGE from the Dockerfile (about a minute: pip fetches the dependencies)"
+  $P build --quiet --no-cache --pull=never --network=host \
+    --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
+    --build-arg PYTHON_IMAGE="$BASE_IMAGE" -t "$GRAVEN_IMAGE" -f "$REPO_ROOT/Dockerfile" "$REPO_ROOT" >/dev/null
+  $P image prune --force >/dev/null  # the previous build's layers
   rm -f "$I/graven.tar" && $P save --quiet --format docker-archive -o "$I/graven.tar" "$GRAVEN_IMAGE"
-  echo "$id" > "$I/graven.id"
+  echo "$h" > "$I/graven.stamp"
 fi
-echo "image $GRAVEN_IMAGE ready (${id:0:12})"
+echo "image $GRAVEN_IMAGE ready ($($P image inspect --format '{{.Id}}' "$GRAVEN_IMAGE" | cut -c1-12))"

@@ -226,7 +226,7 @@ up_kube_proxy() {
 }
 
 up_provisioner() {
-  $KUBECTL apply -f - >/dev/null <<EOF
+  $NSENTER $KUBECTL apply -f - >/dev/null <<EOF
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata:
