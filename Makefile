@@ -37,9 +37,11 @@ kube:
 kube-down:
 	bash tools/kube/down.sh
 
-# End-to-end tests against the cluster `make kube` started (not part of `make test`).
+# End-to-end tests against the cluster `make kube` started (not part of `make test`). pytest
+# runs inside the cluster's network namespace: the node's view of the apiserver and services.
 test-kube: install tools
-	GRAVEN_KUBE=1 $(BIN)/python -m pytest tests/kube $(PYTEST_ARGS)
+	@test -e /run/netns/graven-kube || { echo "no cluster: run 'make kube' first"; exit 1; }
+	GRAVEN_KUBE=1 nsenter --net=/run/netns/graven-kube $(BIN)/python -m pytest tests/kube $(PYTEST_ARGS)
 
 sim: install
 	$(BIN)/graven simulate --preset paxos --members 3

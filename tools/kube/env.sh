@@ -3,6 +3,10 @@
 # the state (etcd, containerd, kubelet, certificates, logs) is removed by it.
 KUBE_VERSION=v1.34.4          # k8s.io/kubernetes module: control plane, kubelet, kube-proxy, kubectl
 COREDNS_VERSION=v1.14.7       # github.com/coredns/coredns module: cluster DNS
+# github.com/prometheus/prometheus module v0.307.3 = Prometheus 3.7.3: Debian's prometheus is
+# built without Kubernetes service discovery, which tests/kube needs against this apiserver.
+PROMETHEUS_VERSION=v0.307.3
+PROMETHEUS_RELEASE=3.7.3     # the release that module version is
 DEBIAN_SUITE=bookworm         # base image of Graven's image, made with mmdebstrap from Debian packages
 KUBE_CACHE=${GRAVEN_KUBE_CACHE:-/var/cache/graven-kube}
 KUBE_STATE=${GRAVEN_KUBE_STATE:-/var/lib/graven-kube}

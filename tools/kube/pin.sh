@@ -24,4 +24,9 @@ rm -rf "$dns" && mkdir -p "$dns" && cd "$dns"
 go mod init local/graven-coredns-build >/dev/null 2>&1
 go get "github.com/coredns/coredns@$COREDNS_VERSION"
 go mod edit -go="$(go mod download -json "github.com/coredns/coredns@$COREDNS_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' | xargs sed -n 's/^go //p')"
-echo "pinned: kubernetes $KUBE_VERSION, coredns $COREDNS_VERSION"
+prom=$TOOLS_KUBE/gomod/prometheus
+rm -rf "$prom" && mkdir -p "$prom" && cd "$prom"
+go mod init local/graven-prometheus-build >/dev/null 2>&1
+go get "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
+go mod edit -go="$(go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' | xargs sed -n 's/^go //p')"
+echo "pinned: kubernetes $KUBE_VERSION, coredns $COREDNS_VERSION, prometheus $PROMETHEUS_VERSION"
