@@ -66,6 +66,7 @@ class ApplyReport:
     immutable: dict[str, list[str]] = field(default_factory=dict)
     foreign: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # by the apiserver
 
 
 def _now() -> str:
@@ -112,6 +113,8 @@ class Operator:
         self._locks: dict[str, asyncio.Lock] = {}
         self._caps: tuple[float, render.Capabilities] | None = None
         self._probe_session: aiohttp.ClientSession | None = None
+        # object URL -> paths the apiserver drops from it (see _learn_dropped)
+        self._dropped: dict[str, frozenset[str]] = {}
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault(f"{namespace}/{name}", asyncio.Lock())
@@ -260,27 +263,43 @@ class Operator:
         report = ApplyReport()
         for obj in desired:
             current = live.get((obj["kind"], obj["metadata"]["name"]))
+            url = object_path(obj)
             if current is None:
                 try:
-                    await self.kube.create(object_path(obj).rsplit("/", 1)[0], obj)
+                    stored = await self.kube.create(url.rsplit("/", 1)[0], obj)
                     report.created.append(_label(obj))
+                    self._learn_dropped(url, obj, stored, report)
                     continue
                 except ApiError as exc:
                     if exc.status != 409:
                         raise
-                    current = await self.kube.get(object_path(obj))  # lost a race: compare
+                    current = await self.kube.get(url)  # lost a race: compare
                     if current is None:
                         raise
             if not _owned_by(current, uid):
                 report.foreign.append(_label(obj))
                 continue
-            plan = drift.plan(obj, current)
+            plan = drift.plan(obj, current, self._dropped.get(url, frozenset()))
             if plan.patch:
-                await self.kube.patch(object_path(obj), plan.patch)
+                stored = await self.kube.patch(url, plan.patch)
                 report.patched[_label(obj)] = plan.drifted
+                self._learn_dropped(url, obj, stored, report)
             if plan.immutable:
                 report.immutable[_label(obj)] = plan.immutable
         return report
+
+    def _learn_dropped(
+        self, url: str, desired: Mapping[str, Any], stored: Any, report: ApplyReport
+    ) -> None:
+        """Remember the fields the apiserver dropped from what we just wrote (it warns about
+        unknown fields rather than refusing them): they would otherwise look like drift on
+        every pass, and be patched in vain every drift interval forever."""
+        if not isinstance(stored, Mapping):
+            return
+        gone = drift.dropped(desired, stored) - self._dropped.get(url, frozenset())
+        if gone:
+            self._dropped[url] = self._dropped.get(url, frozenset()) | gone
+            report.dropped[_label(desired)] = sorted(gone)
 
     async def _prune(
         self,
@@ -315,6 +334,13 @@ class Operator:
             events.append(Event("Normal", "Updated", _short(f"patched {what}")))
         if report.deleted:
             events.append(Event("Normal", "Deleted", f"deleted {', '.join(report.deleted)}"))
+        if report.dropped:
+            what = "; ".join(f"{k} ({', '.join(v[:5])})" for k, v in report.dropped.items())
+            message = (
+                f"the Kubernetes API dropped fields it does not know from {what}; check the "
+                "spec for misspelt or too new fields (they are not repaired as drift)"
+            )
+            events.append(Event("Warning", "FieldsDropped", _short(message)))
         progressing = None
         if report.foreign:
             message = (
@@ -422,6 +448,8 @@ class Operator:
         live = await self.children(namespace, name, caps)
         deleted = []
         for obj in live.values():
+            if obj is not None:
+                self._dropped.pop(object_path(obj), None)
             if obj is not None and _owned_by(obj, uid) and await self.kube.delete(object_path(obj)):
                 deleted.append(_label(obj))
         events = []

@@ -9,6 +9,7 @@ Owner references are added by the handlers (kopf.adopt), not here.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,15 +44,23 @@ def labels(name: str, component: str, spec: ClusterSpec | None = None) -> dict[s
     return out
 
 
+# A label value: at most 63 characters, alphanumerics with - _ . inside.
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
 def _image_tag(image: str) -> str | None:
-    # "repo:tag" or "repo@sha256:..." — only a tag makes a meaningful (and valid) label value.
+    """The image's tag as a label value, or None when it has none that is a valid one.
+
+    "repo:tag" or "repo@sha256:..." — only a tag makes a meaningful label. Image tags allow
+    128 characters and a leading "_", labels neither: a tag that cannot be a label value gives
+    no version label rather than a StatefulSet the apiserver refuses."""
     if "@" in image:
         return None
     last = image.rsplit("/", 1)[-1]
     if ":" not in last:
         return None
     tag = last.rsplit(":", 1)[1]
-    return tag[:63] if tag else None
+    return tag if _LABEL_VALUE.match(tag) else None
 
 
 def _meta(
