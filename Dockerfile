@@ -13,7 +13,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY node ./node
 COPY operator ./operator
-RUN python -m pip wheel --wheel-dir /wheels .
+# -P: do not put the working directory on sys.path. Here it holds the top-level operator/
+# package, which would shadow the standard library's `operator` module inside pip
+# ("ImportError: cannot import name 'eq' from 'operator'").
+RUN python -P -m pip wheel --wheel-dir /wheels .
 
 # --- stage 2: runtime: the wheels installed, no compilers, no sources, not root --------------
 FROM ${PYTHON_IMAGE}

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools up test lint sim bench clean
+.PHONY: install tools up test lint sim bench clean kube kube-down test-kube
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,20 @@ lint: install
 
 test: install tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A real single-node Kubernetes (built here from pinned Go modules; first run 25+ min, then
+# about a minute) with Graven's image loaded; see README "Running on a real Kubernetes".
+kube:
+	bash tools/kube/kube.sh
+
+kube-down:
+	bash tools/kube/down.sh
+
+# End-to-end tests against the cluster `make kube` started (not part of `make test`). pytest
+# runs inside the cluster's network namespace: the node's view of the apiserver and services.
+test-kube: install tools
+	@test -e /run/netns/graven-kube || { echo "no cluster: run 'make kube' first"; exit 1; }
+	GRAVEN_KUBE=1 nsenter --net=/run/netns/graven-kube $(BIN)/python -m pytest tests/kube $(PYTEST_ARGS)
 
 sim: install
 	$(BIN)/graven simulate --preset paxos --members 3

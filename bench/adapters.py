@@ -136,7 +136,7 @@ class GravenAdapter(_Plain):
 
     def route(self, key: str, endpoints: Sequence[str]) -> str | None:
         # The key's home member owns its first register set and decides it in one round trip
-        # (graven.node.protocol.config.home_slot; the specs here use one proposer slot per
+        # (graven.node.protocol.layout.Layout.home_slot; the specs here use one proposer slot per
         # member, listed in member order). graven.node.client routes the same way.
         return endpoints[zlib.crc32(key.encode()) % len(endpoints)]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import secrets
 from typing import Any
 
 DEFAULT_PEERING = "graven"
@@ -24,6 +25,12 @@ QUIET_TIMERS = re.compile(r"^Timer '(health|drift)' succeeded")
 class _QuietTimers(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not QUIET_TIMERS.match(record.getMessage())
+
+
+def default_priority() -> int:
+    """A random peering priority: two replicas of one Deployment get the same arguments, and
+    kopf pauses *all* operators that share the highest priority (none would reconcile)."""
+    return secrets.randbelow(2**31 - 1) + 1
 
 
 def add_parser(subparsers: Any) -> None:
@@ -70,8 +77,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--priority",
         type=int,
-        default=0,
-        help="peering priority; the live replica with the highest priority is the active one",
+        default=None,
+        help=(
+            "peering priority; the live replica with the highest priority is the active one "
+            "(default: a random one, so that replicas never tie: kopf pauses every replica "
+            "of a tied priority)"
+        ),
     )
     parser.add_argument(
         "--health-interval",
@@ -153,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"cannot serve metrics on {args.metrics_address}:{args.metrics_port}: {exc}"
             ) from None
+    priority = args.priority if args.priority is not None else default_priority()
+    logging.getLogger("graven.operator").info("peering priority %d", priority)
     try:
         kopf.run(
             registry=registry,
@@ -161,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             namespaces=args.namespaces or (),
             standalone=True if args.standalone else None,
             peering_name=args.peering,
-            priority=args.priority,
+            priority=priority,
             liveness_endpoint=args.liveness,
         )
     finally:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from . import names
+
 # Per kind: top-level paths the operator owns and may patch.
 MUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
     "ConfigMap": (("data",),),
@@ -44,8 +46,34 @@ IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
         ("spec", "volumeClaimTemplates"),
     ),
 }
+_INCARNATION_LABEL_PATH = f"metadata.labels.{names.GROUP}/incarnation"
+
+
+def _identity_record(path: str) -> bool:
+    """A claim template's identity label or annotations (see identity.py): claim templates
+    made before incarnations were recorded lack them, which is not drift (they cannot change,
+    and the members' stores know their own identity)."""
+    if not path.startswith("spec.volumeClaimTemplates["):
+        return False
+    return path.endswith(_INCARNATION_LABEL_PATH) or ".metadata.annotations" in path
+
+
 # Optional pod-spec fields the operator owns: absent from the render means "remove".
 OWNED_OPTIONAL_POD_FIELDS = ("affinity", "tolerations", "imagePullSecrets")
+# Label and annotation keys the operator owns on its children and their pod templates: one
+# it no longer renders is removed (a JSON merge patch only removes keys it sets to null, so
+# "want is contained in live" alone would keep e.g. a stale version label forever).
+OWNED_LABELS = frozenset(
+    {
+        names.LABEL_NAME,
+        names.LABEL_INSTANCE,
+        names.LABEL_COMPONENT,
+        names.LABEL_PART_OF,
+        names.LABEL_MANAGED_BY,
+        names.LABEL_VERSION,
+    }
+)
+OWNED_ANNOTATION_PREFIX = f"{names.GROUP}/"
 
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$")
 _SUFFIX = {
@@ -96,8 +124,15 @@ def _same_scalar(want: Any, have: Any) -> bool:
     return a is not None and a == b and isinstance(want, str | int) and isinstance(have, str | int)
 
 
-def differences(want: Any, have: Any, path: str = "") -> list[str]:
-    """Paths where ``want`` is not contained in ``have`` (dicts: subset; lists: same length)."""
+def differences(
+    want: Any, have: Any, path: str = "", ignore: frozenset[str] = frozenset()
+) -> list[str]:
+    """Paths where ``want`` is not contained in ``have`` (dicts: subset; lists: same length),
+    leaving out the paths in ``ignore``."""
+    return [p for p in _differences(want, have, path) if p not in ignore]
+
+
+def _differences(want: Any, have: Any, path: str = "") -> list[str]:
     if isinstance(want, Mapping):
         if not isinstance(have, Mapping):
             return [path or "."]
@@ -108,14 +143,14 @@ def differences(want: Any, have: Any, path: str = "") -> list[str]:
                 if value not in ({}, [], None):
                     out.append(sub)
                 continue
-            out.extend(differences(value, have[key], sub))
+            out.extend(_differences(value, have[key], sub))
         return out
     if isinstance(want, list):
         if not isinstance(have, list) or len(have) != len(want):
             return [path]
         out = []
         for i, (w, h) in enumerate(zip(want, have, strict=True)):
-            out.extend(differences(w, h, f"{path}[{i}]"))
+            out.extend(_differences(w, h, f"{path}[{i}]"))
         return out
     return [] if _same_scalar(want, have) else [path]
 
@@ -145,7 +180,10 @@ class Plan:
     immutable: list[str] = field(default_factory=list)
 
 
-def plan(desired: Mapping[str, Any], live: Mapping[str, Any]) -> Plan:
+def plan(
+    desired: Mapping[str, Any], live: Mapping[str, Any], ignore: frozenset[str] = frozenset()
+) -> Plan:
+    """``ignore``: paths the apiserver is known to drop (see ``dropped``); they are not drift."""
     kind = desired["kind"]
     result = Plan()
     patch: dict[str, Any] = {}
@@ -153,14 +191,15 @@ def plan(desired: Mapping[str, Any], live: Mapping[str, Any]) -> Plan:
     for part in ("labels", "annotations"):
         want = desired.get("metadata", {}).get(part) or {}
         have = live.get("metadata", {}).get(part) or {}
-        diff = differences(want, have, f"metadata.{part}")
-        if diff:
-            result.drifted.extend(diff)
-            _put(patch, ("metadata", part), dict(want))
+        diff = differences(want, have, f"metadata.{part}", ignore)
+        removed = _removed_keys(part, want, have)
+        if diff or removed:
+            result.drifted.extend(diff + [f"metadata.{part}.{k}" for k in removed])
+            _put(patch, ("metadata", part), {**dict(want), **dict.fromkeys(removed)})
 
     for path in MUTABLE.get(kind, ()):
         want, have = _get(desired, path), _get(live, path)
-        diff = differences(want, have, ".".join(path)) if want is not None else []
+        diff = differences(want, have, ".".join(path), ignore) if want is not None else []
         if path == ("spec", "template"):
             diff.extend(_removed_pod_fields(desired, live))
         if diff:
@@ -168,28 +207,58 @@ def plan(desired: Mapping[str, Any], live: Mapping[str, Any]) -> Plan:
             _put(patch, path, want)
             if path == ("spec", "template"):
                 # JSON merge patch keeps keys it does not mention: null removes ours.
-                pod_patch = patch["spec"]["template"] = _copy_template(want)
+                pod_patch = patch["spec"]["template"] = _copy_template(want, have or {})
                 for name in OWNED_OPTIONAL_POD_FIELDS:
                     pod_patch["spec"].setdefault(name, None)
 
     for path in IMMUTABLE.get(kind, ()):
         want, have = _get(desired, path), _get(live, path)
         if want is not None:
-            result.immutable.extend(differences(want, have, ".".join(path)))
+            diff = differences(want, have, ".".join(path))
+            # Claim templates made before incarnations were recorded lack the label; that is
+            # not drift (the claims cannot change, and the members' stores know their own).
+            result.immutable.extend(d for d in diff if not _identity_record(d))
 
     result.patch = patch or None
     return result
 
 
-def _copy_template(template: Mapping[str, Any]) -> dict[str, Any]:
-    return {**template, "spec": dict(template.get("spec") or {})}
+def dropped(desired: Mapping[str, Any], stored: Mapping[str, Any]) -> frozenset[str]:
+    """Paths of ``desired`` missing from the object the apiserver answered a create or patch
+    with: fields it does not know and drops (with a warning, not an error). Patching them again
+    can never succeed, so the caller stops calling them drift."""
+    return frozenset(plan(desired, stored).drifted)
+
+
+def _owned_key(part: str, key: str) -> bool:
+    return key in OWNED_LABELS if part == "labels" else key.startswith(OWNED_ANNOTATION_PREFIX)
+
+
+def _removed_keys(part: str, want: Mapping[str, Any], have: Mapping[str, Any]) -> list[str]:
+    return sorted(k for k in have if k not in want and _owned_key(part, k))
+
+
+def _copy_template(template: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
+    meta = dict(template.get("metadata") or {})
+    live_meta = live.get("metadata") or {}
+    for part in ("labels", "annotations"):
+        removed = _removed_keys(part, meta.get(part) or {}, live_meta.get(part) or {})
+        if removed:
+            meta[part] = {**(meta.get(part) or {}), **dict.fromkeys(removed)}
+    return {**template, "metadata": meta, "spec": dict(template.get("spec") or {})}
 
 
 def _removed_pod_fields(desired: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
     want = _get(desired, ("spec", "template", "spec")) or {}
     have = _get(live, ("spec", "template", "spec")) or {}
-    return [
+    fields = [
         f"spec.template.spec.{name}"
         for name in OWNED_OPTIONAL_POD_FIELDS
         if name not in want and have.get(name)
     ]
+    want_meta = _get(desired, ("spec", "template", "metadata")) or {}
+    have_meta = _get(live, ("spec", "template", "metadata")) or {}
+    for part in ("labels", "annotations"):
+        removed = _removed_keys(part, want_meta.get(part) or {}, have_meta.get(part) or {})
+        fields.extend(f"spec.template.metadata.{part}.{k}" for k in removed)
+    return fields

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import names
 
 if TYPE_CHECKING:
-    from graven.node.protocol.config import Configuration
+    from graven.node.protocol.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,33 @@ class MemberHealth:
     name: str
     index: int
     ready: bool
-    reason: str  # Ready | PodMissing | NotReady | Terminating | ProbeFailed
+    reason: str  # Ready | PodMissing | NotReady | Terminating | ProbeFailed | StartRefused
     pod_ip: str | None = None
+    detail: str | None = None  # StartRefused: the member's one-line reason
 
     def to_status(self) -> dict[str, Any]:
         return {"name": self.name, "index": self.index, "ready": self.ready, "reason": self.reason}
+
+
+# `graven node` exits with this status, and says why in a line with this prefix, when its data
+# belongs to another cluster incarnation or has served a newer configuration (cli_node.py).
+REFUSED_EXIT = 3
+REFUSED_PREFIX = "graven node: refused: "
+MAX_DETAIL = 400
+
+
+def start_refusal(pod: Mapping[str, Any]) -> str | None:
+    """The member's refusal line if its container last exited refusing its data."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        for state in (status.get("state"), status.get("lastState")):
+            ended = (state or {}).get("terminated") or {}
+            if ended.get("exitCode") != REFUSED_EXIT:
+                continue
+            lines = str(ended.get("message") or "").splitlines()
+            said = [ln for ln in lines if ln.startswith(REFUSED_PREFIX)]
+            text = said[-1].removeprefix(REFUSED_PREFIX) if said else "see the member's log"
+            return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
+    return None
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:
@@ -57,7 +79,9 @@ def members(
         if pod.get("metadata", {}).get("deletionTimestamp"):
             out.append(MemberHealth(member, i, False, "Terminating", ip))
         elif not pod_ready(pod):
-            out.append(MemberHealth(member, i, False, "NotReady", ip))
+            refused = start_refusal(pod)
+            reason = "StartRefused" if refused else "NotReady"
+            out.append(MemberHealth(member, i, False, reason, ip, refused))
         elif probes is not None and not probes.get(member, False):
             out.append(MemberHealth(member, i, False, "ProbeFailed", ip))
         else:
@@ -73,7 +97,7 @@ def ready_mask(health: list[MemberHealth]) -> int:
     return mask
 
 
-def available(config: Configuration, health: list[MemberHealth]) -> bool:
+def available(config: Layout, health: list[MemberHealth]) -> bool:
     last = config.segments[-1]
     mask = ready_mask(health)
     return last.phase1.is_quorum(mask) and last.phase2.is_quorum(mask)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from graven.node.protocol.config import Configuration
+    from graven.node.protocol.layout import Layout
 
 # Condition reasons (LayoutValid) — also what users grep events for.
 SAFE = "LayoutSafe"
@@ -21,7 +21,7 @@ class LayoutVerdict:
     reason: str
     message: str
     summary: str  # short form for the printer column, e.g. "flexible(q1=4,q2=2)"
-    config: Configuration | None = None
+    config: Layout | None = None
     tolerates: int | None = None
     fast_path_tolerates: int | None = None
     detail: tuple[str, ...] = field(default=())
@@ -39,7 +39,7 @@ def summary(block: Mapping[str, Any] | None) -> str:
     return f"{preset}({params})" if params else preset
 
 
-def _describe(config: Configuration) -> tuple[str, ...]:
+def _describe(config: Layout) -> tuple[str, ...]:
     return tuple(
         f"{seg.describe_range()} {seg.kind}: phase 1 {seg.phase1.describe()}, "
         f"phase 2 {seg.phase2.describe()}"
@@ -51,7 +51,8 @@ def check_layout(block: Mapping[str, Any] | None, members: int, epoch: int = 0) 
     # Imported here: the operator's import should not fail while the core is being reworked,
     # and `graven operator --help` should not pay for it.
     from graven.node.protocol.checker import check
-    from graven.node.protocol.config import LayoutError, build
+    from graven.node.protocol.layout import LayoutError
+    from graven.node.protocol.presets import build
 
     short = summary(block)
     try:

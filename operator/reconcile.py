@@ -22,7 +22,7 @@ import kopf
 
 from graven.node.cluster.spec import ClusterSpec, SpecError, check_name, parse
 
-from . import drift, health, names, pki, render, status, topology
+from . import drift, health, identity, names, pki, render, status, topology
 from .kube import ApiError, Kube, object_path, path
 from .layout import LayoutVerdict, check_layout, summary
 from .metrics import ClusterMetrics
@@ -68,6 +68,7 @@ class ApplyReport:
     immutable: dict[str, list[str]] = field(default_factory=dict)
     foreign: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # by the apiserver
 
 
 def _now() -> str:
@@ -120,6 +121,8 @@ class Operator:
         self._locks: dict[str, asyncio.Lock] = {}
         self._caps: tuple[float, render.Capabilities] | None = None
         self._probe_session: aiohttp.ClientSession | None = None
+        # object URL -> paths the apiserver drops from it (see _learn_dropped)
+        self._dropped: dict[str, frozenset[str]] = {}
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault(f"{namespace}/{name}", asyncio.Lock())
@@ -174,7 +177,8 @@ class Operator:
         try:
             check_name(name)
             spec = parse(body.get("spec"))
-        except SpecError as exc:
+            incarnation = identity.incarnation(meta)
+        except (SpecError, identity.AdoptionError) as exc:
             return status.Outcome(
                 generation,
                 status.Cond(None, "NotChecked", "the spec could not be read"),
@@ -205,6 +209,12 @@ class Operator:
             running = topology.running(
                 live[("ConfigMap", names.config_map(name))], live[("StatefulSet", name)]
             )
+            held = await self._identity_refusal(name, namespace, meta, incarnation, running, spec)
+            if held is not None:
+                reason, message = held
+                return status.Outcome(
+                    generation, layout_valid, status.Cond(False, reason, message)
+                ), [Event("Warning", reason, _short(message), sticky=True)]
             refusal = _refusal(running, spec)
             if refusal:
                 return status.Outcome(
@@ -213,7 +223,7 @@ class Operator:
 
             epoch = running.epoch if running else 0
             tolerates = verdict.tolerates or 0
-            desired = render.render_all(name, namespace, spec, tolerates, caps, epoch)
+            desired = render.render_all(name, namespace, spec, tolerates, caps, epoch, incarnation)
             kopf.adopt(desired, owner=dict(body))
             pki_events = await self.certificates(body, spec) if spec.security.tls else []
             report = await self.apply(desired, live, uid)
@@ -284,6 +294,31 @@ class Operator:
             patch["data"] = _replace(live, secret["data"])  # next.* goes when a rotation ends
         await self.kube.patch(url, patch)
 
+    async def _identity_refusal(
+        self,
+        name: str,
+        namespace: str,
+        meta: Mapping[str, Any],
+        incarnation: str,
+        running: topology.Topology | None,
+        spec: ClusterSpec,
+    ) -> tuple[str, str] | None:
+        """(reason, message) when the members' data is not this incarnation's to run."""
+        if running is not None:
+            if running.incarnation is not None and running.incarnation != incarnation:
+                return status.INCARNATION_MISMATCH, identity.mismatch_refusal(
+                    running.incarnation, incarnation
+                )
+            return None  # running members of this incarnation (or from before incarnations)
+        # Nothing runs: claims left by a deleted cluster of the same name must not be reused.
+        found = await self.kube.list(path("PersistentVolumeClaim", namespace), names.selector(name))
+        claims = identity.member_claims(name, found)
+        adopting = identity.adopted(meta) is not None
+        message = identity.retained_refusal(
+            name, incarnation, adopting, claims, spec.replicas, spec.quorums_key
+        )
+        return None if message is None else (status.RETAINED_VOLUMES, message)
+
     async def apply(
         self,
         desired: list[dict],
@@ -293,27 +328,43 @@ class Operator:
         report = ApplyReport()
         for obj in desired:
             current = live.get((obj["kind"], obj["metadata"]["name"]))
+            url = object_path(obj)
             if current is None:
                 try:
-                    await self.kube.create(object_path(obj).rsplit("/", 1)[0], obj)
+                    stored = await self.kube.create(url.rsplit("/", 1)[0], obj)
                     report.created.append(_label(obj))
+                    self._learn_dropped(url, obj, stored, report)
                     continue
                 except ApiError as exc:
                     if exc.status != 409:
                         raise
-                    current = await self.kube.get(object_path(obj))  # lost a race: compare
+                    current = await self.kube.get(url)  # lost a race: compare
                     if current is None:
                         raise
             if not _owned_by(current, uid):
                 report.foreign.append(_label(obj))
                 continue
-            plan = drift.plan(obj, current)
+            plan = drift.plan(obj, current, self._dropped.get(url, frozenset()))
             if plan.patch:
-                await self.kube.patch(object_path(obj), plan.patch)
+                stored = await self.kube.patch(url, plan.patch)
                 report.patched[_label(obj)] = plan.drifted
+                self._learn_dropped(url, obj, stored, report)
             if plan.immutable:
                 report.immutable[_label(obj)] = plan.immutable
         return report
+
+    def _learn_dropped(
+        self, url: str, desired: Mapping[str, Any], stored: Any, report: ApplyReport
+    ) -> None:
+        """Remember the fields the apiserver dropped from what we just wrote (it warns about
+        unknown fields rather than refusing them): they would otherwise look like drift on
+        every pass, and be patched in vain every drift interval forever."""
+        if not isinstance(stored, Mapping):
+            return
+        gone = drift.dropped(desired, stored) - self._dropped.get(url, frozenset())
+        if gone:
+            self._dropped[url] = self._dropped.get(url, frozenset()) | gone
+            report.dropped[_label(desired)] = sorted(gone)
 
     async def _prune(
         self,
@@ -349,6 +400,13 @@ class Operator:
             events.append(Event("Normal", "Updated", _short(f"patched {what}")))
         if report.deleted:
             events.append(Event("Normal", "Deleted", f"deleted {', '.join(report.deleted)}"))
+        if report.dropped:
+            what = "; ".join(f"{k} ({', '.join(v[:5])})" for k, v in report.dropped.items())
+            message = (
+                f"the Kubernetes API dropped fields it does not know from {what}; check the "
+                "spec for misspelt or too new fields (they are not repaired as drift)"
+            )
+            events.append(Event("Warning", "FieldsDropped", _short(message)))
         progressing = None
         if report.foreign:
             message = (
@@ -464,6 +522,8 @@ class Operator:
         live = await self.children(namespace, name, caps)
         deleted = []
         for obj in live.values():
+            if obj is not None:
+                self._dropped.pop(object_path(obj), None)
             if obj is not None and _owned_by(obj, uid) and await self.kube.delete(object_path(obj)):
                 deleted.append(_label(obj))
         events = []

@@ -9,6 +9,7 @@ Owner references are added by the handlers (kopf.adopt), not here.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import yaml
 from graven.node.cluster.render import member_config
 from graven.node.cluster.spec import ClusterSpec
 
-from . import alerts, names, topology
+from . import alerts, identity, names, topology
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,23 @@ def labels(name: str, component: str, spec: ClusterSpec | None = None) -> dict[s
     return out
 
 
+# A label value: at most 63 characters, alphanumerics with - _ . inside.
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
 def _image_tag(image: str) -> str | None:
-    # "repo:tag" or "repo@sha256:..." — only a tag makes a meaningful (and valid) label value.
+    """The image's tag as a label value, or None when it has none that is a valid one.
+
+    "repo:tag" or "repo@sha256:..." — only a tag makes a meaningful label. Image tags allow
+    128 characters and a leading "_", labels neither: a tag that cannot be a label value gives
+    no version label rather than a StatefulSet the apiserver refuses."""
     if "@" in image:
         return None
     last = image.rsplit("/", 1)[-1]
     if ":" not in last:
         return None
     tag = last.rsplit(":", 1)[1]
-    return tag[:63] if tag else None
+    return tag if _LABEL_VALUE.match(tag) else None
 
 
 def _meta(
@@ -60,15 +69,19 @@ def _meta(
     return {"name": obj_name, "namespace": namespace, "labels": labels(cluster, component, spec)}
 
 
-def cluster_config(name: str, namespace: str, spec: ClusterSpec, epoch: int = 0) -> dict:
+def cluster_config(
+    name: str, namespace: str, spec: ClusterSpec, epoch: int = 0, incarnation: str | None = None
+) -> dict:
     """The ClusterConfig document every member reads, with in-cluster member URLs."""
     scheme = "https" if spec.security.tls else "http"
     urls = [names.member_url(name, namespace, i, scheme) for i in range(spec.replicas)]
-    return member_config(name, spec, urls, epoch)
+    return member_config(name, spec, urls, epoch, incarnation)
 
 
-def config_text(name: str, namespace: str, spec: ClusterSpec, epoch: int = 0) -> str:
-    doc = cluster_config(name, namespace, spec, epoch)
+def config_text(
+    name: str, namespace: str, spec: ClusterSpec, epoch: int = 0, incarnation: str | None = None
+) -> str:
+    doc = cluster_config(name, namespace, spec, epoch, incarnation)
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
@@ -76,13 +89,15 @@ def config_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def config_map(name: str, namespace: str, spec: ClusterSpec, epoch: int = 0) -> dict:
+def config_map(
+    name: str, namespace: str, spec: ClusterSpec, epoch: int = 0, incarnation: str | None = None
+) -> dict:
     meta = _meta(names.config_map(name), name, namespace, "config")
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta,
-        "data": {names.CONFIG_FILE: config_text(name, namespace, spec, epoch)},
+        "data": {names.CONFIG_FILE: config_text(name, namespace, spec, epoch, incarnation)},
     }
 
 
@@ -188,6 +203,9 @@ def _container(spec: ClusterSpec) -> dict:
             },
         ],
         "ports": [{"name": names.PORT_NAME, "containerPort": names.PORT, "protocol": "TCP"}],
+        # A member that refuses its data (another incarnation, an older epoch) says why in one
+        # line on stderr; this puts that line into the pod status, where the operator reads it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         # Readiness is checked often: the operator's Available condition follows it.
         "readinessProbe": _probe("/readyz", 2, 1, 2, spec.security.tls),
         "livenessProbe": _probe("/healthz", 10, 2, 6, spec.security.tls),
@@ -285,27 +303,39 @@ def _pod_spec(name: str, spec: ClusterSpec) -> dict:
     return pod
 
 
-def _claim_template(name: str, spec: ClusterSpec) -> dict:
+def _claim_template(name: str, spec: ClusterSpec, epoch: int, incarnation: str | None) -> dict:
     claim: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": spec.storage.size}},
     }
     if spec.storage.storage_class:
         claim["storageClassName"] = spec.storage.storage_class
+    claim_meta: dict[str, Any] = {"name": names.DATA_VOLUME, "labels": names.selector(name)}
+    if incarnation is not None:
+        # Whose registers a claim holds and under which members and layout they were written,
+        # readable after the cluster is deleted (identity.py). Claims keep what they were
+        # created with: a reconfiguration has to update them.
+        claim_meta["labels"] = {**claim_meta["labels"], identity.LABEL_INCARNATION: incarnation}
+        claim_meta["annotations"] = topology.annotations(spec.replicas, spec.quorums, epoch)
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": names.DATA_VOLUME, "labels": names.selector(name)},
+        "metadata": claim_meta,
         "spec": claim,
     }
 
 
 def statefulset(
-    name: str, namespace: str, spec: ClusterSpec, cfg_hash: str, epoch: int = 0
+    name: str,
+    namespace: str,
+    spec: ClusterSpec,
+    cfg_hash: str,
+    epoch: int = 0,
+    incarnation: str | None = None,
 ) -> dict:
     meta = _meta(name, name, namespace, "member", spec)
     # The running layout, readable even if the ConfigMap is lost (see topology.py).
-    meta["annotations"] = topology.annotations(spec.replicas, spec.quorums, epoch)
+    meta["annotations"] = topology.annotations(spec.replicas, spec.quorums, epoch, incarnation)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -330,7 +360,7 @@ def statefulset(
                 },
                 "spec": _pod_spec(name, spec),
             },
-            "volumeClaimTemplates": [_claim_template(name, spec)],
+            "volumeClaimTemplates": [_claim_template(name, spec, epoch, incarnation)],
         },
     }
 
@@ -434,14 +464,16 @@ def render_all(
     tolerates: int,
     caps: Capabilities = Capabilities(),
     epoch: int = 0,
+    incarnation: str | None = None,
 ) -> list[dict]:
     """Every child object, in apply order (configuration and services before the pods)."""
-    cm = config_map(name, namespace, spec, epoch)
+    cm = config_map(name, namespace, spec, epoch, incarnation)
+    cfg_hash = config_hash(cm["data"][names.CONFIG_FILE])
     objs = [
         cm,
         peers_service(name, namespace),
         client_service(name, namespace),
-        statefulset(name, namespace, spec, config_hash(cm["data"][names.CONFIG_FILE]), epoch),
+        statefulset(name, namespace, spec, cfg_hash, epoch, incarnation),
         pod_disruption_budget(name, namespace, tolerates),
     ]
     if spec.security.network_policy:

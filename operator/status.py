@@ -17,11 +17,15 @@ from .health import MemberHealth
 from .layout import LayoutVerdict
 from .topology import Topology
 
+READY = "Ready"  # the summary `kubectl wait --for=condition=Ready` and GitOps tools read
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 LAYOUT_VALID = "LayoutValid"
-CONDITION_ORDER = (AVAILABLE, PROGRESSING, DEGRADED, LAYOUT_VALID)
+CONDITION_ORDER = (READY, AVAILABLE, PROGRESSING, DEGRADED, LAYOUT_VALID)
+# The CRD's status schema caps condition messages (as metav1.Condition does); a longer one
+# makes the apiserver refuse the whole status write.
+MAX_MESSAGE = 32768
 
 PENDING, READY, DEGRADED_PHASE, RECONFIGURING, FAILED = (
     "Pending",
@@ -38,12 +42,28 @@ PAUSED = "Paused"
 INVALID_SPEC = "InvalidSpec"
 APPLY_FAILED = "ApplyFailed"
 IMMUTABLE_CHANGED = "ImmutableFieldChanged"
-STICKY = {REFUSED, LAYOUT_REJECTED, PAUSED, INVALID_SPEC, APPLY_FAILED, IMMUTABLE_CHANGED}
+# Volumes of a deleted cluster of the same name wait to be adopted or wiped (identity.py).
+RETAINED_VOLUMES = "RetainedVolumes"
+# The running members are another incarnation than the cluster now names (adoption changed).
+INCARNATION_MISMATCH = "IncarnationMismatch"
+STICKY = {
+    REFUSED,
+    LAYOUT_REJECTED,
+    PAUSED,
+    INVALID_SPEC,
+    APPLY_FAILED,
+    IMMUTABLE_CHANGED,
+    RETAINED_VOLUMES,
+    INCARNATION_MISMATCH,
+}
+# Refusals that keep a cluster from being deployed at all: phase Failed.
+NOT_DEPLOYABLE = {INVALID_SPEC, RETAINED_VOLUMES, INCARNATION_MISMATCH}
 
 QUORUM_READY = "QuorumReady"
 QUORUM_NOT_READY = "QuorumNotReady"
 QUORUM_LOST = "QuorumLost"
 NOT_DEPLOYED = "NotDeployed"
+CLUSTER_READY = "ClusterReady"
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,13 @@ def find(conditions: list[Mapping[str, Any]], kind: str) -> Mapping[str, Any] | 
     return next((c for c in conditions if c.get("type") == kind), None)
 
 
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
+    if len(message) <= limit:
+        return message
+    cut = f"... ({len(message) - limit + 40} more characters)"
+    return message[: limit - len(cut)] + cut
+
+
 def set_condition(
     conditions: list[dict[str, Any]], kind: str, cond: Cond, generation: int, now: str
 ) -> list[dict[str, Any]]:
@@ -93,7 +120,7 @@ def set_condition(
         "type": kind,
         "status": status,
         "reason": cond.reason,
-        "message": cond.message,
+        "message": bounded(cond.message),
         "observedGeneration": generation,
         "lastTransitionTime": since,
     }
@@ -121,7 +148,7 @@ def rollout(sts: Mapping[str, Any] | None) -> Cond:
 
 
 def _member_list(members: list[MemberHealth]) -> str:
-    return ", ".join(f"{m.name} ({m.reason})" for m in members)
+    return ", ".join(f"{m.name} ({m.reason}{': ' + m.detail if m.detail else ''})" for m in members)
 
 
 def _health(
@@ -168,6 +195,23 @@ def _health(
     return available, degraded, len(ready), len(members)
 
 
+def _ready(conditions: list[Mapping[str, Any]]) -> Cond:
+    """True only when the current spec runs and every member is ready with a quorum: what
+    "done" means to `kubectl wait` after an apply. Otherwise the first reason it is not."""
+    progressing = find(conditions, PROGRESSING) or {}
+    if progressing.get("status") == "False" and progressing.get("reason") in STICKY:
+        return Cond(False, progressing["reason"], progressing.get("message", ""))
+    available = find(conditions, AVAILABLE) or {}
+    if available.get("status") != "True":
+        return Cond(False, available.get("reason", NOT_DEPLOYED), available.get("message", ""))
+    degraded = find(conditions, DEGRADED) or {}
+    if degraded.get("status") == "True":
+        return Cond(False, degraded.get("reason", ""), degraded.get("message", ""))
+    if progressing.get("status") == "True":
+        return Cond(False, progressing.get("reason", ""), progressing.get("message", ""))
+    return Cond(True, CLUSTER_READY, "the current spec runs and every member is ready")
+
+
 def _phase(conditions: list[Mapping[str, Any]], deployed: bool) -> str:
     def is_(kind: str, status: str) -> bool:
         c = find(conditions, kind)
@@ -175,7 +219,7 @@ def _phase(conditions: list[Mapping[str, Any]], deployed: bool) -> str:
 
     progressing = find(conditions, PROGRESSING) or {}
     if not deployed:
-        if is_(LAYOUT_VALID, "False") or progressing.get("reason") == INVALID_SPEC:
+        if is_(LAYOUT_VALID, "False") or progressing.get("reason") in NOT_DEPLOYABLE:
             return FAILED
         return PENDING
     if is_(AVAILABLE, "True"):
@@ -203,6 +247,7 @@ def build(
     available, degraded, ready, total = _health(conditions, obs)
     conditions = set_condition(conditions, AVAILABLE, available, generation, now)
     conditions = set_condition(conditions, DEGRADED, degraded, generation, now)
+    conditions = set_condition(conditions, READY, _ready(conditions), generation, now)
 
     status: dict[str, Any] = {
         "observedGeneration": generation,

@@ -21,6 +21,7 @@ from . import names
 ANNOTATION_MEMBERS = f"{names.GROUP}/members"
 ANNOTATION_QUORUMS = f"{names.GROUP}/quorums"
 ANNOTATION_EPOCH = f"{names.GROUP}/epoch"
+ANNOTATION_INCARNATION = f"{names.GROUP}/incarnation"
 
 
 @dataclass(frozen=True)
@@ -28,18 +29,24 @@ class Topology:
     members: int
     quorums: Mapping[str, Any]
     epoch: int = 0
+    incarnation: str | None = None  # None: rendered before incarnations were recorded
 
     @property
     def quorums_key(self) -> str:
         return canonical_quorums(self.quorums)
 
 
-def annotations(members: int, quorums: Mapping[str, Any], epoch: int = 0) -> dict[str, str]:
-    return {
+def annotations(
+    members: int, quorums: Mapping[str, Any], epoch: int = 0, incarnation: str | None = None
+) -> dict[str, str]:
+    out = {
         ANNOTATION_MEMBERS: str(members),
         ANNOTATION_QUORUMS: canonical_quorums(quorums),
         ANNOTATION_EPOCH: str(epoch),
     }
+    if incarnation is not None:
+        out[ANNOTATION_INCARNATION] = incarnation
+    return out
 
 
 def from_config_map(cm: Mapping[str, Any] | None) -> Topology | None:
@@ -57,7 +64,9 @@ def from_config_map(cm: Mapping[str, Any] | None) -> Topology | None:
         return None
     if quorums is not None and not isinstance(quorums, Mapping):
         return None
-    return Topology(len(members), dict(quorums or {"preset": "paxos"}), epoch)
+    incarnation = doc.get("incarnation")
+    incarnation = incarnation if isinstance(incarnation, str) else None
+    return Topology(len(members), dict(quorums or {"preset": "paxos"}), epoch, incarnation)
 
 
 def from_statefulset(sts: Mapping[str, Any] | None) -> Topology | None:
@@ -72,7 +81,7 @@ def from_statefulset(sts: Mapping[str, Any] | None) -> Topology | None:
         return None
     if not isinstance(quorums, dict) or members < 1:
         return None
-    return Topology(members, quorums, epoch)
+    return Topology(members, quorums, epoch, ann.get(ANNOTATION_INCARNATION))
 
 
 def running(cm: Mapping[str, Any] | None, sts: Mapping[str, Any] | None) -> Topology | None:

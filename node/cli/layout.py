@@ -14,7 +14,8 @@ from typing import Any
 
 from ..cluster.layoutfile import load_layout_file
 from ..protocol.checker import LayoutReport, check
-from ..protocol.config import COMMON_KEYS, PRESET_KEYS, LayoutError, build
+from ..protocol.layout import LayoutError
+from ..protocol.presets import COMMON_KEYS, PRESET_KEYS, build
 from .errors import UsageError
 
 # flag destination -> key of the layout block (config.py schema)

@@ -4,8 +4,12 @@ Contract: ``graven node --id ID --listen HOST:PORT --data-dir DIR --config FILE`
 ``--attempt-timeout S``, ``--request-deadline S`` for the proposer gateway; ``--tls-ca FILE
 --tls-cert FILE --tls-key FILE`` to serve and call peers over mutual TLS, with the access rules
 of ``security.access``; ``--tokens FILE`` for clients' bearer tokens). Prints
-``graven node NAME listening on http(s)://HOST:PORT`` once serving; SIGTERM/SIGINT finish in-flight
-requests, close the store and exit 0; unusable input exits 2 with one line on stderr.
+``graven node NAME listening on http(s)://HOST:PORT`` once serving; SIGTERM/SIGINT finish
+in-flight requests, close the store and exit 0; unusable input exits 2 with one line on stderr.
+A data directory whose registers belong to another cluster incarnation, or that has served a
+newer epoch or another configuration under the same epoch, exits 3 (``REFUSED_EXIT``) with one
+line ``graven node: refused: ...`` on stderr, having changed nothing: the operator and
+`graven up` report it as a refusal, not a crash.
 """
 
 from __future__ import annotations
@@ -21,11 +25,18 @@ from ..gateway import routes as decisions
 from ..proposer.options import GatewayOptions
 from ..security.node import NodeSecurity, node_security
 from ..server.main import ListenError, run_node, serve
-from ..storage import RegisterStore, StoreError
+from ..storage import IdentityRefused, RegisterStore, StoreError
+
+REFUSED_EXIT = 3  # the data belongs to another incarnation or a newer configuration
+REFUSED_PREFIX = "graven node: refused: "
 
 
 class _Refused(Exception):
     """Start-up refused for a reason the user can fix: one line, exit status 2."""
+
+
+class _NotThisData(Exception):
+    """The configuration may not serve this data directory: one line, REFUSED_EXIT."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -80,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     except _Refused as exc:
         print(f"graven node: error: {exc}", file=sys.stderr)
         return 2
+    except _NotThisData as exc:
+        print(f"{REFUSED_PREFIX}{exc}", file=sys.stderr, flush=True)
+        return REFUSED_EXIT
     return 0
 
 
@@ -104,7 +118,11 @@ def _run(args: argparse.Namespace) -> None:
     elif any(m.url.startswith("https:") for m in cfg.members):
         raise _Refused("the configuration has https members: give --tls-ca/--tls-cert/--tls-key")
     try:
-        store = RegisterStore.open(args.data_dir, cluster=cfg.cluster, node=args.id)
+        store = RegisterStore.open(
+            args.data_dir, cluster=cfg.cluster, node=args.id, wanted=cfg.identity()
+        )
+    except IdentityRefused as exc:
+        raise _NotThisData(str(exc)) from None
     except StoreError as exc:
         raise _Refused(str(exc)) from None
     try:

@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from ..protocol.checker import check
-from ..protocol.config import LayoutError, build
+from ..protocol.layout import LayoutError
+from ..protocol.presets import build
 from ..sim.plants import PLANTS
 from ..sim.world import Stats, World
 from . import layout as cli_layout

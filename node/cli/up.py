@@ -1,13 +1,15 @@
 """`graven up`: run a ConsensusCluster spec locally, one `graven node` process per member.
 
-    graven up [SPEC.yaml] [--data-dir DIR] [--base-port P] [--no-tls]
+    graven up [SPEC.yaml] [--data-dir DIR] [--base-port P] [--adopt INCARNATION] [--no-tls]
 
 Members talk mutual TLS with certificates from a CA kept in DIR/tls (created on first start),
 and clients need a certificate or token from there (``graven propose`` finds them through the
 discovery file). ``--no-tls`` runs plain http with no access control, for debugging only.
 
 Stays in the foreground; Ctrl-C (or SIGTERM) stops every member. Restarting on the same data
-directory resumes the cluster with all its decisions. Exit status: 0 stopped on request,
+directory resumes the cluster with all its decisions. The first run picks the cluster's
+incarnation id (kept in DIR/cluster.yaml); member data of another incarnation is refused unless
+adopted with ``--adopt`` (same members and layout). Exit status: 0 stopped on request,
 1 a member failed to start or every member died, 2 bad input or start-up refused.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..local import cluster as lc
+from ..local import identity as localidentity
 from ..local import security as local_security
 
 if TYPE_CHECKING:
@@ -54,6 +57,14 @@ def add_parser(subparsers: Any) -> None:
         help=f"first member's port (default: the last run's, else {lc.DEFAULT_BASE_PORT})",
     )
     parser.add_argument(
+        "--adopt",
+        metavar="INCARNATION",
+        help=(
+            "run over member data of that cluster incarnation (named in the refusal), e.g. "
+            "after DIR/cluster.yaml was lost; only with the same members and layout"
+        ),
+    )
+    parser.add_argument(
         "--no-tls",
         action="store_true",
         help="debugging only: plain http between members and for clients, no authentication",
@@ -84,9 +95,11 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
     base_port = args.base_port
     if base_port is None:
         base_port = lc.previous_base_port(previous) or lc.DEFAULT_BASE_PORT
+    incarnation = localidentity.choose(previous, args.adopt, data_dir)
     if not spec.spec.security.tls:
         args.no_tls = True  # the manifest itself switches TLS off
-    cfg = lc.render(spec, base_port, spec_path, "http" if args.no_tls else "https")
+    scheme = "http" if args.no_tls else "https"
+    cfg = lc.render(spec, base_port, spec_path, incarnation, scheme)
     if previous is not None:
         lc.check_same_cluster(previous, cfg, data_dir)
     try:
@@ -97,6 +110,9 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
     lock.acquire()
     try:
         _check_not_running(data_dir)
+        # without DIR/cluster.yaml (and no --adopt) any member data is another cluster's
+        fresh = previous is None and args.adopt is None
+        localidentity.check_member_data(cfg, data_dir, fresh=fresh)
         lc.check_ports_free(cfg)
         config_path = lc.write_config(cfg, data_dir)
         security = None

@@ -17,7 +17,8 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from ..protocol.config import Configuration, LayoutError, build, key_hash
+from ..protocol.layout import Layout, LayoutError, key_hash
+from ..protocol.presets import build
 
 DECISIONS = "/v1/decisions/"
 DEFAULT_TIMEOUT = 10.0  # seconds per request (a long-poll adds its wait on top)
@@ -259,7 +260,7 @@ class Router:
         if not endpoints:
             raise ValueError("give at least one endpoint URL")
         self.endpoints = list(dict.fromkeys(parse_endpoint(e) for e in endpoints))
-        self.layout: Configuration | None = None
+        self.layout: Layout | None = None
         self.home_endpoint: list[int | None] = []  # member index -> endpoint index
         self.learned = False  # /v1/cluster fetched (or found unusable) once
         self._down_until: dict[int, float] = {}

@@ -5,10 +5,11 @@
 
 When the layout's first register set is quorum-intersecting (``fast`` and similar layouts), any
 proposer may write it without phase 1, and it needs no proposer slot. The smart client runs the
-core's ``Proposer`` for exactly that step: it writes the value to the first set of every
-acceptor through the register API (the same batched peer channels a node's proposer uses, so
-concurrent proposals share requests) and returns as soon as the decision table says a fast
-quorum holds one value. That is one round trip from the client, with no proposer gateway hop.
+core's proposer runtime (``protocol.runtime.Runtime`` in its client role, hosted by the same
+``proposer.pump.Pump`` a node uses) for exactly that step: it writes the value to the first set
+of every acceptor through the register API (the same batched peer channels a node's proposer
+uses, so concurrent proposals share requests) and returns as soon as the decision table says a
+fast quorum holds one value. That is one round trip from the client, with no gateway hop.
 
 Anything else goes to the proposer gateway through ``AsyncClient``, with the same value:
 a conflict on the fast set (racers wrote different values), a member that is down or slow, a
@@ -27,6 +28,7 @@ counts fast and fallback decisions.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -34,13 +36,14 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry
 
 from ..proposer.channel import Channel
-from ..proposer.fastpath import UNKNOWN, FastOutcome, fast_first, fast_possible, try_fast
 from ..proposer.metrics import ProposerMetrics
+from ..proposer.pump import Pump
 from ..proposer.reachability import Reachability
 from ..proposer.transport import remote_transport
-from ..protocol.config import Configuration, key_hash
-from ..protocol.proposer import Proposer
+from ..protocol.effects import DECIDED, Timing
+from ..protocol.layout import Layout, key_hash
 from ..protocol.quorums import Mask
+from ..protocol.runtime import Runtime
 from .aio import AsyncClient
 from .core import DEFAULT_TIMEOUT, ClientError, Decision, decision_path, proposal_body
 from .credentials import Credentials
@@ -64,11 +67,12 @@ class SmartClient:
         self.gateway = AsyncClient(endpoints, timeout=timeout, credentials=credentials)
         self.fast_timeout = fast_timeout
         self.stats: Counter[str] = Counter()  # decisions by path: fast | gateway
-        self._layout: Configuration | None = None
+        self._layout: Layout | None = None
         self._limits: tuple[int, int] = (0, 0)  # max key bytes, max value bytes
         self._channels: list[Channel] = []
         self._urls: list[str] = []  # member URLs, by member index
         self._reach: Reachability | None = None
+        self._pump: Pump | None = None
         self._setup: asyncio.Lock | None = None
         self._ready = False
 
@@ -78,14 +82,15 @@ class SmartClient:
         if not self._ready:
             await self._prepare()
         silent: Mask = 0  # members that did not answer the fast attempt
-        if self._fast_possible(key, value):
-            outcome = await self._fast(key, value)
-            if outcome.value is not None:
+        pump = self._pump
+        if pump is not None and self._within_limits(key, value):
+            deadline = asyncio.get_running_loop().time() + self.gateway.timeout
+            outcome = await pump.propose(key, value, deadline, forward=True)
+            if outcome.status == DECIDED:
+                assert outcome.value is not None
                 self.stats["fast"] += 1
                 return Decision(key, outcome.value, outcome.value == value)
-            if outcome.status == UNKNOWN:
-                assert self._layout is not None
-                silent = self._layout.members & ~outcome.answered
+            silent = outcome.missing  # handed over: go to the gateway, away from these
         self.stats["gateway"] += 1
         return await self.gateway.propose(key, value, via=via or self._away_from(key, silent))
 
@@ -97,20 +102,10 @@ class SmartClient:
 
     # -- the fast path --------------------------------------------------------------------------
 
-    def _fast_possible(self, key: str, value: str) -> bool:
-        layout, reach = self._layout, self._reach
-        if layout is None or reach is None:
-            return False
+    def _within_limits(self, key: str, value: str) -> bool:
+        """Over the cluster's limits, the gateway answers with the proper 4xx."""
         max_key, max_value = self._limits
-        if len(key.encode()) > max_key or len(value.encode()) > max_value:
-            return False  # the gateway answers with the proper 4xx
-        return fast_possible(layout, reach.up_mask)
-
-    async def _fast(self, key: str, value: str) -> FastOutcome:
-        assert self._layout is not None
-        # slot 0 is never used: the attempt stops before any client-restricted set
-        proposer = Proposer(self._layout, 0, key)
-        return await try_fast(proposer, value, self._channels, self.fast_timeout)
+        return len(key.encode()) <= max_key and len(value.encode()) <= max_value
 
     def _away_from(self, key: str, silent: Mask) -> str | None:
         """A member to send the gateway fallback to when the key's leader seems down or
@@ -141,11 +136,11 @@ class SmartClient:
                 return  # nobody answers yet: the gateway path will say why; retry next time
             self._ready = True
             layout = self.gateway.router.layout
-            if layout is None or not fast_first(layout):
+            if layout is None or not layout.fast_first:
                 return  # no fast first set: every proposal goes to the key's home member
             self._open_channels(layout, cluster)
 
-    def _open_channels(self, layout: Configuration, cluster: dict) -> None:
+    def _open_channels(self, layout: Layout, cluster: dict) -> None:
         members = cluster["members"]
         names = [str(m.get("name", i)) for i, m in enumerate(members)]
         urls = [str(m.get("url", "")) for m in members]
@@ -179,10 +174,22 @@ class SmartClient:
                 )
             )
         self._layout, self._reach, self._urls = layout, reach, urls
+        runtime = Runtime(
+            layout,
+            index=None,  # no acceptor of its own
+            slot=None,  # and no proposer slot: only the fast set, the rest goes to a gateway
+            timing=Timing(attempt_timeout=self.fast_timeout),
+            rng=random.Random(),
+            floors=lambda _key: -1,
+            client=True,
+        )
+        self._pump = Pump(runtime, self._channels, reach)
 
     # -- lifetime -------------------------------------------------------------------------------
 
     async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.close()
         for channel in self._channels:
             await channel.close()  # and its transport
         await self.gateway.close()

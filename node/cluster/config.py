@@ -8,6 +8,8 @@ are errors) because a typo silently ignored in a consensus configuration is a sa
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,19 +19,31 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ..protocol import config as layout_config
-from ..protocol.config import Configuration, LayoutError
+from ..protocol import presets
+from ..protocol.layout import EPOCH_BITS, Layout, LayoutError
+from ..storage.identity import Identity
 
 API_VERSION = "graven.dev/v1alpha1"
 KIND = "ClusterConfig"
 
-# The epoch lives in the high bits of a 62-bit register-set id (see protocol.config).
-MAX_EPOCH = (1 << (62 - layout_config.EPOCH_BITS)) - 1
+# The epoch lives in the high bits of a 62-bit register-set id (see protocol.layout).
+MAX_EPOCH = (1 << (62 - EPOCH_BITS)) - 1
 
 # DNS-label-like names: they end up in pod names, metric labels and file paths.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
-_TOP_FIELDS = {"apiVersion", "kind", "cluster", "epoch", "members", "quorums", "limits"}
+_TOP_FIELDS = {
+    "apiVersion",
+    "kind",
+    "cluster",
+    "incarnation",
+    "epoch",
+    "members",
+    "quorums",
+    "limits",
+}
+# A Kubernetes UID, or the random id `graven up` writes: letters, digits, '.', '_', '-'.
+_INCARNATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MEMBER_FIELDS = {"name", "url"}
 _LIMIT_FIELDS = {
     "maxValueBytes": "max_value_bytes",
@@ -60,8 +74,21 @@ class ClusterConfig:
     cluster: str
     epoch: int
     members: list[Member]
-    layout: Configuration
+    layout: Layout
     limits: Limits = field(default_factory=Limits)
+    # Which incarnation of the cluster this is (None: not named, e.g. hand-written test files).
+    incarnation: str | None = None
+
+    def fingerprint(self) -> str:
+        """Members (in order: indexes own register sets) and layout, which give registers
+        their meaning; URLs and limits may change without a new epoch."""
+        doc = {"members": [m.name for m in self.members], "quorums": self.layout.to_spec()}
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def identity(self) -> Identity:
+        """What a member's store must accept before this configuration may serve it."""
+        return Identity(self.incarnation, self.epoch, self.fingerprint())
 
     def member_index(self, name: str) -> int | None:
         for i, member in enumerate(self.members):
@@ -116,8 +143,8 @@ def _positive_int(value: Any, where: str, upper: int) -> int:
 def _members(value: Any) -> list[Member]:
     if not isinstance(value, list) or not value:
         raise ConfigError("members must be a non-empty list of {name, url}")
-    if len(value) > layout_config.MAX_MEMBERS:
-        raise ConfigError(f"members: at most {layout_config.MAX_MEMBERS} members, got {len(value)}")
+    if len(value) > presets.MAX_MEMBERS:
+        raise ConfigError(f"members: at most {presets.MAX_MEMBERS} members, got {len(value)}")
     members: list[Member] = []
     names: set[str] = set()
     urls: set[str] = set()
@@ -168,6 +195,14 @@ def parse(doc: Any) -> ClusterConfig:
     if doc.get("kind") != KIND:
         raise ConfigError(f"kind must be {KIND!r}, got {doc.get('kind')!r}")
     cluster = _name(doc.get("cluster"), "cluster")
+    incarnation = doc.get("incarnation")
+    if incarnation is not None and (
+        not isinstance(incarnation, str) or not _INCARNATION.match(incarnation)
+    ):
+        raise ConfigError(
+            "incarnation must be 1-64 letters, digits, '.', '_' or '-' (a Kubernetes UID or "
+            f"the id graven up writes), got {incarnation!r}"
+        )
     epoch = doc.get("epoch", 0)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
         raise ConfigError(f"epoch must be an integer between 0 and {MAX_EPOCH}, got {epoch!r}")
@@ -177,18 +212,18 @@ def parse(doc: Any) -> ClusterConfig:
         raise ConfigError("quorums must be a mapping (a layout block such as {preset: paxos})")
     try:
         # deep copy: the layout keeps the block as its spec, and callers may mutate ``doc``
-        layout = layout_config.build(copy.deepcopy(quorums), len(members), epoch)
+        layout = presets.build(copy.deepcopy(quorums), len(members), epoch)
     except LayoutError as exc:
         raise ConfigError(f"quorums: {_one_line(str(exc))}") from None
-    return ClusterConfig(cluster, epoch, members, layout, _limits(doc.get("limits")))
+    return ClusterConfig(cluster, epoch, members, layout, _limits(doc.get("limits")), incarnation)
 
 
 def dump(cfg: ClusterConfig) -> dict[str, Any]:
     """The document form of ``cfg``; ``parse(dump(cfg))`` gives an equal configuration."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "cluster": cfg.cluster,
+    doc: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND, "cluster": cfg.cluster}
+    if cfg.incarnation is not None:
+        doc["incarnation"] = cfg.incarnation
+    return doc | {
         "epoch": cfg.epoch,
         "members": [{"name": m.name, "url": m.url} for m in cfg.members],
         "quorums": copy.deepcopy(dict(cfg.layout.to_spec())),

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ..protocol.config import LayoutError
+from ..protocol.layout import LayoutError
 
 DEFAULT_MEMBERS = 3
 CLUSTER_KIND = "ConsensusCluster"

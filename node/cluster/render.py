@@ -23,15 +23,22 @@ def member_name(cluster: str, index: int) -> str:
 
 
 def member_config(
-    cluster: str, spec: ClusterSpec, urls: Sequence[str], epoch: int = 0
+    cluster: str,
+    spec: ClusterSpec,
+    urls: Sequence[str],
+    epoch: int = 0,
+    incarnation: str | None = None,
 ) -> dict[str, Any]:
-    """The ClusterConfig document every member reads (member index = pod ordinal)."""
+    """The ClusterConfig document every member reads (member index = pod ordinal).
+
+    ``incarnation``: which cluster incarnation this is; members refuse data of any other.
+    """
     if len(urls) != spec.replicas:
         raise ValueError(f"{len(urls)} member URLs for {spec.replicas} replicas")
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "cluster": cluster,
+    doc: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND, "cluster": cluster}
+    if incarnation is not None:
+        doc["incarnation"] = incarnation
+    return doc | {
         "epoch": epoch,
         "members": [{"name": member_name(cluster, i), "url": url} for i, url in enumerate(urls)],
         "quorums": dict(spec.quorums),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..protocol.config import LayoutError
+from ..protocol.layout import LayoutError
 from .layoutfile import read_documents
 
 API_VERSION = "graven.dev/v1alpha1"

@@ -1,3 +1,3 @@
-"""The client API of a node: the proposer runtime per key, forwarding to the home member,
-the decided-value cache and the /v1/decisions routes.
+"""The client API of a node: the gateway (its proposer runtime's host), forwarding to a key's
+leader, the decided-value cache and the /v1/decisions routes.
 """

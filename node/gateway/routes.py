@@ -25,9 +25,9 @@ from ..http.validate import array, fields, key, value_text
 from ..proposer.options import DeadlineExceeded, GatewayOptions, NoProposerSlot, QuorumUnreachable
 from ..storage import StoreError
 from .forward import FORWARDED_HEADER
-from .runtime import ProposerRuntime
+from .gateway import Gateway
 
-RUNTIME = web.AppKey("proposer_runtime", ProposerRuntime)
+GATEWAY = web.AppKey("gateway", Gateway)
 PREFIX = "/v1/decisions"
 MAX_BATCH = 1000
 MAX_WAIT = 60.0
@@ -87,20 +87,20 @@ async def put_decision(request: web.Request) -> web.Response:
     k = _path_key(request)
     body = fields(await read_json(request), "body", {"value"})
     value = value_text(body["value"], "value", limits)
-    rt = app[RUNTIME]
+    gw = app[GATEWAY]
     forward = FORWARDED_HEADER not in request.headers  # a forwarded request stays here
-    decided = await _answer(rt.propose(k, value, rt.deadline(), forward))
+    decided = await _answer(gw.propose(k, value, gw.deadline(), forward))
     return json_response({"key": k, "value": decided, "won": decided == value})
 
 
 async def get_decision(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
+    gw = request.app[GATEWAY]
     k = _path_key(request)
     wait = _parse_wait(request)
     if wait is None:
-        value = await _answer(rt.read(k, rt.deadline()))
+        value = await _answer(gw.read(k, gw.deadline()))
     else:
-        value = await _answer(rt.wait_decided(k, wait))
+        value = await _answer(gw.wait_decided(k, wait))
     if value is None:
         raise _not_decided(k)
     return json_response({"key": k, "value": value})
@@ -131,15 +131,15 @@ async def batch_propose(request: web.Request) -> web.Response:
         item = fields(entry, where, {"key", "value"})
         k = key(item["key"], f"{where}.key", limits)
         items.append((k, value_text(item["value"], f"{where}.value", limits)))
-    rt = app[RUNTIME]
-    deadline = rt.deadline()
+    gw = app[GATEWAY]
+    deadline = gw.deadline()
 
     async def one(item: tuple[str, str]) -> dict[str, Any]:
         k, value = item
         try:
             # not forwarded: one request per item would be many connections; here the items
             # share batched acceptor requests instead
-            decided = await rt.propose(k, value, deadline)
+            decided = await gw.propose(k, value, deadline)
         except (QuorumUnreachable, DeadlineExceeded, NoProposerSlot, StoreError) as exc:
             return _error_item(k, exc)
         return {"key": k, "value": decided, "won": decided == value}
@@ -155,12 +155,12 @@ async def batch_get(request: web.Request) -> web.Response:
     if len(raw) > MAX_BATCH:
         raise invalid("keys", f"at most {MAX_BATCH} items per request, got {len(raw)}")
     keys = [key(k, f"keys[{i}]", limits) for i, k in enumerate(raw)]
-    rt = app[RUNTIME]
-    deadline = rt.deadline()
+    gw = app[GATEWAY]
+    deadline = gw.deadline()
 
     async def one(k: str) -> dict[str, Any]:
         try:
-            value = await rt.read(k, deadline)
+            value = await gw.read(k, deadline)
         except (QuorumUnreachable, DeadlineExceeded, NoProposerSlot, StoreError) as exc:
             return _error_item(k, exc)
         if value is None:
@@ -175,18 +175,18 @@ def extension(options: GatewayOptions | None = None) -> Extension:
     opts = options or GatewayOptions()
 
     def extend(app: web.Application) -> None:
-        rt = ProposerRuntime(app[CLUSTER], app[NODE], app[STORE], app[METRICS], opts)
-        app[RUNTIME] = rt
-        app[REACHABILITY] = rt.reach
+        gw = Gateway(app[CLUSTER], app[NODE], app[STORE], app[METRICS], opts)
+        app[GATEWAY] = gw
+        app[REACHABILITY] = gw.reach
 
         async def start(_: web.Application) -> None:
-            await rt.start()
+            await gw.start()
 
         async def end_polls(_: web.Application) -> None:
-            rt.shutdown()
+            gw.shutdown()
 
         async def stop(_: web.Application) -> None:
-            await rt.close()
+            await gw.close()
 
         app.on_startup.append(start)
         app.on_shutdown.append(end_polls)  # before aiohttp waits for in-flight requests

@@ -54,7 +54,11 @@ def load_spec(path: str | Path) -> Manifest:
 
 
 def render(
-    manifest: Manifest, base_port: int, source: str | Path = "spec", scheme: str = "https"
+    manifest: Manifest,
+    base_port: int,
+    source: str | Path = "spec",
+    incarnation: str | None = None,
+    scheme: str = "https",
 ) -> ClusterConfig:
     """The ClusterConfig for local members (the operator's renderer, 127.0.0.1 URLs; https
     unless TLS is switched off); errors name the spec file."""
@@ -66,7 +70,7 @@ def render(
         )
     urls = [f"{scheme}://{HOST}:{base_port + i}" for i in range(replicas)]
     try:
-        cfg = parse(member_config(manifest.name, manifest.spec, urls))
+        cfg = parse(member_config(manifest.name, manifest.spec, urls, 0, incarnation))
     except ConfigError as exc:
         raise LocalClusterError(f"{source}: {exc}") from None
     report = check(cfg.layout)

@@ -22,6 +22,7 @@ from typing import TextIO
 
 import aiohttp
 
+from ..cli.node import REFUSED_EXIT
 from ..cluster.config import ClusterConfig
 from ..cluster.describe import describe_layout, table
 from ..protocol.checker import check
@@ -75,6 +76,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second Ctrl-C: skip the grace period
         self._failed = False  # a member could not start
+        self._refused = False  # a member refused this configuration for its data (exit 3)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -83,6 +85,8 @@ class Supervisor:
         try:
             await self._spawn_all()
             if not await self._await_ready():
+                if self._refused:
+                    return 2  # start-up refused, as for graven up's own checks
                 return 1 if self._failed else 0  # 0: stopped by the user during start-up
             self._publish()
             self._print_ready()
@@ -153,6 +157,7 @@ class Supervisor:
             while time.monotonic() < deadline:
                 if member.exited.done():
                     self._fail()  # one member cannot start: take the rest down
+                    self._refused |= member.exited.result() == REFUSED_EXIT
                     self._say(
                         f"graven up: {member.name} exited during start-up "
                         f"({describe_exit(member.exited.result())}): {last_line(member.log)} "

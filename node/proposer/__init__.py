@@ -1,3 +1,3 @@
 """The proposer's I/O: channels and transports to acceptors, reachability, proposer metrics,
-and the loops that drive the core's Proposer (drive, fast path, peek).
+and the pump that carries out the effects of the core's proposer runtime (``pump``).
 """

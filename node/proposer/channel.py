@@ -71,11 +71,10 @@ class Item:
 
 
 class AcceptorChannel(Protocol):
-    """What the proposer's loops use of a channel, remote (``Channel``) or local."""
+    """What the pump uses of a channel, remote (``Channel``) or this node's (``LocalChannel``)."""
 
     index: int
     name: str
-    local: bool  # this node's own acceptor: its replies need no HTTP round trip
 
     def send(
         self, kind: str, key: str, rs: int, value: str | None = None
@@ -120,8 +119,6 @@ def describe_failure(exc: BaseException) -> str:
 class ChannelBase:
     """What every kind of channel shares: its member, reachability, metrics, and refusing
     messages at once while the member is down or the channel closed."""
-
-    local = False
 
     def __init__(
         self, index: int, name: str, reach: Reachability, metrics: ProposerMetrics

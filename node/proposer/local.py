@@ -21,8 +21,6 @@ from .reachability import Reachability
 class LocalChannel(ChannelBase):
     """Messages to this node's acceptor: decided now, replied to once durable."""
 
-    local = True  # drive.py: sends to this channel need not wait for the floor's commit
-
     def __init__(
         self,
         index: int,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import combinations
 
-from ..protocol.config import Configuration
+from ..protocol.layout import Layout
 from ..protocol.quorums import Counting, Mask, QuorumSystem, members_of, popcount
 
 
@@ -38,7 +38,7 @@ def resilience_within(system: QuorumSystem, up: Mask) -> int:
 
 
 class Reachability:
-    def __init__(self, layout: Configuration, names: list[str], self_index: int | None) -> None:
+    def __init__(self, layout: Layout, names: list[str], self_index: int | None) -> None:
         self.layout = layout
         self.names = names
         self.self_index = self_index

@@ -1,11 +1,11 @@
-"""Layout checker: conditions C1-C3 of the design note over a configuration's segments.
+"""Layout checker: conditions C1-C3 of the design note over a layout's segments.
 
-Pure: a ``Configuration`` in, a ``LayoutReport`` out. Only minimal quorums are examined (supersets
+Pure: a ``Layout`` in, a ``LayoutReport`` out. Only minimal quorums are examined (supersets
 keep every intersection). Counting systems are never enumerated: a counter-example is built
 directly, because 16 members can have C(16, 8) = 12870 minimal quorums and C3 looks at pairs.
 
 - C1: the phase-2 quorums of an intersecting segment pairwise intersect. Restricted segments hold
-  it by construction (static round-robin ownership in ``config``).
+  it by construction (static round-robin ownership in ``layout``).
 - C2: every phase-1 quorum of a later set meets every phase-2 quorum of an earlier set.
 - C3: every phase-1 quorum of a later set meets every pair of phase-2 quorums of an earlier
   intersecting set (three-way intersection).
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 
-from .config import INTERSECTING, Configuration, Segment
+from .layout import INTERSECTING, Layout, Segment
 from .quorums import Counting, Mask, QuorumSystem, mask_of, members_of, popcount
 
 # Counter-examples kept per (condition, segment pair): enough to see the pattern, short to read.
@@ -128,25 +128,25 @@ class LayoutReport:
         return rows
 
 
-def check(config: Configuration) -> LayoutReport:
-    violations = [*_check_c1(config), *_check_pairs(config)]
-    last = config.segments[-1]
+def check(layout: Layout) -> LayoutReport:
+    violations = [*_check_c1(layout), *_check_pairs(layout)]
+    last = layout.segments[-1]
     return LayoutReport(
-        preset=config.name,
-        members=config.n,
+        preset=layout.name,
+        members=layout.n,
         safe=not violations,
         violations=tuple(violations),
-        segments=tuple(_tolerance(s) for s in config.segments),
+        segments=tuple(_tolerance(s) for s in layout.segments),
         tolerates=min(last.phase1.resilience, last.phase2.resilience),
-        fast_path_tolerates=_fast_path_tolerates(config),
+        fast_path_tolerates=_fast_path_tolerates(layout),
     )
 
 
 # ----------------------------------------------------------------------------- conditions
 
 
-def _check_c1(config: Configuration) -> Iterator[Violation]:
-    for seg in config.segments:
+def _check_c1(layout: Layout) -> Iterator[Violation]:
+    for seg in layout.segments:
         if seg.kind != INTERSECTING:
             continue
         where = seg.describe_range()
@@ -161,8 +161,8 @@ def _check_c1(config: Configuration) -> Iterator[Violation]:
             )
 
 
-def _check_pairs(config: Configuration) -> Iterator[Violation]:
-    for earlier, later in _segment_pairs(config.segments):
+def _check_pairs(layout: Layout) -> Iterator[Violation]:
+    for earlier, later in _segment_pairs(layout.segments):
         c2 = list(_check_c2(earlier, later))
         yield from c2
         # A C2 failure already fails C3 for the pair; repeating it as C3 would only add noise.
@@ -329,11 +329,11 @@ def _tolerance(seg: Segment) -> SegmentTolerance:
     )
 
 
-def _fast_path_tolerates(config: Configuration) -> int | None:
+def _fast_path_tolerates(layout: Layout) -> int | None:
     """Resilience of the one-round-trip path: a first set any client may write (intersecting),
     or one whose only phase-2 quorum is every member (co-located)."""
-    first = config.segments[0]
-    if first.kind == INTERSECTING or _only_everyone(first.phase2, config.members):
+    first = layout.segments[0]
+    if first.kind == INTERSECTING or _only_everyone(first.phase2, layout.members):
         return first.phase2.resilience
     return None
 

@@ -4,10 +4,10 @@ Feed it events, it returns actions; it never touches a network, a clock or a dis
 
 * ``start(value)`` -> actions to begin;
 * ``on_reply(server, reply)`` for every reply (stale ones too: write-once facts never expire);
-* ``on_persisted(rs)`` once the runtime made ``Persist`` durable (a runtime may call it as soon
-  as the floor is submitted, if nothing the returned actions carry leaves the process before the
-  floor is durable: the node's driver lets only its own acceptor, in the same transaction, see
-  them early and holds the messages to other members);
+* ``on_persisted(rs)`` once ``Persist`` is durable (the proposer runtime, ``runtime.py``, calls
+  it as soon as the floor is submitted and holds whatever the returned actions carry to other
+  members until the floor is durable; only this node's own acceptor, in the floor's
+  transaction, sees them early);
 * ``on_timeout(attempt)`` when the runtime's attempt timer or a requested backoff expires.
 
 Actions: ``Send`` (a Read or Write to one server), ``Persist`` (durably record that this proposer
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from . import table
 from .acceptor import Reply, Value
-from .config import INTERSECTING, Configuration, key_hash
+from .layout import INTERSECTING, Layout, key_hash
 from .quorums import members_of
 
 
@@ -78,12 +78,12 @@ class Proposer:
     __slots__ = (
         "_skip_read",
         "attempt",
-        "config",
         "conflicts",
         "decided",
         "key",
         "khash",
         "knowledge",
+        "layout",
         "own",
         "phase",
         "round_trips",
@@ -93,14 +93,14 @@ class Proposer:
         "value",
     )
 
-    def __init__(self, config: Configuration, slot: int, key: str, used_floor: int = -1) -> None:
+    def __init__(self, layout: Layout, slot: int, key: str, used_floor: int = -1) -> None:
         """``used_floor``: highest restricted set this slot ever used for the key (durable)."""
-        self.config = config
+        self.layout = layout
         self.slot = slot
         self.key = key
         self.khash = key_hash(key)
         self.used_floor = used_floor
-        self.knowledge = table.Knowledge(config.n)
+        self.knowledge = table.Knowledge(layout.n)
         self.phase = IDLE
         self.own: Value | None = None
         self.value: Value | None = None  # value being written in the current set
@@ -117,13 +117,13 @@ class Proposer:
         if self.phase != IDLE:
             raise RuntimeError("proposer already started")
         self.own = value
-        first = self.config.first_set
-        seg = self.config.segment_of(first)
+        first = self.layout.first_set
+        seg = self.layout.segment_of(first)
         if seg.kind == INTERSECTING:
             self.attempt = 1
             self.rs = first
             return self._write(own_value(self))
-        if self.config.owner(first, self.khash) == self.slot and first > self.used_floor:
+        if self.layout.owner(first, self.khash) == self.slot and first > self.used_floor:
             return self._allocate(first, skip_read=True)
         return self._new_attempt()
 
@@ -140,19 +140,19 @@ class Proposer:
         if self.phase == DONE:
             return []
         for rs in fresh:
-            value = table.decided_in(self.config, self.knowledge, rs)
+            value = table.decided_in(self.layout, self.knowledge, rs)
             if value is not None:
                 return self._decide(value, rs)
         if self.phase == READING:
             if self._fenced_out():
                 return self._give_up("fenced")  # a write to rs could never reach a quorum
-            choice = table.write_choice(self.config, self.knowledge, self.rs)
+            choice = table.write_choice(self.layout, self.knowledge, self.rs)
             if choice.ready:
                 return self._write(choice.value if choice.value is not None else own_value(self))
         elif (
             self.phase == WRITING
             and not reply.ok
-            and table.set_is_dead(self.config, self.knowledge, self.rs, self.value or "")
+            and table.set_is_dead(self.layout, self.knowledge, self.rs, self.value or "")
         ):
             self.conflicts += 1
             return self._give_up("conflict")
@@ -168,7 +168,7 @@ class Proposer:
     def _new_attempt(self) -> list[Action]:
         above = max(self.rs, self.used_floor, self.knowledge.max_known())
         nxt = self._next_set(above)
-        if self.config.segment_of(nxt).kind == INTERSECTING:
+        if self.layout.segment_of(nxt).kind == INTERSECTING:
             self.attempt += 1
             self.rs = nxt
             return self._read()
@@ -176,8 +176,8 @@ class Proposer:
 
     def _next_set(self, above: int) -> int:
         """Smallest set above ``above`` this proposer may write: owned, or intersecting."""
-        best = self.config.next_owned(self.slot, self.khash, above)
-        for seg in self.config.fast_sets():
+        best = self.layout.next_owned(self.slot, self.khash, above)
+        for seg in self.layout.fast_sets():
             lo = max(seg.start, above + 1)
             if (seg.end is None or lo < seg.end) and lo < best:
                 best = lo
@@ -193,24 +193,24 @@ class Proposer:
     def _read(self) -> list[Action]:
         self.phase = READING
         self.round_trips += 1
-        choice = table.write_choice(self.config, self.knowledge, self.rs)
+        choice = table.write_choice(self.layout, self.knowledge, self.rs)
         if choice.ready and self.knowledge.replied:
             # Earlier replies (e.g. refusals) already settle every set below: skip phase 1.
             return self._write(choice.value if choice.value is not None else own_value(self))
         msg = Read(self.key, self.rs)
-        return [Send(s, msg) for s in range(self.config.n)]
+        return [Send(s, msg) for s in range(self.layout.n)]
 
     def _write(self, value: Value) -> list[Action]:
         self.phase = WRITING
         self.value = value
         self.round_trips += 1
         msg = Write(self.key, self.rs, value)
-        members = self.config.segment_of(self.rs).phase2.members
+        members = self.layout.segment_of(self.rs).phase2.members
         return [Send(s, msg) for s in members_of(members)]
 
     def _fenced_out(self) -> bool:
         """Phase 1 of ``rs`` can no longer lead to a write that decides: retry higher."""
-        return table.set_is_dead(self.config, self.knowledge, self.rs, "")
+        return table.set_is_dead(self.layout, self.knowledge, self.rs, "")
 
     def _give_up(self, reason: str) -> list[Action]:
         self.phase = IDLE  # replies still teach; the runtime calls on_timeout after the backoff
@@ -219,10 +219,10 @@ class Proposer:
     def _decide(self, value: Value, rs: int) -> list[Action]:
         self.phase = DONE
         self.decided = value
-        fast_layout = self.config.segment_of(self.config.first_set).kind == INTERSECTING
+        fast_layout = self.layout.segment_of(self.layout.first_set).kind == INTERSECTING
         if not fast_layout:
             path = "classic"
-        elif rs == self.config.first_set and self.attempt == 1:
+        elif rs == self.layout.first_set and self.attempt == 1:
             path = "fast"
         else:
             path = "recovered"

@@ -1,6 +1,6 @@
-"""Quorum systems over a configuration's members.
+"""Quorum systems over a layout's members.
 
-Members are indices 0..n-1 into the configuration's member list; a set of members is an ``int``
+Members are indices 0..n-1 into the layout's member list; a set of members is an ``int``
 bitmask (bit i = member i). Bitmasks keep the decision table and the layout checker cheap: a
 membership test is ``q & mask == q`` and an intersection test is ``q & r != 0``.
 
@@ -52,7 +52,7 @@ def _minimal(quorums: Iterable[Mask]) -> tuple[Mask, ...]:
 
 @dataclass(frozen=True)
 class QuorumSystem:
-    """A family of member sets over ``members`` (a bitmask of the configuration's members)."""
+    """A family of member sets over ``members`` (a bitmask of the layout's members)."""
 
     members: Mask
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import INTERSECTING, Configuration
+from .layout import INTERSECTING, Layout
 from .quorums import Mask
 
 Value = str
@@ -44,7 +44,7 @@ FREE = Choice(True)
 
 
 class Knowledge:
-    """Accumulated facts about one key, read from the servers of one configuration."""
+    """Accumulated facts about one key, read from the servers of one layout."""
 
     __slots__ = ("_sorted_sets", "by_set", "fences", "held", "n", "replied")
 
@@ -108,29 +108,29 @@ class Knowledge:
         return seen
 
 
-def decided_in(config: Configuration, knowledge: Knowledge, rs: int) -> Value | None:
+def decided_in(layout: Layout, knowledge: Knowledge, rs: int) -> Value | None:
     """The value decided in register set ``rs`` according to the facts, if any."""
     per_value = knowledge.by_set.get(rs)
     if not per_value:
         return None
-    phase2 = config.segment_of(rs).phase2
+    phase2 = layout.segment_of(rs).phase2
     for value, mask in per_value.items():
         if phase2.is_quorum(mask):
             return value
     return None
 
 
-def decided(config: Configuration, knowledge: Knowledge) -> Value | None:
+def decided(layout: Layout, knowledge: Knowledge) -> Value | None:
     for rs in knowledge.value_sets():
-        value = decided_in(config, knowledge, rs)
+        value = decided_in(layout, knowledge, rs)
         if value is not None:
             return value
     return None
 
 
-def _breakpoints(config: Configuration, knowledge: Knowledge, lo: int, hi: int) -> list[int]:
+def _breakpoints(layout: Layout, knowledge: Knowledge, lo: int, hi: int) -> list[int]:
     points = {lo, hi}
-    for seg in config.segments:
+    for seg in layout.segments:
         if lo < seg.start < hi:
             points.add(seg.start)
     for fence in knowledge.fences:
@@ -156,11 +156,9 @@ def _fold(names: set[Value]) -> QuorumState:
     return (NONE, None)
 
 
-def set_states(
-    config: Configuration, knowledge: Knowledge, rs: int
-) -> list[tuple[Mask, QuorumState]]:
+def set_states(layout: Layout, knowledge: Knowledge, rs: int) -> list[tuple[Mask, QuorumState]]:
     """The state of every (minimal) phase-2 quorum of register set ``rs``."""
-    seg = config.segment_of(rs)
+    seg = layout.segment_of(rs)
     above = knowledge.values_above(rs)
     per_value = knowledge.by_set.get(rs, {})
     nil = knowledge.nil_mask(rs)
@@ -182,16 +180,16 @@ def set_states(
     return states
 
 
-def write_choice(config: Configuration, knowledge: Knowledge, rs: int) -> Choice:
+def write_choice(layout: Layout, knowledge: Knowledge, rs: int) -> Choice:
     """Rule 4 for writing register set ``rs``: may a value be written, and which one?"""
-    first = config.first_set
+    first = layout.first_set
     if rs <= first:
         return FREE
     named: set[Value] = set()
-    points = _breakpoints(config, knowledge, first, rs)
+    points = _breakpoints(layout, knowledge, first, rs)
     for lo in points[:-1]:
         # One representative set per interval: all sets of an interval share their states.
-        for _q, (state, value) in set_states(config, knowledge, lo):
+        for _q, (state, value) in set_states(layout, knowledge, lo):
             if state == ANY:
                 return WAIT
             if value is not None and state != NONE:
@@ -203,13 +201,13 @@ def write_choice(config: Configuration, knowledge: Knowledge, rs: int) -> Choice
     return Choice(True, next(iter(named)))
 
 
-def set_is_dead(config: Configuration, knowledge: Knowledge, rs: int, value: Value) -> bool:
+def set_is_dead(layout: Layout, knowledge: Knowledge, rs: int, value: Value) -> bool:
     """True when no phase-2 quorum of ``rs`` can ever hold ``value`` (retry higher)."""
     blocked = knowledge.nil_mask(rs)
     for other, mask in knowledge.by_set.get(rs, {}).items():
         if other != value:
             blocked |= mask
-    return config.segment_of(rs).phase2.hits_every_quorum(blocked)
+    return layout.segment_of(rs).phase2.hits_every_quorum(blocked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,22 +218,22 @@ class ReadOutcome:
     value: Value | None = None
 
 
-def read_outcome(config: Configuration, knowledge: Knowledge) -> ReadOutcome:
+def read_outcome(layout: Layout, knowledge: Knowledge) -> ReadOutcome:
     """Judge plain (non-fencing) reads taken after a client request began.
 
     A server that replied without holding v in set t did not hold it before the request began
     (registers are write-once), so a quorum with such a member was not decided then. The answer is
     ``none`` only when every quorum of every set has such a member.
     """
-    value = decided(config, knowledge)
+    value = decided(layout, knowledge)
     if value is not None:
         return ReadOutcome("decided", value)
     replied = knowledge.replied
-    for seg in config.segments:
+    for seg in layout.segments:
         if not seg.phase2.hits_every_quorum(replied):
             return ReadOutcome("unknown")
     for rs in knowledge.value_sets():
-        seg = config.segment_of(rs)
+        seg = layout.segment_of(rs)
         per_value = knowledge.by_set[rs]
         for q in seg.phase2.quorums:
             asked = q & replied

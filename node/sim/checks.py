@@ -2,6 +2,8 @@
 
 * agreement: all outputs for a key are equal;
 * non-triviality: every output is some proposer's input for that key;
+* linearizable reads: a read that answers a value answers the decided one, and a read never
+  answers "nothing decided" once some client had a decision for the key before it began;
 * write-once: what an acceptor reported about a register never changes — a value stays the same
   value, a nil stays nil — and an acknowledged fence is never forgotten.
 """
@@ -9,7 +11,7 @@
 from __future__ import annotations
 
 from ..protocol.acceptor import Reply
-from ..protocol.config import Configuration
+from ..protocol.layout import Layout
 
 
 class Violation(Exception):
@@ -20,8 +22,8 @@ class Violation(Exception):
 
 
 class Checker:
-    def __init__(self, config: Configuration, inputs: dict[str, set[str]]) -> None:
-        self.config = config
+    def __init__(self, layout: Layout, inputs: dict[str, set[str]]) -> None:
+        self.layout = layout
         self.inputs = inputs
         self.outputs: dict[str, str] = {}
         # (acceptor, key) -> (highest fence reported, every value reported)
@@ -36,6 +38,17 @@ class Checker:
                 "agreement",
                 f"proposer {proposer} output {value!r} for {key}, another output {first!r}",
             )
+
+    def on_read(self, reader: int, key: str, value: str | None, decided_before: bool) -> None:
+        if value is None:
+            if decided_before:
+                raise Violation(
+                    "linearizability",
+                    f"a read at proposer {reader} found nothing decided for {key}, but "
+                    f"{self.outputs[key]!r} was decided before the read began",
+                )
+            return
+        self.on_output(reader, key, value)
 
     def on_reply(self, server: int, key: str, reply: Reply) -> None:
         before = self.reported.get((server, key))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from itertools import permutations
 
 from ..protocol import acceptor as acc
-from ..protocol.config import Configuration
+from ..protocol.layout import Layout
 from ..protocol.proposer import Backoff, Decide, Persist, Proposer, Read, Send, Write
 from ..protocol.quorums import Counting, mask_of
 
@@ -93,16 +93,16 @@ def _fingerprint(state: State, perm: tuple[int, ...]) -> tuple:
     )
 
 
-def _symmetries(config: Configuration) -> list[tuple[int, ...]]:
+def _symmetries(layout: Layout) -> list[tuple[int, ...]]:
     """Acceptor renamings that preserve the layout: all of them when every quorum system counts
     over all members (acceptors are then interchangeable), else only the identity."""
-    everyone = config.members
+    everyone = layout.members
     symmetric = all(
         isinstance(q, Counting) and q.members == everyone
-        for seg in config.segments
+        for seg in layout.segments
         for q in (seg.phase1, seg.phase2)
     )
-    identity = tuple(range(config.n))
+    identity = tuple(range(layout.n))
     return list(permutations(identity)) if symmetric else [identity]
 
 
@@ -110,7 +110,7 @@ def _canonical(state: State, perms: list[tuple[int, ...]]) -> tuple:
     return min(_fingerprint(state, perm) for perm in perms)
 
 
-def _chosen(config: Configuration, state: State) -> set[str]:
+def _chosen(layout: Layout, state: State) -> set[str]:
     holders: dict[tuple[int, str], list[int]] = {}
     for i, a in enumerate(state.acceptors):
         for rs, value in a.values.items():
@@ -118,12 +118,12 @@ def _chosen(config: Configuration, state: State) -> set[str]:
     return {
         value
         for (rs, value), who in holders.items()
-        if config.segment_of(rs).phase2.is_quorum(mask_of(who))
+        if layout.segment_of(rs).phase2.is_quorum(mask_of(who))
     }
 
 
-def _check(config: Configuration, state: State, inputs: list[str]) -> str | None:
-    chosen = _chosen(config, state)
+def _check(layout: Layout, state: State, inputs: list[str]) -> str | None:
+    chosen = _chosen(layout, state)
     if len(chosen) > 1:
         return f"two values chosen by the acceptors: {sorted(chosen)}"
     for p, value in state.outputs.items():
@@ -195,7 +195,7 @@ def _successors(state: State, anytime: bool) -> list[State]:
 
 
 def explore(
-    config: Configuration,
+    layout: Layout,
     retries: tuple[int, int] = (1, 0),
     anytime: bool = True,
     max_states: int = 2_000_000,
@@ -204,19 +204,19 @@ def explore(
     ``retries[i]`` times: at any moment (a timeout) when ``anytime``, else only after a refusal
     asked for a backoff."""
     inputs = ["A", "B"]
-    proposers = [Proposer(config, slot, KEY) for slot in range(2)]
+    proposers = [Proposer(layout, slot, KEY) for slot in range(2)]
     state = State(
-        [acc.KeyState() for _ in range(config.n)], proposers, list(retries), [False, False]
+        [acc.KeyState() for _ in range(layout.n)], proposers, list(retries), [False, False]
     )
     for p, prop in enumerate(proposers):
         _apply(state, p, prop.start(inputs[p]))
-    perms = _symmetries(config)
+    perms = _symmetries(layout)
     seen = {_canonical(state, perms)}
     stack = [state]
     transitions = 0
     while stack:
         current = stack.pop()
-        problem = _check(config, current, inputs)
+        problem = _check(layout, current, inputs)
         if problem:
             return ExploreResult(len(seen), transitions, problem, False)
         for nxt in _successors(current, anytime):

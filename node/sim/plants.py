@@ -1,46 +1,47 @@
-"""Acceptor behaviours for the simulator: the correct one and planted bugs.
+"""Every planted bug of the simulator, in one place. They prove the simulator has teeth; tests
+keep each one caught (``graven simulate ... --plant NAME`` exits 1).
 
-Planted bugs prove that the simulator has teeth; tests keep them caught:
+Acceptor:
 * ``nil-below-highest``: keeps only its highest register and reports lower ones as nil;
-* ``ack-before-persist``: replies before its change is durable, so a crash loses acknowledged state;
-* ``reuse-register-set``: a proposer forgets across a restart which register sets it used
-  (handled in ``world.py``, where proposer crashes live).
+* ``ack-before-persist``: replies before its change is durable, so a crash loses acknowledged
+  state.
+
+Proposer node:
+* ``reuse-register-set``: forgets across a restart which register sets it used;
+* ``release-before-durable``: the runtime lets messages carrying a register set leave before
+  that set's used-set floor is durable, so a crash in between lets the set be used twice;
+* ``resume-forgets-fast``: after a fast attempt, the hand-over tells the resumed proposer only
+  which members answered, and it takes their answers for "nothing below the set I resume in";
+* ``read-trusts-one``: the read procedure judges from the first reply alone.
+
+Nothing here is imported by the runtime or the node: a plant replaces a part in the simulator.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from ..protocol import acceptor as acc
+from ..protocol import table
+from ..protocol.proposer import IDLE, Proposer
+from ..protocol.proposer import Send as CoreSend
+from ..protocol.quorums import members_of
+from ..protocol.runtime import Request, Runtime
+from .nodes import AcceptorBehaviour, Later, SimAcceptor, SimProposer
 
-if TYPE_CHECKING:
-    from .world import SimAcceptor, World
-
-PLANTS = ("nil-below-highest", "ack-before-persist", "reuse-register-set")
-
-
-class AcceptorPlant:
-    """Correct acceptor runtime: the change is durable before the reply leaves."""
-
-    def handle(
-        self,
-        world: World,
-        a: SimAcceptor,
-        key: str,
-        state: acc.KeyState,
-        change: acc.Change | None,
-        reply: acc.Reply,
-    ) -> acc.Reply | None:
-        if change is not None:
-            acc.apply(state, change)
-            durable = a.durable.setdefault(key, acc.KeyState())
-            acc.apply(durable, change)
-        return reply
+PLANTS = (
+    "nil-below-highest",
+    "ack-before-persist",
+    "reuse-register-set",
+    "release-before-durable",
+    "resume-forgets-fast",
+    "read-trusts-one",
+)
 
 
-class NilBelowHighest(AcceptorPlant):
-    def handle(self, world, a, key, state, change, reply):  # type: ignore[override]
-        super().handle(world, a, key, state, change, reply)
+class NilBelowHighest(AcceptorBehaviour):
+    def handle(self, a, key, state, change, reply, later):  # type: ignore[override]
+        super().handle(a, key, state, change, reply, later)
         for st in (state, a.durable.get(key)):
             if st is not None and st.values:
                 top = max(st.values)
@@ -48,12 +49,12 @@ class NilBelowHighest(AcceptorPlant):
         return acc.Reply(reply.ok, state.fence, dict(state.values))
 
 
-class AckBeforePersist(AcceptorPlant):
-    def handle(self, world, a, key, state, change, reply):  # type: ignore[override]
+class AckBeforePersist(AcceptorBehaviour):
+    def handle(self, a, key, state, change, reply, later: Later):  # type: ignore[override]
         if change is not None:
             acc.apply(state, change)
             a.pending.append((key, change))
-            world.at(world.rng.randint(1, 60), lambda: self._flush(a, key, change))
+            later(lambda: self._flush(a, key, change))
         return reply
 
     @staticmethod
@@ -67,9 +68,59 @@ class AckBeforePersist(AcceptorPlant):
         acc.apply(durable, change)
 
 
-def plant_behaviour(name: str | None) -> AcceptorPlant:
-    if name == "nil-below-highest":
-        return NilBelowHighest()
-    if name == "ack-before-persist":
-        return AckBeforePersist()
-    return AcceptorPlant()
+class ReleaseBeforeDurable(Runtime):
+    def _must_hold(self, req: Request, send: CoreSend) -> bool:
+        return False
+
+
+class ResumeForgetsFast(Runtime):
+    def _hand_over(self, req: Request) -> Proposer:
+        old = req.proposer
+        assert old is not None
+        fresh = Proposer(self.layout, old.slot, old.key, old.used_floor)
+        fresh.own, fresh.attempt, fresh.rs, fresh.phase = old.own, old.attempt, old.rs, IDLE
+        above = max(old.rs, old.used_floor, old.knowledge.max_known())
+        resume_at = self.layout.next_owned(old.slot, old.khash, above)
+        for member in members_of(old.knowledge.replied):
+            fresh.knowledge.learn(member, resume_at, {})
+        return fresh
+
+
+class ReadTrustsOne(Runtime):
+    def _judge_read(self, req: Request) -> table.ReadOutcome:
+        knowledge = req.knowledge
+        assert knowledge is not None
+        for held in knowledge.held:
+            if held:
+                return table.ReadOutcome("decided", next(iter(held.values())))
+        if knowledge.replied:
+            return table.ReadOutcome("none")
+        return table.ReadOutcome("unknown")
+
+
+@dataclass(frozen=True)
+class Plant:
+    """What a run uses: correct parts unless a bug is planted."""
+
+    acceptor: AcceptorBehaviour
+    runtime: type[Runtime]
+    forget_floors_on_crash: bool = False
+
+    def on_proposer_crash(self, p: SimProposer) -> None:
+        if self.forget_floors_on_crash:
+            p.used.clear()  # the planted bug: forgets which register sets it used
+
+
+def plant(name: str | None) -> Plant:
+    if name is not None and name not in PLANTS:
+        raise ValueError(f"unknown plant {name!r}; choose one of {', '.join(PLANTS)}")
+    acceptor = {
+        "nil-below-highest": NilBelowHighest,
+        "ack-before-persist": AckBeforePersist,
+    }.get(name or "", AcceptorBehaviour)()
+    runtime = {
+        "release-before-durable": ReleaseBeforeDurable,
+        "resume-forgets-fast": ResumeForgetsFast,
+        "read-trusts-one": ReadTrustsOne,
+    }.get(name or "", Runtime)
+    return Plant(acceptor, runtime, forget_floors_on_crash=name == "reuse-register-set")

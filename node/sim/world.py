@@ -1,26 +1,45 @@
-"""A seeded, deterministic simulation of proposers and acceptors running the real core.
+"""A seeded, deterministic simulation of Graven nodes running the real proposer runtime.
 
 Everything happens in one process on a virtual clock: an event heap ordered by (time, sequence).
-The network loses, delays (and so reorders), duplicates and partitions messages; acceptors crash
-(keeping only durable state) and restart; proposers crash (keeping only their durable record of
-used register sets) and restart, then keep proposing their input. Every reply an acceptor sends
-and every output a proposer makes is checked as it happens (see ``checks.py``); at the end a
-fault-free period must let every live proposer decide.
+Each proposer node drives one ``protocol.runtime.Runtime`` (the class a node's gateway drives)
+as a thin host: it carries out the runtime's effects over the simulated network and disk and
+feeds back replies, failures, durable floors, forwarded answers and timer ticks.
+
+The network loses, delays (and so reorders), duplicates and partitions messages; a message to
+a member that is down or cut off may come back as a failure, which the node's reachability view
+records (probes bring the member back). Acceptors crash (keeping only durable state) and
+restart; proposer nodes crash (keeping only the used-set floors on their disk, which become
+durable a little after they are submitted) and restart, then serve a new request for each key
+they have not decided. Clients ask their node, which may forward to the key's leader; failed
+requests are retried; reads run the linearizable read procedure. Every reply an acceptor sends,
+every answer a client gets is checked as it happens (``checks.py``); at the end a fault-free
+period must let every live node decide every key.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..protocol import acceptor as acc
-from ..protocol.config import Configuration
-from ..protocol.proposer import Backoff, Decide, Persist, Proposer, Read, Send, Write
+from ..protocol.effects import DECIDED, Done, Forward, PersistFloor, Send, Timing
+from ..protocol.layout import Layout
+from ..protocol.proposer import Read
 from .checks import Checker, Violation
-from .plants import AcceptorPlant, plant_behaviour
+from .nodes import Forwarded, Own, Peek, SimAcceptor, SimProposer
+from .plants import plant as make_plant
+
+# Virtual time units (a network hop takes 1..20).
+TIMING = Timing(attempt_timeout=120, backoff_first=10, backoff_max=160, candidate_grace=5)
+REQUEST_DEADLINE = 1500
+RETRY_FIRST, RETRY_MAX = 25, 400  # a client retries a failed request after this long (doubling)
+PERSIST_LATENCY = (0, 10)  # submitting a floor until it is durable
+PROBE_FIRST, PROBE_MAX = 20, 160
+READS_PER_KEY = 2
 
 
 @dataclass
@@ -34,10 +53,11 @@ class Faults:
     partition: float = 0.005
     crash_mid_send: float = 0.01  # per message a proposer sends
     down_time: int = 300
+    refused: float = 0.5  # a message to a member that is down or cut off comes back failed
 
     @classmethod
     def none(cls) -> Faults:
-        return cls(0.0, 0.0, 1, 20, 0.0, 0.0, 0.0, 0.0)
+        return cls(0.0, 0.0, 1, 20, 0.0, 0.0, 0.0, 0.0, 300, 0.5)
 
 
 @dataclass
@@ -52,40 +72,10 @@ class Stats:
     decisions: int = 0
 
 
-@dataclass
-class SimAcceptor:
-    index: int
-    behaviour: AcceptorPlant
-    durable: dict[str, acc.KeyState] = field(default_factory=dict)
-    memory: dict[str, acc.KeyState] = field(default_factory=dict)
-    up: bool = True
-    pending: list[tuple[str, acc.Change]] = field(default_factory=list)  # not yet durable
-
-    def state(self, key: str) -> acc.KeyState:
-        st = self.memory.get(key)
-        if st is None:
-            st = self.memory[key] = acc.KeyState()
-        return st
-
-
-@dataclass
-class SimProposer:
-    slot: int
-    inputs: dict[str, str]
-    used: dict[str, int] = field(default_factory=dict)  # durable: highest set used per key
-    live: dict[str, Proposer] = field(default_factory=dict)
-    up: bool = True
-    restarts: int = 0
-    outputs: dict[str, str] = field(default_factory=dict)
-    timed: dict[str, int] = field(default_factory=dict)  # key -> attempt with a timer set
-
-
 class World:
-    ATTEMPT_TIMEOUT = 120
-
     def __init__(
         self,
-        config: Configuration,
+        layout: Layout,
         seed: int,
         proposers: int = 2,
         keys: int = 1,
@@ -93,25 +83,27 @@ class World:
         plant: str | None = None,
         trace_size: int = 300,
     ) -> None:
-        self.config = config
+        self.layout = layout
         self.rng = random.Random(seed)
         self.seed = seed
         self.faults = faults or Faults()
         self.now = 0
         self._seq = 0
+        self._tid = 0
         self._heap: list[tuple[int, int, Callable[[], None]]] = []
         self.stats = Stats()
         self.trace: deque[str] = deque(maxlen=trace_size)
-        self.plant = plant
+        self.plant = make_plant(plant)
         self.key_names = [f"k{i}" for i in range(keys)]
-        acceptor_plant = plant_behaviour(plant)
-        self.acceptors = [SimAcceptor(i, acceptor_plant) for i in range(config.n)]
-        count = min(proposers, config.proposers)
+        self.acceptors = [SimAcceptor(i) for i in range(layout.n)]
+        count = min(proposers, layout.proposers)
         self.proposers = [
             SimProposer(slot, {k: f"v{slot}.{k}" for k in self.key_names}) for slot in range(count)
         ]
+        for p in self.proposers:
+            self._boot(p)
         self.checker = Checker(
-            config, {k: {p.inputs[k] for p in self.proposers} for k in self.key_names}
+            layout, {k: {p.inputs[k] for p in self.proposers} for k in self.key_names}
         )
         self.blocked: set[tuple[int, int]] = set()  # (proposer slot, acceptor) pairs cut off
         self.violation: Violation | None = None
@@ -125,18 +117,25 @@ class World:
     def log(self, text: str) -> None:
         self.trace.append(f"t={self.now:>6} {text}")
 
+    def _delay(self) -> int:
+        return self.rng.randint(self.faults.min_delay, self.faults.max_delay)
+
     # -- running ----------------------------------------------------------------------------------
 
     def run(self, steps: int, quiet_steps: int | None = None) -> Violation | None:
         """Run ``steps`` events with faults, then a fault-free period checking progress."""
         try:
-            # Spread proposals over the faulty period so faults hit proposals in flight.
+            # Spread requests over the faulty period so faults hit requests in flight.
             horizon = max(100, steps // 3)
             for key in self.key_names:
                 start = self.rng.randint(0, horizon)
                 for p in self.proposers:
                     jitter = self.rng.randint(0, 30)
-                    self.at(start + jitter, lambda p=p, key=key: self._propose(p, key))
+                    self.at(start + jitter, lambda p=p, key=key: self._request(p, key))
+                for _ in range(READS_PER_KEY):
+                    p = self.rng.choice(self.proposers)
+                    when = self.rng.randint(start, start + 2 * horizon)
+                    self.at(when, lambda p=p, key=key: self._read(p, key))
             self._loop(steps, faulty=True)
             self._heal()
             self._loop(quiet_steps if quiet_steps is not None else steps * 4, faulty=False)
@@ -200,24 +199,47 @@ class World:
     def _crash_proposer(self, p: SimProposer) -> None:
         self.stats.crashes += 1
         p.up = False
-        p.live.clear()
-        p.timed.clear()
-        if self.plant == "reuse-register-set":
-            p.used.clear()  # planted bug: forgets which register sets it used
+        p.rt = None  # everything in memory is gone: requests, timers, held messages
+        p.incarnation += 1
+        p.requests.clear()
+        p.asking.clear()
+        p.submitted.clear()  # floors not yet durable are lost (p.used keeps the durable ones)
+        p.probing.clear()
+        p.wake_at = None
+        self.plant.on_proposer_crash(p)
         self.log(f"CRASH proposer {p.slot}")
         # Processes restart quickly: requests sent before the crash may still be in flight.
-        self.at(self.rng.randint(1, self.faults.down_time // 4), lambda: self._restart_proposer(p))
+        inc = p.incarnation
+        self.at(
+            self.rng.randint(1, self.faults.down_time // 4), lambda: self._restart_proposer(p, inc)
+        )
 
-    def _restart_proposer(self, p: SimProposer) -> None:
+    def _boot(self, p: SimProposer) -> None:
+        n = self.layout.n
+        p.rt = self.plant.runtime(
+            self.layout,
+            index=p.slot if p.slot < n else None,
+            slot=p.slot,
+            timing=TIMING,
+            rng=random.Random(self.rng.getrandbits(64)),
+            floors=p.floor,
+        )
+        p.view = self.layout.members
+        p.disk_until = self.now
+
+    def _restart_proposer(self, p: SimProposer, inc: int) -> None:
+        if p.up or p.incarnation != inc:
+            return  # restarted already (the fault-free period starts every node at once)
         p.up = True
         p.restarts += 1
+        self._boot(p)
         self.log(f"RESTART proposer {p.slot}")
         for key in self.key_names:
             if key not in p.outputs:
                 # A restarted node serves new client requests: a different input for the key.
                 p.inputs[key] = f"v{p.slot}.{key}.r{p.restarts}"
                 self.checker.inputs[key].add(p.inputs[key])
-                self._propose(p, key)
+                self._request(p, key)
 
     def _partition(self) -> None:
         self.stats.partitions += 1
@@ -240,77 +262,176 @@ class World:
                 self._restart_acceptor(a)
         for p in self.proposers:
             if not p.up:
-                self._restart_proposer(p)
-            else:
-                # Nudge stuck attempts so the fault-free period starts from a clean slate.
-                for prop in list(p.live.values()):
-                    self._act(p, prop, prop.on_timeout(prop.attempt))
+                self._restart_proposer(p, p.incarnation)
 
-    # -- proposers --------------------------------------------------------------------------------
+    # -- clients ----------------------------------------------------------------------------------
 
-    def _propose(self, p: SimProposer, key: str) -> None:
-        if not p.up or key in p.live or key in p.outputs:
+    def _next_tid(self) -> int:
+        self._tid += 1
+        return self._tid
+
+    def _request(self, p: SimProposer, key: str) -> None:
+        """A client asks node ``p`` to decide its input for ``key``."""
+        if not p.up or key in p.asking or key in p.outputs:
             return
-        prop = Proposer(self.config, p.slot, key, used_floor=p.used.get(key, -1))
-        p.live[key] = prop
-        self.log(f"P{p.slot} propose {key}={p.inputs[key]} (used<= {p.used.get(key, -1)})")
-        self._act(p, prop, prop.start(p.inputs[key]))
+        assert p.rt is not None
+        tid = self._next_tid()
+        p.requests[tid] = Own(key)
+        p.asking.add(key)
+        forward = self.rng.random() < 0.5  # half the clients' requests may go to the leader
+        self.log(
+            f"P{p.slot} propose {key}={p.inputs[key]} (used<= {p.floor(key)}"
+            f"{', may forward' if forward else ''})"
+        )
+        p.rt.propose(tid, key, p.inputs[key], self.now, self.now + REQUEST_DEADLINE, forward)
+        self._pump(p)
 
-    def _act(self, p: SimProposer, prop: Proposer, actions: list) -> None:
-        attempt = prop.attempt
-        for action in actions:
-            if isinstance(action, Send):
+    def _read(self, p: SimProposer, key: str) -> None:
+        if not p.up:
+            return
+        assert p.rt is not None
+        tid = self._next_tid()
+        p.requests[tid] = Peek(key, key in self.checker.outputs)
+        self.log(f"P{p.slot} read {key}")
+        p.rt.read(tid, key, self.now, self.now + REQUEST_DEADLINE)
+        self._pump(p)
+
+    def _done(self, p: SimProposer, done: Done) -> None:
+        request = p.requests.pop(done.tid, None)
+        out = done.outcome
+        if request is None:
+            return
+        key = request.key
+        self.log(f"P{p.slot} {type(request).__name__} {key}: {out.status} {out.value or ''}")
+        if isinstance(request, Peek):
+            if out.status == DECIDED:
+                self.checker.on_read(p.slot, key, out.value, request.decided_before)
+            elif out.status == "not-decided":
+                self.checker.on_read(p.slot, key, None, request.decided_before)
+            return
+        if isinstance(request, Forwarded):
+            if out.status == DECIDED:
+                assert out.value is not None
+                self.checker.on_output(p.slot, key, out.value)
+            self._answer_forward(request, out.value if out.status == DECIDED else None)
+            return
+        p.asking.discard(key)
+        if out.status == DECIDED:
+            assert out.value is not None
+            self.stats.decisions += 1
+            self.checker.on_output(p.slot, key, out.value)
+            p.outputs[key] = out.value
+        else:  # the client retries, backing off
+            tries = p.retries[key] = p.retries.get(key, 0) + 1
+            delay = min(RETRY_FIRST << min(tries - 1, 8), RETRY_MAX)
+            self.at(self.rng.randint(delay // 2, delay), lambda: self._request(p, key))
+
+    # -- the host: effects out, events in ---------------------------------------------------------
+
+    def _pump(self, p: SimProposer) -> None:
+        rt = p.rt
+        if rt is None:
+            return
+        for effect in rt.take():
+            if p.rt is not rt:
+                return  # crashed half way
+            if isinstance(effect, Send):
                 if self.rng.random() < self.faults.crash_mid_send:
                     self._crash_proposer(p)  # dies half way through a broadcast
                     return
-                self._send(p, action.server, action.message)
-            elif isinstance(action, Persist):
-                self.at(self.rng.randint(0, 3), lambda a=action: self._persisted(p, prop, a))
-            elif isinstance(action, Backoff):
-                delay = self.rng.randint(5, 40 * min(action.attempt, 8))
-                self.at(delay, lambda n=action.attempt: self._timeout(p, prop, n))
-            elif isinstance(action, Decide):
-                self._decided(p, prop, action)
-        if prop.phase not in ("done", "idle") and p.timed.get(prop.key) != attempt:
-            p.timed[prop.key] = attempt
-            self.at(self.ATTEMPT_TIMEOUT, lambda: self._timeout(p, prop, attempt))
+                self._send(p, effect)
+            elif isinstance(effect, PersistFloor):
+                self._persist(p, effect)
+            elif isinstance(effect, Forward):
+                self._forward(p, effect)
+            elif isinstance(effect, Done):
+                self._done(p, effect)
+        self._arm(p)
 
-    def _persisted(self, p: SimProposer, prop: Proposer, action: Persist) -> None:
-        if not p.up or p.live.get(action.key) is not prop:
-            return  # crashed before the record was durable: the set was never used
-        p.used[action.key] = max(p.used.get(action.key, -1), action.rs)
-        self._act(p, prop, prop.on_persisted(action.rs))
+    def _arm(self, p: SimProposer) -> None:
+        """Schedule a tick for the runtime's next timer (only an earlier one than planned)."""
+        assert p.rt is not None
+        wake = p.rt.next_wake()
+        if wake is None:
+            return
+        when = max(self.now, math.ceil(wake))
+        if p.wake_at is None or when < p.wake_at:
+            p.wake_at = when
+            inc = p.incarnation
+            self.at(when - self.now, lambda: self._tick(p, inc))
 
-    def _timeout(self, p: SimProposer, prop: Proposer, attempt: int) -> None:
-        if p.up and p.live.get(prop.key) is prop:
-            self._act(p, prop, prop.on_timeout(attempt))
+    def _tick(self, p: SimProposer, inc: int) -> None:
+        if p.incarnation != inc or p.rt is None:
+            return
+        if p.wake_at is not None and p.wake_at <= self.now:
+            p.wake_at = None
+        p.rt.tick(self.now)
+        self._pump(p)
 
-    def _decided(self, p: SimProposer, prop: Proposer, d: Decide) -> None:
-        self.stats.decisions += 1
-        self.log(f"P{p.slot} DECIDED {d.key}={d.value} via {d.path}")
-        self.checker.on_output(p.slot, d.key, d.value)
-        p.outputs[d.key] = d.value
-        p.live.pop(d.key, None)
+    def _persist(self, p: SimProposer, effect: PersistFloor) -> None:
+        """The node's disk commits in submission order, a little later."""
+        key, rs = effect.key, effect.rs
+        p.submitted[key] = max(p.submitted.get(key, -1), rs)
+        p.disk_until = max(p.disk_until, self.now + self.rng.randint(*PERSIST_LATENCY))
+        inc = p.incarnation
 
-    # -- network ----------------------------------------------------------------------------------
+        def durable() -> None:
+            if p.incarnation != inc or p.rt is None:
+                return  # crashed before the commit: the floor was never durable
+            p.used[key] = max(p.used.get(key, -1), rs)
+            p.rt.on_floor_durable(effect.tid, rs, self.now)
+            self._pump(p)
 
-    def _send(self, p: SimProposer, server: int, msg: Read | Write) -> None:
+        self.at(max(0, p.disk_until - self.now), durable)
+
+    def _send(self, p: SimProposer, effect: Send) -> None:
         f, rng = self.faults, self.rng
         self.stats.sent += 1
+        inc = p.incarnation
+        if effect.member == p.slot:
+            # This node's own acceptor, in-process: its change joins the commit of what the
+            # node submitted before it (the floor above all), and is lost with it in a crash.
+            wait = max(0, p.disk_until - self.now)
+            self.at(wait, lambda: self._deliver_local(p, inc, effect))
+            return
         if rng.random() < f.loss:
             self.stats.lost += 1
             return
         copies = 2 if rng.random() < f.duplicate else 1
         self.stats.duplicated += copies - 1
         for _ in range(copies):
-            delay = rng.randint(f.min_delay, f.max_delay)
-            self.at(delay, lambda: self._deliver_request(p, server, msg))
+            self.at(self._delay(), lambda: self._deliver_request(p, inc, effect))
 
-    def _deliver_request(self, p: SimProposer, server: int, msg: Read | Write) -> None:
-        a = self.acceptors[server]
-        if not a.up or (p.slot, server) in self.blocked:
+    def _deliver_local(self, p: SimProposer, inc: int, effect: Send) -> None:
+        if p.incarnation != inc:
             self.stats.lost += 1
             return
+        if not self.acceptors[effect.member].up:
+            self._failed(p, inc, effect, 0)  # its store is unusable: the call fails at once
+            return
+        reply = self._accept(p, effect)
+        if reply is not None:
+            self.at(0, lambda: self._deliver_reply(p, inc, effect, reply))
+
+    def _deliver_request(self, p: SimProposer, inc: int, effect: Send) -> None:
+        server = effect.member
+        if (p.slot, server) in self.blocked or not self.acceptors[server].up:
+            self.stats.lost += 1
+            if self.rng.random() < self.faults.refused:
+                self._failed(p, inc, effect, self._delay())
+            return
+        reply = self._accept(p, effect)
+        if reply is None:
+            return
+        if self.rng.random() < self.faults.loss:
+            self.stats.lost += 1
+            return
+        self.at(self._delay(), lambda: self._deliver_reply(p, inc, effect, reply))
+
+    def _accept(self, p: SimProposer, effect: Send) -> acc.Reply | None:
+        """The (up) acceptor's side of one message; None when it stays silent."""
+        server, msg = effect.member, effect.message
+        a = self.acceptors[server]
         self.stats.delivered += 1
         state = a.state(msg.key)
         if isinstance(msg, Read):
@@ -319,21 +440,99 @@ class World:
         else:
             change, reply = acc.write(state, msg.rs, msg.value)
             self.log(f"A{server} <- P{p.slot} write {msg.key}@{msg.rs}={msg.value} ok={reply.ok}")
-        reply = a.behaviour.handle(self, a, msg.key, state, change, reply)
-        if reply is None:
-            return
-        self.checker.on_reply(server, msg.key, reply)
-        if self.rng.random() < self.faults.loss:
-            self.stats.lost += 1
-            return
-        delay = self.rng.randint(self.faults.min_delay, self.faults.max_delay)
-        self.at(delay, lambda: self._deliver_reply(p, server, msg.key, reply))
+        answer = self.plant.acceptor.handle(a, msg.key, state, change, reply, self._later)
+        if answer is not None:
+            self.checker.on_reply(server, msg.key, answer)
+        return answer
 
-    def _deliver_reply(self, p: SimProposer, server: int, key: str, reply: acc.Reply) -> None:
-        if not p.up or (p.slot, server) in self.blocked:
+    def _later(self, fn: Callable[[], None]) -> None:
+        self.at(self.rng.randint(1, 60), fn)
+
+    def _deliver_reply(self, p: SimProposer, inc: int, effect: Send, reply: acc.Reply) -> None:
+        server = effect.member
+        if p.incarnation != inc or p.rt is None or (p.slot, server) in self.blocked:
             self.stats.lost += 1
             return
         self.stats.delivered += 1
-        prop = p.live.get(key)
-        if prop is not None:
-            self._act(p, prop, prop.on_reply(server, reply))
+        self._reachable(p, server)
+        p.rt.on_reply(effect.tid, server, reply, self.now)
+        self._pump(p)
+
+    def _failed(self, p: SimProposer, inc: int, effect: Send, delay: int) -> None:
+        """The node learns that a message got no reply (refused, reset, timed out)."""
+
+        def notice() -> None:
+            if p.incarnation != inc or p.rt is None:
+                return
+            member = effect.member
+            if member != p.slot and p.view >> member & 1:
+                p.view &= ~(1 << member)
+                p.rt.up = p.view
+                self._probe(p, inc, member, PROBE_FIRST)
+            p.rt.on_send_failed(effect.tid, member, self.now)
+            self._pump(p)
+
+        self.at(delay, notice)
+
+    def _reachable(self, p: SimProposer, member: int) -> None:
+        if not p.view >> member & 1:
+            p.view |= 1 << member
+            assert p.rt is not None
+            p.rt.up = p.view
+
+    def _probe(self, p: SimProposer, inc: int, member: int, delay: int) -> None:
+        if member in p.probing:
+            return
+        p.probing.add(member)
+
+        def probe() -> None:
+            if p.incarnation != inc:
+                return
+            p.probing.discard(member)
+            if p.view >> member & 1:
+                return
+            if self.acceptors[member].up and (p.slot, member) not in self.blocked:
+                self._reachable(p, member)
+            else:
+                self._probe(p, inc, member, min(2 * delay, PROBE_MAX))
+
+        self.at(self.rng.randint(delay // 2, delay), probe)
+
+    # -- forwarding between nodes -----------------------------------------------------------------
+
+    def _forward(self, p: SimProposer, effect: Forward) -> None:
+        inc = p.incarnation
+        if effect.member >= len(self.proposers):
+            # No node runs there in this simulation: the request is refused at once.
+            self.at(1, lambda: self._forward_answer(p, inc, effect.tid, None))
+            return
+        if self.rng.random() < self.faults.loss:
+            self.stats.lost += 1
+            return  # the origin's forward timer ends the wait
+        target = self.proposers[effect.member]
+        self.at(self._delay(), lambda: self._forward_arrives(target, p, inc, effect))
+
+    def _forward_arrives(
+        self, target: SimProposer, origin: SimProposer, inc: int, effect: Forward
+    ) -> None:
+        if not target.up or target.rt is None:
+            self.at(self._delay(), lambda: self._forward_answer(origin, inc, effect.tid, None))
+            return
+        tid = self._next_tid()
+        target.requests[tid] = Forwarded(effect.key, origin, inc, effect.tid)
+        self.log(f"P{target.slot} forwarded {effect.key}={effect.value} from P{origin.slot}")
+        target.rt.propose(tid, effect.key, effect.value, self.now, self.now + REQUEST_DEADLINE)
+        self._pump(target)
+
+    def _answer_forward(self, request: Forwarded, value: str | None) -> None:
+        if self.rng.random() < self.faults.loss:
+            self.stats.lost += 1
+            return
+        origin, inc, tid = request.origin, request.incarnation, request.tid
+        self.at(self._delay(), lambda: self._forward_answer(origin, inc, tid, value))
+
+    def _forward_answer(self, p: SimProposer, inc: int, tid: int, value: str | None) -> None:
+        if p.incarnation != inc or p.rt is None:
+            return
+        p.rt.on_forwarded(tid, value, self.now)
+        self._pump(p)

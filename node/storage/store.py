@@ -22,10 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..protocol.acceptor import Change, KeyState, apply
+from . import identity
 from .errors import StoreError
+from .identity import Identity, Recorded
 from .lock import DirLock
 from .schema import DB_NAME, connect, open_db
-from .writer import CommitHook, CommitWriter, Op, Pending, UsedSet
+from .writer import CommitHook, CommitWriter, EpochRecord, Op, Pending, UsedSet
 
 # Keys known to have no stored state, so repeated probes of them (a fresh key is read and
 # written several times per decision) do not each query SQLite; bounded so probing cannot
@@ -126,6 +128,9 @@ class RegisterStore:
         self._global_fence: int = reader_conn.execute(
             "SELECT fence FROM global_fence WHERE id = 0"
         ).fetchone()[0]
+        self._recorded = Recorded.from_meta(
+            dict(reader_conn.execute("SELECT name, value FROM meta").fetchall())
+        )
         self._stored_keys: int = reader_conn.execute(
             "SELECT count(*) FROM (SELECT key FROM fences UNION SELECT key FROM registers)"
         ).fetchone()[0]
@@ -143,8 +148,15 @@ class RegisterStore:
         self._writer = CommitWriter(writer_conn, self._committed)
 
     @classmethod
-    def open(cls, path: str | Path, *, cluster: str, node: str) -> RegisterStore:
-        """Open (or create) the store in data directory ``path``; raises StoreError."""
+    def open(
+        cls, path: str | Path, *, cluster: str, node: str, wanted: Identity | None = None
+    ) -> RegisterStore:
+        """Open (or create) the store in data directory ``path``; raises StoreError.
+
+        With ``wanted`` (what the configuration says: incarnation, epoch, fingerprint) the store
+        refuses, changing nothing, registers of another incarnation or a newer epoch
+        (identity.IdentityRefused), and otherwise records them before returning.
+        """
         data_dir = Path(path)
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +167,7 @@ class RegisterStore:
         try:
             db = data_dir / DB_NAME
             check_not_lost(data_dir, db)
-            writer_conn = open_db(db, cluster=cluster, node=node, synchronous="FULL")
+            writer_conn = open_db(db, cluster=cluster, node=node, synchronous="FULL", wanted=wanted)
             reader_conn = connect(db, synchronous="FULL")
             mark_created(data_dir)
             store = cls(data_dir, lock, writer_conn, reader_conn)
@@ -193,6 +205,16 @@ class RegisterStore:
     @property
     def global_fence(self) -> int:
         return self._global_fence
+
+    @property
+    def incarnation(self) -> str:
+        """The cluster incarnation these registers belong to ('' = not recorded)."""
+        return self._recorded.incarnation
+
+    @property
+    def epoch(self) -> int:
+        """The highest configuration epoch recorded (including a raise not yet durable)."""
+        return self._recorded.epoch
 
     @property
     def stored_keys(self) -> int:
@@ -293,6 +315,20 @@ class RegisterStore:
             return self.barrier()
         self._global_fence = rs
         return self._enqueue([(None, Change(rs))])
+
+    def record_epoch(self, epoch: int, fingerprint: str) -> asyncio.Future[None]:
+        """Record that this member has seen configuration ``epoch``; resolves once durable.
+
+        Raises IdentityRefused (and changes nothing) for an epoch below the recorded one, or
+        the recorded epoch with another configuration fingerprint. The same epoch and
+        fingerprint again is a no-op. Reconfiguration calls this before acting in a new epoch.
+        """
+        self._check_usable()
+        updates = identity.epoch_updates(str(self.data_dir), self._recorded, epoch, fingerprint)
+        if not updates:
+            return self.barrier()  # an equal record may still be on its way to the disk
+        self._recorded = Recorded(self._recorded.incarnation, epoch, fingerprint)
+        return self._enqueue([(None, EpochRecord(epoch, fingerprint))])
 
     def barrier(self) -> asyncio.Future[None]:
         """Resolves once everything submitted so far is durable.

@@ -30,8 +30,16 @@ class UsedSet:
     rs: int
 
 
-# key None marks a change of the global fence (all keys, present and future)
-Op = tuple[str | None, Change | UsedSet]
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """The store has seen configuration ``epoch`` (with that configuration's fingerprint)."""
+
+    epoch: int
+    fingerprint: str
+
+
+# key None marks a change of the whole store: the global fence, or the recorded epoch
+Op = tuple[str | None, Change | UsedSet | EpochRecord]
 
 _UPSERT_FENCE = (
     "INSERT INTO fences(key, fence) VALUES (?, ?) "
@@ -39,6 +47,7 @@ _UPSERT_FENCE = (
 )
 _INSERT_REGISTER = "INSERT INTO registers(key, rs, value) VALUES (?, ?, ?)"  # never an upsert
 _RAISE_GLOBAL = "UPDATE global_fence SET fence = MAX(fence, ?) WHERE id = 0"
+_RECORD_META = "UPDATE meta SET value = ? WHERE name = ?"  # a trigger refuses a lower epoch
 _RAISE_FLOOR = (
     "INSERT INTO proposer_floors(key, rs) VALUES (?, ?) "
     "ON CONFLICT(key) DO UPDATE SET rs = MAX(rs, excluded.rs)"
@@ -154,8 +163,11 @@ class CommitWriter:
         registers: list[tuple[str, int, str | None]] = []
         floors: list[tuple[str, int]] = []
         global_fence: int | None = None
+        epoch: EpochRecord | None = None
         for key, op in ops:  # one pass; the statements below skip what this batch lacks
-            if isinstance(op, UsedSet):
+            if isinstance(op, EpochRecord):
+                epoch = op if epoch is None or op.epoch >= epoch.epoch else epoch
+            elif isinstance(op, UsedSet):
                 floors.append((key, op.rs))  # type: ignore[arg-type]
             elif key is None:
                 global_fence = op.fence if global_fence is None else max(global_fence, op.fence)
@@ -175,6 +187,11 @@ class CommitWriter:
                 conn.executemany(_RAISE_FLOOR, floors)
             if global_fence is not None:
                 conn.execute(_RAISE_GLOBAL, (global_fence,))
+            if epoch is not None:
+                conn.executemany(
+                    _RECORD_META,
+                    [(str(epoch.epoch), "epoch"), (epoch.fingerprint, "epoch_config")],
+                )
             conn.execute("COMMIT")  # with synchronous=FULL this is the fsync
         except BaseException:
             if conn.in_transaction:

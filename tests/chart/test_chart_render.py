@@ -76,6 +76,7 @@ VARIANTS: dict[str, dict] = {
 }
 
 PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+KOPF_KINDS = {"ClusterKopfPeering", "KopfPeering"}
 
 
 def _only(docs, kind):
@@ -110,6 +111,9 @@ def test_rendered_builtin_objects_validate_strictly(helm_chart, variant):
         if doc["kind"] in PROMETHEUS_OPERATOR_KINDS:
             assert doc["apiVersion"] == "monitoring.coreos.com/v1"
             continue
+        if doc["kind"] in KOPF_KINDS:  # custom resources of the chart's own crds/
+            assert doc["apiVersion"] == "kopf.dev/v1"
+            continue
         # Raises on unknown fields, wrong types or a kind that is not builtin.
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -121,15 +125,20 @@ def test_namespaced_objects_live_in_the_release_namespace(helm_chart, variant):
     watched = set(values.get("watchNamespaces", []))
     dashboard_ns = values.get("dashboard", {}).get("namespace") or NAMESPACE
     for doc in docs:
-        if doc["kind"] in {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}:
+        if doc["kind"] in {
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "ClusterKopfPeering",
+        }:
             assert "namespace" not in doc["metadata"]
             continue
         ns = doc["metadata"].get("namespace")
         if doc["kind"] == "ConfigMap":
             assert ns == dashboard_ns
-        elif doc["kind"] in {"Role", "RoleBinding"} and not doc["metadata"]["name"].endswith(
-            "-leader-election"
-        ):
+        elif doc["kind"] in {"Role", "RoleBinding", "KopfPeering"} and not doc["metadata"][
+            "name"
+        ].endswith("-leader-election"):
             assert ns in watched
         else:
             assert ns == NAMESPACE, f"{doc['kind']}/{doc['metadata']['name']} in {ns}"
@@ -173,6 +182,7 @@ def test_probes_hit_the_kopf_liveness_endpoint_the_operator_is_told_to_serve(hel
     c = _container(helm_chart.template(VARIANTS[variant]))
     args = c["args"]
     assert args[0] == "operator"
+    assert "--peering=graven" in args  # the chart creates that peering object
     (liveness_arg,) = [a for a in args if a.startswith("--liveness=")]
     url = liveness_arg.removeprefix("--liveness=")
     assert url.startswith("http://0.0.0.0:")
@@ -183,6 +193,21 @@ def test_probes_hit_the_kopf_liveness_endpoint_the_operator_is_told_to_serve(hel
         get = c[probe]["httpGet"]
         assert get["path"] == path, probe
         assert ports[get["port"]] == port, probe
+
+
+def test_standby_replicas_share_one_peering_object(helm_chart):
+    docs = helm_chart.template({"replicas": 2})
+    spec = _deployment(docs)["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert "--priority" not in " ".join(_container(docs)["args"])  # each draws its own
+    (peering,) = [d for d in docs if d["kind"] == "ClusterKopfPeering"]
+    assert peering["metadata"]["name"] == "graven"
+    docs = helm_chart.template(VARIANTS["namespaced"])
+    peerings = sorted(
+        (d["kind"], d["metadata"]["namespace"]) for d in docs if "Peering" in d["kind"]
+    )
+    assert peerings == [("KopfPeering", "team-a"), ("KopfPeering", "team-b")]
 
 
 def test_watch_scope_arguments(helm_chart):
@@ -203,9 +228,8 @@ def test_image_reference(helm_chart):
     c = _container(helm_chart.template({}))
     assert c["image"] == f"graven:{chart['appVersion']}"
     env = {e["name"]: e for e in c["env"]}
-    assert env["GRAVEN_OPERATOR_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
-        "metadata.namespace"
-    )
+    # kopf's peering identity: kopf reads POD_ID (an env var of another name was ignored).
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
     c = _container(helm_chart.template(VARIANTS["customised"]))
     assert c["image"] == "registry.example.org/graven@sha256:" + "ab" * 32

@@ -16,7 +16,8 @@ CHART = REPO / "charts" / "graven-operator"
 
 # (values, a fragment helm's error message must contain)
 BAD_VALUES = {
-    "unknown-top-level-key": ({"replicas": 2}, "replicas"),
+    "unknown-top-level-key": ({"replica": 2}, "replica"),
+    "no-replicas": ({"replicas": 0}, "replicas"),
     "typo-in-nested-key": ({"metrics": {"serviceMonitr": {"enabled": True}}}, "serviceMonitr"),
     "watchNamespaces-not-a-list": ({"watchNamespaces": "team-a"}, "watchNamespaces"),
     "watchNamespaces-invalid-name": ({"watchNamespaces": ["Team_A"]}, "watchNamespaces/0"),

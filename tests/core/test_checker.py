@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graven.node.protocol.checker import MAX_EXAMPLES, LayoutReport, Violation, check
-from graven.node.protocol.config import INTERSECTING, Configuration, build
+from graven.node.protocol.layout import INTERSECTING, Layout
+from graven.node.protocol.presets import build
 from graven.node.protocol.quorums import mask_of
 
 
@@ -290,7 +291,7 @@ def test_to_dict_is_json_ready() -> None:
 # ----------------------------------------------------------------------------- brute force
 
 
-def brute_force(config: Configuration) -> dict[tuple[str, str, str], bool]:
+def brute_force(config: Layout) -> dict[tuple[str, str, str], bool]:
     """Which (condition, earlier, later) fail, by enumerating every minimal quorum."""
     out: dict[tuple[str, str, str], bool] = {}
     segs = config.segments

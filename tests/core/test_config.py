@@ -7,20 +7,20 @@ from itertools import pairwise
 
 import pytest
 
-from graven.node.protocol.config import (
+from graven.node.protocol.layout import (
     INTERSECTING,
     RESTRICTED,
-    Configuration,
+    Layout,
     LayoutError,
-    build,
     epoch_of,
     key_hash,
     set_id,
 )
+from graven.node.protocol.presets import build
 from graven.node.protocol.quorums import Counting, Explicit, Grid, mask_of, members_of
 
 
-def shape(config: Configuration) -> list[tuple[str, str, int | None, int | None]]:
+def shape(config: Layout) -> list[tuple[str, str, int | None, int | None]]:
     """(range, kind, phase-1 size, phase-2 size) per segment, sizes for counting systems only."""
     out = []
     for seg in config.segments:
@@ -164,7 +164,7 @@ HASHES = [0, 1, 2, 7, 12345, key_hash("some key"), 2**32 - 1]
 LIMIT = 40
 
 
-def owned_chain(config: Configuration, slot: int, khash: int) -> list[int]:
+def owned_chain(config: Layout, slot: int, khash: int) -> list[int]:
     """The restricted sets below LIMIT that ``slot`` would use, in the order next_owned gives."""
     chain, current = [], config.first_set - 1
     while True:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from graven.node.protocol import acceptor as acc
-from graven.node.protocol.config import build, key_hash
+from graven.node.protocol.layout import key_hash
+from graven.node.protocol.presets import build
 from graven.node.protocol.proposer import Backoff, Decide, Persist, Proposer, Read, Send, Write
 
 

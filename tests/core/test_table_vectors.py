@@ -1,6 +1,6 @@
 """The paper's worked examples (GS Fig. 6, 7, 13, 14) as test vectors for the decision table."""
 
-from graven.node.protocol import config as cfg
+from graven.node.protocol import presets as cfg
 from graven.node.protocol import table
 
 

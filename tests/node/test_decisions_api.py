@@ -24,12 +24,14 @@ from graven.node.gateway.decided import DecidedCache
 from graven.node.proposer.channel import READ, WRITE, Channel, Item, PeerError, PeerUnavailable
 from graven.node.proposer.metrics import ProposerMetrics
 from graven.node.proposer.reachability import Reachability, resilience_within
-from graven.node.protocol import config as layout_config
+from graven.node.protocol import presets
 from graven.node.protocol.acceptor import Reply
-from graven.node.protocol.config import key_hash
+from graven.node.protocol.layout import key_hash
 from graven.node.protocol.proposer import Persist, Proposer
 from graven.node.protocol.quorums import Counting, Explicit, Grid, mask_of
+from graven.node.protocol.runtime import Runtime
 from graven.node.server.app import create_app
+from graven.node.sim.plants import plant
 from graven.node.storage import RegisterStore
 
 VALUE_LIMIT = 2048
@@ -54,6 +56,14 @@ async def solo(tmp_path: Path) -> AsyncIterator[TestClient]:
             yield client
     finally:
         store.close()
+
+
+async def test_the_gateway_runs_the_proposer_runtime_the_simulator_runs(solo: TestClient) -> None:
+    gateway = solo.server.app[decisions.GATEWAY]
+    assert type(gateway.pump.runtime) is Runtime  # the class sim/world.py hosts (plants aside)
+    assert plant(None).runtime is Runtime
+    resp = await solo.put("/v1/decisions/k", json={"value": "v"})
+    assert (resp.status, (await resp.json())["value"]) == (200, "v")
 
 
 def _json_schema(node: Any) -> Any:
@@ -300,7 +310,7 @@ def _channel(transport: GatedTransport, reach: Reachability) -> Channel:
 
 
 async def test_messages_queued_behind_busy_requests_share_one_request() -> None:
-    layout = layout_config.build({"preset": "paxos"}, 3)
+    layout = presets.build({"preset": "paxos"}, 3)
     reach = Reachability(layout, ["a", "b", "c"], 0)
     transport = GatedTransport()
     channel = _channel(transport, reach)
@@ -329,7 +339,7 @@ async def _turns(count: int) -> None:
 
 
 async def test_messages_queued_in_one_loop_turn_share_one_request() -> None:
-    layout = layout_config.build({"preset": "paxos"}, 3)
+    layout = presets.build({"preset": "paxos"}, 3)
     reach = Reachability(layout, ["a", "b", "c"], 0)
     transport = GatedTransport()
     channel = _channel(transport, reach)
@@ -343,7 +353,7 @@ async def test_messages_queued_in_one_loop_turn_share_one_request() -> None:
 
 
 async def test_a_failed_request_marks_the_member_down_and_fails_fast() -> None:
-    layout = layout_config.build({"preset": "paxos"}, 3)
+    layout = presets.build({"preset": "paxos"}, 3)
     reach = Reachability(layout, ["a", "b", "c"], 0)
     transport = GatedTransport()
     transport.fail = ConnectionRefusedError(111, "refused")
@@ -383,7 +393,7 @@ def test_resilience_within_the_members_that_are_up() -> None:
 
 
 def test_quorum_margin_follows_the_last_segment() -> None:
-    layout = layout_config.build({"preset": "fast"}, 5)  # fast set 0, then majorities of 5
+    layout = presets.build({"preset": "fast"}, 5)  # fast set 0, then majorities of 5
     reach = Reachability(layout, [f"m{i}" for i in range(5)], 0)
     assert reach.margin() == 2
     reach.mark_down(4, "timed out")

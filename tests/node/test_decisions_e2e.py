@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from graven.node.cluster.config import parse
-from graven.node.protocol.config import key_hash
+from graven.node.protocol.layout import key_hash
 from tests.support.cluster import LocalCluster
 
 DEADLINE = 5.0  # the node's default request deadline

@@ -1,11 +1,13 @@
-"""The node's own HTTP/1.1 client for peer requests, and the ordering the proposer's driver keeps
-between a used-set floor and the messages of its register set."""
+"""The node's own HTTP/1.1 client for peer requests, and the ordering the proposer runtime and
+its pump keep between a used-set floor and the messages of its register set."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -14,19 +16,20 @@ from prometheus_client import CollectorRegistry
 
 from graven.node.cluster.config import parse
 from graven.node.proposer.channel import AcceptorChannel, Channel, Item, describe_failure
-from graven.node.proposer.drive import Driver
 from graven.node.proposer.httpclient import PeerDisconnected, PeerHttpClient
 from graven.node.proposer.local import LocalChannel
 from graven.node.proposer.metrics import ProposerMetrics
-from graven.node.proposer.options import GatewayOptions
+from graven.node.proposer.pump import Pump
 from graven.node.proposer.reachability import Reachability
-from graven.node.protocol import config as layout_config
+from graven.node.protocol import presets
 from graven.node.protocol.acceptor import Reply
-from graven.node.protocol.config import key_hash
-from graven.node.protocol.proposer import Proposer
+from graven.node.protocol.effects import DECIDED, Timing
+from graven.node.protocol.layout import key_hash
+from graven.node.protocol.runtime import Runtime
 from graven.node.server.metrics import NodeMetrics
 from graven.node.storage import RegisterStore
 from graven.node.storage.schema import DB_NAME
+from graven.node.storage.writer import CommitWriter
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -189,7 +192,19 @@ class FloorCheckingTransport:
         pass
 
 
-async def test_floor_is_durable_before_other_members_hear_of_the_set(tmp_path: Path) -> None:
+async def test_floor_is_durable_before_other_members_hear_of_the_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As under load: every commit goes to the writer thread and takes its time there, so a
+    # message released before its floor's commit would reach the member first.
+    slow_write = CommitWriter._write
+
+    def write_slowly(self: CommitWriter, ops: list) -> None:
+        time.sleep(0.1)
+        slow_write(self, ops)
+
+    monkeypatch.setattr(CommitWriter, "commit_inline", lambda self, pending: False)
+    monkeypatch.setattr(CommitWriter, "_write", write_slowly)
     doc = {
         "apiVersion": "graven.dev/v1alpha1",
         "kind": "ClusterConfig",
@@ -198,7 +213,7 @@ async def test_floor_is_durable_before_other_members_hear_of_the_set(tmp_path: P
         "quorums": {"preset": "paxos"},
     }
     cfg = parse(doc)
-    layout = layout_config.build({"preset": "paxos"}, 3)
+    layout = presets.build({"preset": "paxos"}, 3)
     key = next(k for k in (f"k{i}" for i in range(100)) if layout.home_slot(key_hash(k)) == 0)
     store = RegisterStore.open(tmp_path / "data", cluster="trio", node="trio-0")
     commits: list[int] = []
@@ -215,22 +230,24 @@ async def test_floor_is_durable_before_other_members_hear_of_the_set(tmp_path: P
             for i in (1, 2)
         ),
     ]
+    runtime = Runtime(
+        layout,
+        index=0,
+        slot=0,
+        timing=Timing(),
+        rng=random.Random(1),
+        floors=store.used_floor,
+    )
+    pump = Pump(runtime, channels, reach, store)
     try:
         loop = asyncio.get_running_loop()
-        driver = Driver(
-            Proposer(layout, 0, key, store.used_floor(key)),
-            channels,
-            store,
-            reach,
-            GatewayOptions(),
-            loop.time() + 5,
-        )
-        decision = await driver.run("v")
+        outcome = await pump.propose(key, "v", loop.time() + 5, forward=False)
         await asyncio.sleep(0.05)  # let the second remote's message arrive too
     finally:
+        pump.close()
         for channel in channels:
             await channel.close()
         store.close()
-    assert decision.value == "v"
+    assert (outcome.status, outcome.value) == (DECIDED, "v")
     assert remote.checked == [(key, 0, 0), (key, 0, 0)]  # both saw set 0 with its floor on disk
     assert commits == [2]  # the floor and this node's own write: one transaction, one fsync

@@ -334,7 +334,9 @@ async def test_format_2_file_is_migrated_and_its_zero_fences_still_read(data_dir
         store.close()
     conn = sqlite3.connect(data_dir / DB_NAME)
     try:
-        assert conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()[0] == "3"
+        assert conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()[0] == str(
+            FORMAT_VERSION
+        )
     finally:
         conn.close()
 

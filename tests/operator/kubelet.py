@@ -141,6 +141,7 @@ class ProcessKubelet(FakeKubelet):
         self.ports = ports
         self.procs: dict[int, subprocess.Popen] = {}
         self.ready: dict[int, bool] = {}
+        self.exits: dict[int, int] = {}  # exit statuses already published
 
     def _config(self, sts: dict) -> str:
         volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
@@ -184,6 +185,7 @@ class ProcessKubelet(FakeKubelet):
         argv[0] = str(Path(sys.executable).with_name(argv[0]))  # the venv's `graven`
         log = open(self.root / f"{self.pod_name(index)}.log", "ab")  # noqa: SIM115
         self.procs[index] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        self.exits.pop(index, None)
 
     def _secret_volume(self, sts: dict, volume_name: str, host: Path) -> None:
         """A Secret volume's files, as the kubelet projects them (``items`` or every key)."""
@@ -200,7 +202,8 @@ class ProcessKubelet(FakeKubelet):
 
     def kill(self, index: int) -> None:
         proc = self.procs.pop(index)
-        proc.send_signal(signal.SIGKILL)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
     def stop_all(self) -> None:
@@ -222,11 +225,42 @@ class ProcessKubelet(FakeKubelet):
             return False
 
     def sync(self) -> dict[int, bool]:
-        """Probe every member and publish changed readiness; returns the readiness map."""
+        """Probe every member and publish changed readiness; returns the readiness map.
+
+        A member process that exited is published as a kubelet does for a container in
+        restart back-off: ``lastState.terminated`` with its exit code and, under
+        ``terminationMessagePolicy: FallbackToLogsOnError``, the tail of its log as message.
+        """
         replicas = self.statefulset()["spec"]["replicas"]
         for i in range(replicas):
             ok = self.probe(i)
             if self.ready.get(i) != ok:
                 self.set_ready(i, ok)
                 self.ready[i] = ok
+            proc = self.procs.get(i)
+            if proc is not None and proc.poll() is not None and i not in self.exits:
+                self.exits[i] = proc.returncode
+                self._publish_exit(i, proc.returncode)
         return dict(self.ready)
+
+    def _publish_exit(self, index: int, code: int) -> None:
+        (container,) = self.statefulset()["spec"]["template"]["spec"]["containers"]
+        terminated: dict[str, Any] = {"exitCode": code, "reason": "Error"}
+        if container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            # what the kubelet takes: at most the last 80 lines and 2048 bytes of the log
+            log = (self.root / f"{self.pod_name(index)}.log").read_bytes()[-2048:]
+            terminated["message"] = "\n".join(log.decode(errors="replace").splitlines()[-80:])
+        status = {
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 1,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": terminated},
+                }
+            ]
+        }
+        self.api.patch("Pod", self.namespace, self.pod_name(index), {"status": status}, True)

@@ -147,3 +147,57 @@ def test_replicas_register_in_the_peering_object(apiserver: Cluster, crd: dict) 
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
+
+
+def test_two_replicas_without_a_priority_do_not_tie(apiserver: Cluster, crd: dict) -> None:
+    """Two replicas of one Deployment get the same arguments. With one fixed default priority
+    kopf paused both ("Possibly conflicting operators with the same priority") and nothing was
+    ever reconciled; each now draws its own, so one works and the other waits."""
+    api = apiserver.api
+    for doc in yaml.safe_load_all((CRDS / "kopf-peering.yaml").read_text()):
+        api.create(doc)
+    api.request(
+        "POST",
+        "/apis/kopf.dev/v1/clusterkopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "graven"}},
+    )
+    procs = [
+        subprocess.Popen(
+            [str(GRAVEN), "operator", "--peering", "graven"],
+            env={**os.environ, "KUBECONFIG": str(apiserver.kubeconfig), "POD_ID": pod},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pod in ("operator-a", "operator-b")
+    ]
+    outputs = []
+    try:
+        peers = wait_for(
+            lambda: (
+                (
+                    api.request("GET", "/apis/kopf.dev/v1/clusterkopfpeerings/graven").get("status")
+                    or {}
+                ).keys()
+                >= {"operator-a", "operator-b"}
+                and api.request("GET", "/apis/kopf.dev/v1/clusterkopfpeerings/graven")["status"]
+            ),
+            timeout=30,
+            what="both replicas in the peering object",
+        )
+        assert peers["operator-a"]["priority"] != peers["operator-b"]["priority"]
+        doc = yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())
+        doc["metadata"]["namespace"] = NAMESPACE
+        api.create(doc)
+        wait_for(
+            lambda: api.get("StatefulSet", NAMESPACE, "demo"),
+            timeout=30,
+            what="the active replica created the StatefulSet",
+        )
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        outputs = [proc.communicate(timeout=30)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outputs
+    assert not any("Possibly conflicting operators" in out for out in outputs), outputs
+    # Which one waits for the other is shown on the real cluster (tests/kube/).

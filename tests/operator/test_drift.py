@@ -105,3 +105,72 @@ def test_list_length_change_is_drift() -> None:
     live = as_served(svc)
     live["spec"]["ports"].append({"name": "extra", "port": 1, "protocol": "TCP"})
     assert drift.plan(svc, live).drifted == ["spec.ports"]
+
+
+def test_a_label_the_render_no_longer_has_is_removed() -> None:
+    # Found on a real cluster: spec.image from a tag to a digest left `version: 0.1.0` on the
+    # StatefulSet and its pods, because a merge patch keeps every key it does not mention.
+    live = as_served(rendered({"image": "graven:0.1.0"})["StatefulSet/demo"])
+    live["spec"]["template"]["metadata"]["labels"]["team"] = "someone else's"
+    desired = rendered({"image": "graven@sha256:" + "a" * 64})["StatefulSet/demo"]
+    plan = drift.plan(desired, live)
+    version = "app.kubernetes.io/version"
+    assert f"metadata.labels.{version}" in plan.drifted
+    assert f"spec.template.metadata.labels.{version}" in plan.drifted
+    assert plan.patch is not None
+    assert plan.patch["metadata"]["labels"][version] is None
+    template_labels = plan.patch["spec"]["template"]["metadata"]["labels"]
+    assert template_labels[version] is None
+    assert "team" not in template_labels  # not ours: left alone
+    assert "extra" not in plan.patch["metadata"]["labels"]
+
+
+def apply_merge_patch(target: dict, patch: dict) -> dict:
+    out = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = apply_merge_patch(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def test_after_the_patch_the_plan_is_empty() -> None:
+    live = as_served(
+        rendered({"image": "graven:0.1.0", "tolerations": [{"operator": "Exists"}]})[
+            "StatefulSet/demo"
+        ]
+    )
+    desired = rendered({"image": "graven@sha256:" + "a" * 64})["StatefulSet/demo"]
+    plan = drift.plan(desired, live)
+    assert plan.patch is not None
+    assert drift.plan(desired, apply_merge_patch(live, plan.patch)).patch is None
+
+
+def test_a_field_the_apiserver_drops_is_learnt_not_patched_forever() -> None:
+    # Found on a real cluster: an unknown field inside spec.affinity is dropped by the
+    # apiserver (a warning, not an error); the drift timer patched it back every 30 s.
+    affinity = {
+        "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 1, "preference": {"matchExpressions": []}, "bogusField": 1}
+            ]
+        }
+    }
+    desired = rendered({"affinity": affinity})["StatefulSet/demo"]
+    stored = as_served(desired)
+    term = stored["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    del term["preferredDuringSchedulingIgnoredDuringExecution"][0]["bogusField"]
+    path = (
+        "spec.template.spec.affinity.nodeAffinity."
+        "preferredDuringSchedulingIgnoredDuringExecution[0].bogusField"
+    )
+    assert drift.plan(desired, stored).drifted == [path]  # what the timer saw, forever
+    ignore = drift.dropped(desired, stored)
+    assert ignore == {path}
+    assert drift.plan(desired, stored, ignore).patch is None
+    # Other drift is still repaired.
+    stored["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
+    assert drift.plan(desired, stored, ignore).drifted == ["spec.template.spec.containers[0].image"]

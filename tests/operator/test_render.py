@@ -195,6 +195,26 @@ def test_custom_spec_is_passed_through() -> None:
     assert names.LABEL_VERSION not in sts["metadata"]["labels"]
 
 
+@pytest.mark.parametrize(
+    ("image", "label"),
+    [
+        ("graven:0.1.0", "0.1.0"),
+        ("registry.example:5000/team/graven:v1.2.3-rc.1", "v1.2.3-rc.1"),
+        ("registry.example:5000/graven", None),  # a port, not a tag
+        # Valid image tags that are not label values (found on a real apiserver: 422).
+        ("graven:_build", None),
+        ("graven:1.0-", None),
+        ("graven:" + "a" * 64, None),
+        ("graven:" + "a" * 63, "a" * 63),
+    ],
+)
+def test_version_label_only_for_a_tag_that_is_a_label_value(image: str, label: str | None) -> None:
+    _, _, objs = rendered("tagged", {"image": image})
+    sts = by_kind(objs)["StatefulSet"][0]
+    for labels in (sts["metadata"]["labels"], sts["spec"]["template"]["metadata"]["labels"]):
+        assert labels.get(names.LABEL_VERSION) == label
+
+
 def test_services_select_the_members() -> None:
     _, _, objs = rendered("demo", {})
     sts = by_kind(objs)["StatefulSet"][0]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from graven.operator import health, status
 from graven.operator.layout import check_layout
@@ -162,3 +165,42 @@ def test_nothing_deployed_with_a_bad_layout_is_failed() -> None:
 )
 def test_progressing_follows_the_rollout(sts: dict | None, reason: str) -> None:
     assert status.rollout(sts).reason == reason
+
+
+def test_ready_condition_summarises_for_kubectl_wait() -> None:
+    paxos = {"preset": "paxos"}
+    st = status.build({}, observe(paxos, 3, {0, 1}), None, T0)
+    assert cond(st, "Ready")["status"] == "False"  # a member still starting
+    assert cond(st, "Ready")["reason"] == "MembersNotReady"
+    st = status.build(st, observe(paxos, 3, {0, 1, 2}), None, T1)
+    assert cond(st, "Ready") | {"status": "True", "reason": "ClusterReady"} == cond(st, "Ready")
+    assert st["conditions"][0]["type"] == "Ready"
+    # A change the operator refuses leaves a healthy cluster, but not Ready for the new spec.
+    refused = status.Outcome(
+        2, status.Cond(True, "LayoutSafe", "ok"), status.Cond(False, status.REFUSED, "no")
+    )
+    st = status.build(st, observe(paxos, 3, {0, 1, 2}), refused, T1)
+    assert st["phase"] == "Ready"
+    assert (cond(st, "Ready")["status"], cond(st, "Ready")["reason"]) == ("False", status.REFUSED)
+    assert cond(st, "Ready")["observedGeneration"] == 2
+
+
+def test_condition_messages_fit_the_status_schema() -> None:
+    huge = "x" * 70_975  # an unsafe explicit layout once produced a message this long
+    outcome = status.Outcome(
+        1,
+        status.Cond(False, "LayoutUnsafe", huge),
+        status.Cond(False, status.LAYOUT_REJECTED, huge),
+    )
+    st = status.build({}, observe({"preset": "paxos"}, 3, set()), outcome, T0)
+    for c in st["conditions"]:
+        assert len(c["message"]) <= status.MAX_MESSAGE
+    assert cond(st, "LayoutValid")["message"].endswith("more characters)")
+    assert cond(st, "LayoutValid")["message"].startswith("x" * 1000)
+    crd = yaml.safe_load(
+        (Path(__file__).parents[2] / "crds/consensusclusters.graven.dev.yaml").read_text()
+    )
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    item = schema["properties"]["conditions"]["items"]["properties"]
+    assert item["message"]["maxLength"] == status.MAX_MESSAGE
+    assert "Ready" in item["type"]["enum"]

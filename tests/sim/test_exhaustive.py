@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from graven.node.protocol.config import build
+from graven.node.protocol.presets import build
 from graven.node.sim.explore import explore
 
 SLOW = os.environ.get("GRAVEN_SLOW") == "1"

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from graven.node.protocol.config import build
+from graven.node.protocol.presets import build
+from graven.node.protocol.runtime import Runtime
 from graven.node.sim.checks import Checker, Violation
+from graven.node.sim.plants import PLANTS
 from graven.node.sim.world import World
 
 GRAVEN = str(Path(sys.executable).with_name("graven"))
@@ -48,10 +50,25 @@ def test_safe_layouts_pass_every_randomized_run(block, members):
     assert crashes > SEEDS and partitions > SEEDS // 4 and lost > SEEDS
 
 
-@pytest.mark.parametrize("plant", ["nil-below-highest", "ack-before-persist", "reuse-register-set"])
-def test_planted_bugs_are_caught_by_the_cli(plant):
+PLANTED = [
+    ("nil-below-highest", "paxos"),
+    ("ack-before-persist", "paxos"),
+    ("reuse-register-set", "paxos"),
+    # the proposer runtime's own rules, exercised because the simulator drives the runtime
+    ("release-before-durable", "paxos"),
+    ("resume-forgets-fast", "fast"),
+    ("read-trusts-one", "paxos"),
+]
+
+
+def test_every_plant_has_a_test():
+    assert sorted(name for name, _ in PLANTED) == sorted(PLANTS)
+
+
+@pytest.mark.parametrize(("plant", "preset"), PLANTED, ids=[name for name, _ in PLANTED])
+def test_planted_bugs_are_caught_by_the_cli(plant, preset):
     out = subprocess.run(
-        [GRAVEN, "simulate", "--preset", "paxos", "--members", "3", "--plant", plant],
+        [GRAVEN, "simulate", "--preset", preset, "--members", "3", "--plant", plant],
         capture_output=True,
         text=True,
         timeout=300,
@@ -97,6 +114,13 @@ def test_a_reported_seed_reproduces_the_same_violation():
         first.stdout.splitlines()[0].split(": ", 1)[1]
         == (again.stdout.splitlines()[0].split(": ", 1)[1])
     )
+
+
+def test_the_simulated_nodes_run_the_proposer_runtime():
+    world = World(build({"preset": "fast"}, 3), 1, 3, 2)
+    assert all(type(p.rt) is Runtime for p in world.proposers)
+    assert world.run(1500) is None
+    assert world.stats.decisions == 3 * 2
 
 
 def test_runs_are_deterministic_per_seed():

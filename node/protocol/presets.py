@@ -1,163 +1,29 @@
-"""Configurations: ordered segments of register sets, the presets, and the layout schema.
+"""Presets and the layout schema: a ``spec.quorums`` block -> ``Layout``.
 
-A register set id is an ``int``. The epoch sits in the high bits (``set_id(epoch, index)``) so a
-later configuration can take over from a register-set boundary without renumbering anything.
-Within an epoch, a configuration is a list of segments ``[start, end)`` (the last one infinite),
-each with a kind, phase-1 and phase-2 quorum systems and its members.
+The same block sits under a ConsensusCluster's spec.quorums and in layout files:
 
-Ownership of client-restricted sets is static round robin over ``proposers`` slots, rotated by a
-hash of the key: proposer slot ``p`` owns relative set ``i`` of a restricted segment for key hash
-``h`` iff ``(i + h) % proposers == p``. So set 0 of every key has exactly one owner (the key's
-*home* slot) which may skip phase 1, every slot gets an infinite ordered share of every segment,
-and two slots never own the same set (condition C1 for restricted sets holds by construction).
+    preset: paxos | flexible | fast | colocated | fixed-majority     (or: segments: [...])
+    q1, q2            flexible with counting quorums
+    grid: "RxC"       flexible with grid quorums; phase1: rows | columns (default rows)
+    fastQuorum, classicQuorum     fast
+    allSets           colocated: how many leading sets use the single all-members quorum
+    proposers         proposer slots for restricted sets (default: members)
+    segments:         explicit layout, each {sets?: N, kind, phase1, phase2}; the last is infinite
+      phase1/phase2:  {type: majority} | {type: counting, size: K} |
+                      {type: grid, rows, columns, by: rows|columns} | {type: explicit, sets: [[..]]}
+                      optional members: [indices] restricts a counting/majority/grid system.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from .quorums import Counting, Explicit, Grid, Mask, QuorumSystem, majority, mask_of, popcount
-
-EPOCH_BITS = 40
-EPOCH_SIZE = 1 << EPOCH_BITS
-
-RESTRICTED = "restricted"  # client-restricted: one owner per set
-INTERSECTING = "intersecting"  # quorum-intersecting: any client may write ("fast")
-KINDS = (RESTRICTED, INTERSECTING)
+from .layout import INTERSECTING, KINDS, RESTRICTED, Layout, LayoutError, Segment, set_id
+from .quorums import Counting, Explicit, Grid, QuorumSystem, majority, mask_of, popcount
 
 PRESETS = ("paxos", "flexible", "fast", "colocated", "fixed-majority")
 MAX_MEMBERS = 16
-
-
-class LayoutError(ValueError):
-    """A layout that cannot be built (bad input, not an unsafe layout)."""
-
-
-def set_id(epoch: int, index: int) -> int:
-    return (epoch << EPOCH_BITS) | index
-
-
-def epoch_of(register_set: int) -> int:
-    return register_set >> EPOCH_BITS
-
-
-def key_hash(key: str) -> int:
-    """Stable across processes and machines (unlike ``hash``)."""
-    return zlib.crc32(key.encode())
-
-
-@dataclass(frozen=True)
-class Segment:
-    start: int
-    end: int | None  # None: infinite
-    kind: str
-    phase1: QuorumSystem
-    phase2: QuorumSystem
-
-    def __contains__(self, register_set: int) -> bool:
-        return self.start <= register_set and (self.end is None or register_set < self.end)
-
-    @property
-    def length(self) -> int | None:
-        return None if self.end is None else self.end - self.start
-
-    @property
-    def members(self) -> Mask:
-        return self.phase1.members | self.phase2.members
-
-    def describe_range(self) -> str:
-        start = self.start % EPOCH_SIZE
-        if self.end is None:
-            return f"sets {start}.."
-        end = (self.end - 1) % EPOCH_SIZE
-        return f"set {start}" if end == start else f"sets {start}..{end}"
-
-
-@dataclass(frozen=True)
-class Configuration:
-    """One epoch's layout: segments covering ``[set_id(epoch, 0), set_id(epoch + 1, 0))``."""
-
-    n: int
-    segments: tuple[Segment, ...]
-    proposers: int
-    epoch: int = 0
-    name: str = "explicit"
-    spec: Mapping[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def members(self) -> Mask:
-        return (1 << self.n) - 1
-
-    @property
-    def first_set(self) -> int:
-        return set_id(self.epoch, 0)
-
-    def segment_of(self, register_set: int) -> Segment:
-        for seg in self.segments:
-            if register_set in seg:
-                return seg
-        raise LayoutError(f"register set {register_set} is outside epoch {self.epoch}")
-
-    def owner(self, register_set: int, khash: int) -> int | None:
-        """Proposer slot owning a restricted set for a key; None for intersecting sets."""
-        seg = self.segment_of(register_set)
-        if seg.kind == INTERSECTING:
-            return None
-        return (register_set - seg.start + khash) % self.proposers
-
-    def next_owned(self, slot: int, khash: int, above: int) -> int:
-        """Smallest restricted set > ``above`` (or >= first set) owned by ``slot`` for the key."""
-        for seg in self.segments:
-            if seg.kind != RESTRICTED:
-                continue
-            lo = max(seg.start, above + 1)
-            if seg.end is not None and lo >= seg.end:
-                continue
-            # relative index i with (i + khash) % P == slot, i >= lo - start
-            rel = lo - seg.start
-            delta = (slot - khash - rel) % self.proposers
-            candidate = seg.start + rel + delta
-            if seg.end is None or candidate < seg.end:
-                return candidate
-        raise LayoutError("the layout has no client-restricted set left for this proposer")
-
-    def home_slot(self, khash: int) -> int | None:
-        """Slot that owns the very first set of the key (may skip phase 1), if restricted."""
-        return self.owner(self.first_set, khash)
-
-    def leader_slot(self, khash: int) -> int | None:
-        """Slot owning the key's first client-restricted set: the home on layouts that start
-        restricted, else the proposer that recovers the key after a conflict on the fast sets
-        (sending a key's fallback proposals there lets them queue instead of duel)."""
-        for seg in self.segments:
-            if seg.kind == RESTRICTED:
-                return khash % self.proposers
-        return None
-
-    def fast_sets(self) -> list[Segment]:
-        return [s for s in self.segments if s.kind == INTERSECTING]
-
-    def to_spec(self) -> dict:
-        return dict(self.spec)
-
-
-# ---------------------------------------------------------------------------------------------
-# Layout schema: the same block sits under a ConsensusCluster's spec.quorums.
-#
-#   preset: paxos | flexible | fast | colocated | fixed-majority     (or: segments: [...])
-#   q1, q2            flexible with counting quorums
-#   grid: "RxC"       flexible with grid quorums; phase1: rows | columns (default rows)
-#   fastQuorum, classicQuorum     fast
-#   allSets           colocated: how many leading sets use the single all-members quorum
-#   proposers         proposer slots for restricted sets (default: members)
-#   segments:         explicit layout, each {sets?: N, kind, phase1, phase2}; the last is infinite
-#     phase1/phase2:  {type: majority} | {type: counting, size: K} |
-#                     {type: grid, rows, columns, by: rows|columns} | {type: explicit, sets: [[..]]}
-#                     optional members: [indices] restricts a counting/majority/grid system.
-# ---------------------------------------------------------------------------------------------
 
 PRESET_KEYS = {
     "paxos": set(),
@@ -259,8 +125,8 @@ def _segments(
     return tuple(out)
 
 
-def build(block: Mapping[str, Any] | None, members: int, epoch: int = 0) -> Configuration:
-    """Build a configuration from a layout block (``spec.quorums``) for ``members`` members."""
+def build(block: Mapping[str, Any] | None, members: int, epoch: int = 0) -> Layout:
+    """Build a layout from a layout block (``spec.quorums``) for ``members`` members."""
     if isinstance(members, bool) or not isinstance(members, int):
         raise LayoutError(f"members must be an integer, got {members!r}")
     if not 1 <= members <= MAX_MEMBERS:
@@ -298,7 +164,7 @@ def build(block: Mapping[str, Any] | None, members: int, epoch: int = 0) -> Conf
             q1 = _quorum_system(seg.get("phase1", {"type": "majority"}), n, f"{where}.phase1")
             q2 = _quorum_system(seg.get("phase2", {"type": "majority"}), n, f"{where}.phase2")
             specs.append((length, kind, q1, q2))
-        return Configuration(n, _segments(specs, epoch), proposers, epoch, "explicit", block)
+        return Layout(n, _segments(specs, epoch), proposers, epoch, "explicit", block)
 
     preset = block.get("preset", "paxos")
     if preset not in PRESETS:
@@ -342,4 +208,4 @@ def build(block: Mapping[str, Any] | None, members: int, epoch: int = 0) -> Conf
         first = mask_of(range(n // 2 + 1))
         fixed = Explicit(first, (first,))
         specs = [(1, INTERSECTING, maj, fixed), (None, RESTRICTED, maj, maj)]
-    return Configuration(n, _segments(specs, epoch), proposers, epoch, preset, block)
+    return Layout(n, _segments(specs, epoch), proposers, epoch, preset, block)
