@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..http.errors import ApiError, error_response
-from ..protocol.config import INTERSECTING, Configuration, LayoutError
+from ..protocol.layout import INTERSECTING, Layout, LayoutError
 from .identity import ADMIN, MEMBER, READ, WRITE, Identity, from_peercert
 from .tokens import TokenStore
 
@@ -118,7 +118,7 @@ def decide(request: web.Request, policy: Policy, ident: Identity | None) -> ApiE
 
 
 def check_register_writes(
-    request: web.Request, layout: Configuration, register_sets: Iterable[int]
+    request: web.Request, layout: Layout, register_sets: Iterable[int]
 ) -> None:
     """Raise 403 unless a member writes, or every set written is quorum-intersecting."""
     policy = request.app.get(POLICY)
