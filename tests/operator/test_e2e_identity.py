@@ -30,6 +30,9 @@ KEYS = [f"key-{i}" for i in range(8)]
 def manifest(**spec: object) -> dict:
     doc = yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())
     doc["metadata"]["namespace"] = NAMESPACE
+    # about data identity, not security: members reached over plain http (TLS end to end with
+    # the operator's certificates: test_e2e_nodes.py)
+    doc["spec"]["security"] = {"tls": False}
     doc["spec"].update(spec)
     return doc
 
