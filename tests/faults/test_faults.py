@@ -121,7 +121,7 @@ def test_every_nemesis_short(tmp_path: Path, preset: str) -> None:
 
 
 def test_the_harness_catches_a_node_that_acknowledges_before_syncing(tmp_path: Path) -> None:
-    """Nodes that lie about durability (the store's test-only unsafe switch) lose
+    """Nodes that lie about durability (the test double tests/support/lying_node.py) lose
     acknowledged decisions when the whole cluster is killed: the checker must say so."""
     code, doc, text = run_harness(
         tmp_path,

@@ -35,6 +35,9 @@ from .topology import PROXY_PORT, Topology
 
 DISK_MB = 96  # each member's tmpfs; a soak of 15 minutes uses a few MiB
 HERE = Path(__file__).resolve().parent
+# The store has no unsafe switch any more: nodes that must lie about durability run the test
+# double tests/support/lying_node.py instead of the ordinary command.
+LYING_NODE = HERE.parents[1] / "support" / "lying_node.py"
 
 
 @dataclass
@@ -150,8 +153,11 @@ class NetCluster:
         argv = [
             *self.topo.nsenter(m.ns),
             sys.executable,
-            "-m",
-            "graven.node.cli",
+            *(
+                [str(LYING_NODE)]
+                if os.environ.get("GRAVEN_UNSAFE_ACK_BEFORE_SYNC") == "1"
+                else ["-m", "graven.node.cli"]
+            ),
             "node",
             "--id",
             m.name,
