@@ -28,6 +28,8 @@ PLURALS: dict[str, str] = {
     "PrometheusRule": "prometheusrules",
     "Pod": "pods",
     "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Secret": "secrets",
+    "NetworkPolicy": "networkpolicies",
     names.KIND: names.PLURAL,
 }
 API_VERSIONS: dict[str, str] = {
@@ -39,6 +41,8 @@ API_VERSIONS: dict[str, str] = {
     "PodDisruptionBudget": "policy/v1",
     "ServiceMonitor": "monitoring.coreos.com/v1",
     "PrometheusRule": "monitoring.coreos.com/v1",
+    "Secret": "v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
     names.KIND: names.API_VERSION,
 }
 MERGE_PATCH = "application/merge-patch+json"

@@ -18,6 +18,10 @@ CONFIG_FILE = "cluster.yaml"
 CONFIG_DIR = "/etc/graven"
 DATA_DIR = "/data"
 DATA_VOLUME = "data"
+CA_DIR = "/etc/graven-ca"  # not under CONFIG_DIR: no mount points inside a read-only volume
+TLS_DIR = "/etc/graven-tls"
+TOKENS_DIR = "/etc/graven-tokens"
+TOKENS_FILE = "tokens.yaml"
 
 # Pods run as this non-root uid/gid; fsGroup makes the PVC writable for it.
 RUN_AS_USER = 10001
@@ -50,9 +54,19 @@ def config_map(name: str) -> str:
     return f"{name}-config"
 
 
-def member_url(name: str, namespace: str, index: int) -> str:
+def member_url(name: str, namespace: str, index: int, scheme: str = "http") -> str:
     """A member's stable address: the pod's record under the headless peer service."""
-    return f"http://{member(name, index)}.{peers_service(name)}.{namespace}.svc:{PORT}"
+    return f"{scheme}://{member(name, index)}.{peers_service(name)}.{namespace}.svc:{PORT}"
+
+
+def ca_secret(name: str) -> str:
+    """The cluster's CA (``tls.crt``/``tls.key``) and trust bundle (``ca.crt``)."""
+    return f"{name}-ca"
+
+
+def tls_secret(name: str) -> str:
+    """Every member's certificate and key, and Prometheus' read-only client certificate."""
+    return f"{name}-tls"
 
 
 def selector(name: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ import kopf
 
 from graven.node.cluster.spec import ClusterSpec, SpecError, check_name, parse
 
-from . import drift, health, identity, names, render, status, topology
+from . import drift, health, identity, names, pki, render, status, topology
 from .kube import ApiError, Kube, object_path, path
 from .layout import LayoutVerdict, check_layout, summary
 from .metrics import ClusterMetrics
@@ -50,6 +50,8 @@ class Options:
     # (cluster name, namespace, member) -> /readyz URL; default: the pod IP on the member port.
     probe_url: Callable[[str, str, health.MemberHealth], str | None] | None = None
     capabilities_ttl: float = 60.0
+    # time between the steps of a CA rotation (kubelet Secret sync and member reload)
+    ca_settle: datetime.timedelta = pki.DEFAULT_SETTLE
 
 
 def default_probe_url(name: str, namespace: str, member: health.MemberHealth) -> str | None:
@@ -79,6 +81,12 @@ def _short(text: str) -> str:
 
 def _label(obj: Mapping[str, Any]) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _replace(live: Mapping[str, Any], data: Mapping[str, str]) -> dict[str, str | None]:
+    """A merge patch that makes a Secret's data exactly ``data`` in one step (the kubelet
+    never sees it half-replaced): keys no longer wanted are set to null."""
+    return {**{k: None for k in live.get("data") or {} if k not in data}, **data}
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -149,6 +157,7 @@ class Operator:
             ("Service", name),
             ("StatefulSet", name),
             ("PodDisruptionBudget", name),
+            ("NetworkPolicy", name),
         ]
         if caps.service_monitor:
             wanted.append(("ServiceMonitor", name))
@@ -216,6 +225,7 @@ class Operator:
             tolerates = verdict.tolerates or 0
             desired = render.render_all(name, namespace, spec, tolerates, caps, epoch, incarnation)
             kopf.adopt(desired, owner=dict(body))
+            pki_events = await self.certificates(body, spec) if spec.security.tls else []
             report = await self.apply(desired, live, uid)
             await self._prune(spec, caps, live, uid, report)
         except ApiError as exc:
@@ -227,7 +237,62 @@ class Operator:
             return status.Outcome(
                 generation, layout_valid, status.Cond(False, status.APPLY_FAILED, message)
             ), [Event("Warning", status.APPLY_FAILED, _short(message), sticky=True)]
-        return self._outcome(generation, layout_valid, report, running is None)
+        outcome, events = self._outcome(generation, layout_valid, report, running is None)
+        return outcome, pki_events + events
+
+    async def certificates(self, body: Mapping[str, Any], spec: ClusterSpec) -> list[Event]:
+        """Create, renew or rotate the cluster's CA and certificate Secrets (see ``pki``);
+        before the pods, which mount them."""
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        ca_path = path("Secret", namespace, names.ca_secret(name))
+        tls_path = path("Secret", namespace, names.tls_secret(name))
+        ca_live = await self.kube.get(ca_path)
+        tls_live = await self.kube.get(tls_path)
+        for live in (ca_live, tls_live):
+            if live is not None and not _owned_by(live, meta["uid"]):
+                raise ApiError(409, "Conflict", f"Secret {live['metadata']['name']} is not ours")
+        request = (meta.get("annotations") or {}).get(pki.ROTATE_REQUEST)
+        now = datetime.datetime.now(datetime.UTC)
+        todo = pki.plan(
+            name, namespace, spec.replicas, ca_live, tls_live, now, request,
+            self.options.ca_settle,
+        )  # fmt: skip
+        if todo.ca is not None or todo.ca_annotations:
+            current = pki._decode(ca_live)
+            data = todo.ca if todo.ca is not None else current
+            await self._put_secret(body, ca_path, ca_live, names.ca_secret(name), data, todo)
+        if todo.tls is not None:
+            secret = pki.secret(names.tls_secret(name), namespace, name, todo.tls, {})
+            kopf.adopt(secret, owner=dict(body))
+            if tls_live is None:
+                await self.kube.create(tls_path.rsplit("/", 1)[0], secret)
+            else:
+                await self.kube.patch(tls_path, {"data": _replace(tls_live, secret["data"])})
+        return [Event("Normal", "Certificates", _short(e)) for e in todo.events]
+
+    async def _put_secret(
+        self,
+        body: Mapping[str, Any],
+        url: str,
+        live: Mapping[str, Any] | None,
+        secret_name: str,
+        data: Mapping[str, bytes],
+        todo: pki.Plan,
+    ) -> None:
+        meta = body["metadata"]
+        secret = pki.secret(secret_name, meta["namespace"], meta["name"], data, {})
+        if live is None:
+            secret["metadata"]["annotations"] = {
+                k: v for k, v in todo.ca_annotations.items() if v is not None
+            }
+            kopf.adopt(secret, owner=dict(body))
+            await self.kube.create(url.rsplit("/", 1)[0], secret)
+            return
+        patch: dict[str, Any] = {"metadata": {"annotations": dict(todo.ca_annotations)}}
+        if todo.ca is not None:
+            patch["data"] = _replace(live, secret["data"])  # next.* goes when a rotation ends
+        await self.kube.patch(url, patch)
 
     async def _identity_refusal(
         self,
@@ -309,8 +374,9 @@ class Operator:
         uid: str,
         report: ApplyReport,
     ) -> None:
-        """Delete the monitoring objects we made once they are no longer asked for."""
-        unwanted = []
+        """Delete the optional objects we made (monitoring, NetworkPolicy) once they are no
+        longer asked for."""
+        unwanted = [] if spec.security.network_policy else ["NetworkPolicy"]
         if caps.service_monitor and not spec.monitoring.service_monitor:
             unwanted.append("ServiceMonitor")
         if caps.prometheus_rule and not spec.monitoring.prometheus_rule:
@@ -361,7 +427,9 @@ class Operator:
 
     # ------------------------------------------------------------------ status
 
-    async def probe(self, name: str, namespace: str, members: list[health.MemberHealth]) -> dict:
+    async def probe(
+        self, name: str, namespace: str, members: list[health.MemberHealth], tls: bool = True
+    ) -> dict:
         """GET each member's /readyz directly: sees a dead member before the kubelet does."""
         if self._probe_session is None or self._probe_session.closed:
             # A separate session: the API token must never be sent to a member.
@@ -375,8 +443,12 @@ class Operator:
             url = url_of(name, namespace, member)
             if not url:
                 return member.name, False
+            if tls and url_of is default_probe_url:
+                url = "https://" + url.removeprefix("http://")
             try:
-                async with session.get(url) as rsp:
+                # /readyz is open and reveals nothing; the pod IP is in no certificate, so
+                # the TLS of an https member is not verified for this one probe
+                async with session.get(url, ssl=False) as rsp:
                     return member.name, rsp.status == 200
             except (aiohttp.ClientError, TimeoutError, OSError):
                 return member.name, False
@@ -399,7 +471,9 @@ class Operator:
         pods = await self.kube.list(path("Pod", namespace), names.selector(name))
         members = health.members(name, running.members, pods)
         if self.options.probe_members:
-            probes = await self.probe(name, namespace, members)
+            sec = spec.get("security") if isinstance(spec, Mapping) else None
+            tls = not isinstance(sec, Mapping) or sec.get("tls", True) is not False
+            probes = await self.probe(name, namespace, members, tls)
             members = health.members(name, running.members, pods, probes)
         verdict = running_verdict(running)
         return status.Observed(obs.spec_replicas, obs.spec_layout, running, verdict, members, sts)

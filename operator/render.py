@@ -73,7 +73,8 @@ def cluster_config(
     name: str, namespace: str, spec: ClusterSpec, epoch: int = 0, incarnation: str | None = None
 ) -> dict:
     """The ClusterConfig document every member reads, with in-cluster member URLs."""
-    urls = [names.member_url(name, namespace, i) for i in range(spec.replicas)]
+    scheme = "https" if spec.security.tls else "http"
+    urls = [names.member_url(name, namespace, i, scheme) for i in range(spec.replicas)]
     return member_config(name, spec, urls, epoch, incarnation)
 
 
@@ -137,9 +138,10 @@ def client_service(name: str, namespace: str) -> dict:
     }
 
 
-def _probe(path: str, period: int, timeout: int, failures: int) -> dict:
+def _probe(path: str, period: int, timeout: int, failures: int, tls: bool) -> dict:
+    # /healthz and /readyz stay open under TLS (the kubelet does not verify certificates)
     return {
-        "httpGet": {"path": path, "port": names.PORT_NAME, "scheme": "HTTP"},
+        "httpGet": {"path": path, "port": names.PORT_NAME, "scheme": "HTTPS" if tls else "HTTP"},
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
@@ -160,8 +162,8 @@ def default_topology_spread(name: str) -> list[dict]:
     ]
 
 
-def node_command() -> list[str]:
-    return [
+def node_command(spec: ClusterSpec | None = None) -> list[str]:
+    command = [
         "graven",
         "node",
         "--id",
@@ -173,13 +175,23 @@ def node_command() -> list[str]:
         "--config",
         f"{names.CONFIG_DIR}/{names.CONFIG_FILE}",
     ]
+    security = spec.security if spec is not None else None
+    if security is not None and security.tls:
+        command += [
+            "--tls-ca", f"{names.CA_DIR}/ca.crt",
+            "--tls-cert", f"{names.TLS_DIR}/$(POD_NAME).crt",
+            "--tls-key", f"{names.TLS_DIR}/$(POD_NAME).key",
+        ]  # fmt: skip
+        if security.client_tokens_secret:
+            command += ["--tokens", f"{names.TOKENS_DIR}/{names.TOKENS_FILE}"]
+    return command
 
 
 def _container(spec: ClusterSpec) -> dict:
     container: dict[str, Any] = {
         "name": "graven",
         "image": spec.image,
-        "command": node_command(),
+        "command": node_command(spec),
         "env": [
             {
                 "name": "POD_NAME",
@@ -195,8 +207,8 @@ def _container(spec: ClusterSpec) -> dict:
         # line on stderr; this puts that line into the pod status, where the operator reads it.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # Readiness is checked often: the operator's Available condition follows it.
-        "readinessProbe": _probe("/readyz", period=2, timeout=1, failures=2),
-        "livenessProbe": _probe("/healthz", period=10, timeout=2, failures=6),
+        "readinessProbe": _probe("/readyz", 2, 1, 2, spec.security.tls),
+        "livenessProbe": _probe("/healthz", 10, 2, 6, spec.security.tls),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -207,6 +219,7 @@ def _container(spec: ClusterSpec) -> dict:
             {"name": names.DATA_VOLUME, "mountPath": names.DATA_DIR},
             {"name": "config", "mountPath": names.CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            *_security_mounts(spec),
         ],
     }
     if spec.image_pull_policy:
@@ -214,6 +227,48 @@ def _container(spec: ClusterSpec) -> dict:
     if spec.resources:
         container["resources"] = dict(spec.resources)
     return container
+
+
+def _security_mounts(spec: ClusterSpec) -> list[dict]:
+    if not spec.security.tls:
+        return []
+    mounts = [
+        {"name": "ca", "mountPath": names.CA_DIR, "readOnly": True},
+        {"name": "tls", "mountPath": names.TLS_DIR, "readOnly": True},
+    ]
+    if spec.security.client_tokens_secret:
+        mounts.append({"name": "tokens", "mountPath": names.TOKENS_DIR, "readOnly": True})
+    return mounts
+
+
+def _security_volumes(name: str, spec: ClusterSpec) -> list[dict]:
+    """Secret volumes (the kubelet updates them in place; members reload within a second)."""
+    if not spec.security.tls:
+        return []
+    volumes: list[dict] = [
+        # only the trust bundle: the CA's key never reaches a pod
+        {
+            "name": "ca",
+            "secret": {
+                "secretName": names.ca_secret(name),
+                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                "defaultMode": 0o444,
+            },
+        },
+        {"name": "tls", "secret": {"secretName": names.tls_secret(name), "defaultMode": 0o440}},
+    ]
+    if spec.security.client_tokens_secret:
+        volumes.append(
+            {
+                "name": "tokens",
+                "secret": {
+                    "secretName": spec.security.client_tokens_secret,
+                    "items": [{"key": names.TOKENS_FILE, "path": names.TOKENS_FILE}],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+    return volumes
 
 
 def _pod_spec(name: str, spec: ClusterSpec) -> dict:
@@ -233,6 +288,7 @@ def _pod_spec(name: str, spec: ClusterSpec) -> dict:
         "volumes": [
             {"name": "config", "configMap": {"name": names.config_map(name)}},
             {"name": "tmp", "emptyDir": {}},
+            *_security_volumes(name, spec),
         ],
         "topologySpreadConstraints": [dict(c) for c in spec.topology_spread]
         if spec.topology_spread is not None
@@ -333,7 +389,18 @@ def pod_disruption_budget(name: str, namespace: str, tolerates: int) -> dict:
     }
 
 
-def service_monitor(name: str, namespace: str) -> dict:
+def service_monitor(name: str, namespace: str, spec: ClusterSpec | None = None) -> dict:
+    endpoint: dict[str, Any] = {"port": names.PORT_NAME, "path": "/metrics", "interval": "30s"}
+    if spec is not None and spec.security.tls:
+        # Prometheus verifies the members with the cluster's CA and shows its own read-only
+        # client certificate (issued by the operator into the cluster's TLS Secret).
+        endpoint["scheme"] = "https"
+        endpoint["tlsConfig"] = {
+            "ca": {"secret": {"name": names.ca_secret(name), "key": "ca.crt"}},
+            "cert": {"secret": {"name": names.tls_secret(name), "key": "metrics.crt"}},
+            "keySecret": {"name": names.tls_secret(name), "key": "metrics.key"},
+            "serverName": f"{name}.{namespace}.svc",
+        }
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
@@ -343,7 +410,39 @@ def service_monitor(name: str, namespace: str) -> dict:
             # show up as a failed scrape (up == 0), not vanish from the targets.
             "selector": {"matchLabels": {**names.selector(name), names.LABEL_COMPONENT: "peers"}},
             "namespaceSelector": {"matchNames": [namespace]},
-            "endpoints": [{"port": names.PORT_NAME, "path": "/metrics", "interval": "30s"}],
+            "endpoints": [endpoint],
+        },
+    }
+
+
+def network_policy(name: str, namespace: str, spec: ClusterSpec) -> dict:
+    """Who may open connections to the members (one port serves peers, clients and metrics,
+    so the rules are by source): the cluster's own members, the clients ``spec`` allows
+    (default: pods of this namespace), and Prometheus' namespace. Nothing else."""
+    members = {"podSelector": {"matchLabels": names.selector(name)}}
+    clients = (
+        [dict(c) for c in spec.security.clients]
+        if spec.security.clients is not None
+        else [{"podSelector": {}}]  # every pod of this namespace
+    )
+    monitoring = {
+        "namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": spec.security.metrics_namespace}
+        }
+    }
+    port = [{"protocol": "TCP", "port": names.PORT}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(name, name, namespace, "network-policy"),
+        "spec": {
+            "podSelector": {"matchLabels": names.selector(name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [members], "ports": port},
+                {"from": clients, "ports": port},
+                {"from": [monitoring], "ports": port},
+            ],
         },
     }
 
@@ -377,8 +476,10 @@ def render_all(
         statefulset(name, namespace, spec, cfg_hash, epoch, incarnation),
         pod_disruption_budget(name, namespace, tolerates),
     ]
+    if spec.security.network_policy:
+        objs.append(network_policy(name, namespace, spec))
     if spec.monitoring.service_monitor and caps.service_monitor:
-        objs.append(service_monitor(name, namespace))
+        objs.append(service_monitor(name, namespace, spec))
     if spec.monitoring.prometheus_rule and caps.prometheus_rule:
         objs.append(prometheus_rule(name, namespace))
     return objs

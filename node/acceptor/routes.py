@@ -11,6 +11,7 @@ from aiohttp import web
 from ..http.appkeys import CLUSTER, METRICS, STORE
 from ..http.jsonio import json_response, read_json
 from ..http.validate import parse_fence, parse_keys_query, parse_read, parse_write
+from ..security.access import check_register_writes
 from .service import read_many, write_many
 from .wire import reply_to_json
 
@@ -29,7 +30,9 @@ async def read_registers(request: web.Request) -> web.Response:
 
 async def write_registers(request: web.Request) -> web.Response:
     app = request.app
-    items = parse_write(await read_json(request), app[CLUSTER].limits)
+    cfg = app[CLUSTER]
+    items = parse_write(await read_json(request), cfg.limits)
+    check_register_writes(request, cfg.layout, (item.rs for item in items))  # before any write
     replies, durable = write_many(app[STORE], app[METRICS], items)
     await durable
     return json_response(

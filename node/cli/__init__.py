@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "get": "graven.node.cli.client",
     "status": "graven.node.cli.client",
     "bench": "graven.node.cli.bench",
+    "token": "graven.node.cli.token",
 }
 
 

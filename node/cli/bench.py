@@ -112,9 +112,10 @@ def run(args: argparse.Namespace) -> int:
         read_keys=args.keys or 1000,
     )
     racing = mode == "contention"  # racers go to different members on purpose
-    target = (SmartTarget if args.smart else GatewayTarget)(args.timeout, racing=racing)
     try:
         endpoints = cli_client.endpoints(args)
+        creds = cli_client.credentials(args)
+        target = (SmartTarget if args.smart else GatewayTarget)(args.timeout, racing, creds)
         # the node's event loop (uvloop when installed): less client CPU per request
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             loaded = runner.run(run_load(target, endpoints, work))

@@ -5,8 +5,11 @@
     graven status [--json]
 
 Endpoints: ``--endpoint URL`` (repeatable), else the members in ``DIR/discovery.json`` written
-by ``graven up`` (``--data-dir DIR``, default ./.graven). Errors are one line on stderr; exit 2
-for bad input (or a 4xx reply), 1 when the cluster cannot be reached or answers 503/504.
+by ``graven up`` (``--data-dir DIR``, default ./.graven). Credentials: ``--ca FILE``,
+``--cert FILE --key FILE``, ``--token T`` or ``--token-file FILE``; without any of them, the
+local cluster's (named in its discovery file), so a `graven up` cluster needs no flags.
+Errors are one line on stderr; exit 2 for bad input (or a 4xx reply), 1 when the cluster
+cannot be reached or answers 503/504.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client.core import DEFAULT_TIMEOUT, ClientError, parse_endpoint
+from ..client.credentials import Credentials, CredentialsError
 from ..client.probe import MemberState, probe_all
 from ..client.sync import Client
 from ..cluster.describe import describe_layout, table
@@ -95,6 +99,15 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seconds per request (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    auth = parser.add_argument_group("credentials (default: the local cluster's)")
+    auth.add_argument("--ca", metavar="FILE", help="trust bundle (PEM) for https members")
+    auth.add_argument(
+        "--cert", dest="cert_file", metavar="FILE", help="client certificate (PEM), with --key"
+    )
+    # dest: ``key`` is the positional KEY of propose/get
+    auth.add_argument("--key", dest="key_file", metavar="FILE", help="the certificate's key")
+    auth.add_argument("--token", metavar="TOKEN", help="bearer token (shows in ps: prefer a file)")
+    auth.add_argument("--token-file", metavar="FILE", help="file holding the bearer token")
 
 
 def _seconds(text: str) -> float:
@@ -164,8 +177,47 @@ def discovery(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def credentials(args: argparse.Namespace) -> Credentials:
+    """The flags' credentials; without any, those of the local cluster in --data-dir."""
+    if (args.cert_file is None) != (args.key_file is None):
+        raise Failure("--cert and --key go together", EXIT_USAGE)
+    if args.token and args.token_file:
+        raise Failure("give --token or --token-file, not both", EXIT_USAGE)
+    token = args.token
+    try:
+        if args.token_file:
+            token = Credentials.read_token(args.token_file)
+    except CredentialsError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    given = Credentials(ca=args.ca, cert=args.cert_file, key=args.key_file, token=token)
+    if not given.empty:
+        if given.ca is None and not args.endpoint:
+            # e.g. only a token for the local cluster: its CA still comes from discovery
+            local = _local_credentials(args)
+            return Credentials(local.ca, given.cert, given.key, given.token)
+        return given
+    return _local_credentials(args)
+
+
+def _local_credentials(args: argparse.Namespace) -> Credentials:
+    try:
+        doc = lc.read_discovery(Path(args.data_dir))
+    except lc.LocalClusterError:
+        doc = None
+    return Credentials.from_discovery(doc)
+
+
 def client(args: argparse.Namespace) -> Client:
-    return Client(endpoints(args), timeout=args.timeout)
+    return Client(endpoints(args), timeout=args.timeout, credentials=_checked(args))
+
+
+def _checked(args: argparse.Namespace) -> Credentials:
+    creds = credentials(args)
+    try:
+        creds.tls()  # unreadable files: one line now, not a failure per member later
+    except CredentialsError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    return creds
 
 
 def emit_json(doc: Any) -> None:
@@ -211,9 +263,10 @@ def run_get(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     urls = endpoints(args)
+    creds = _checked(args)
     info: dict[str, Any] | None = None
     problem: str | None = None
-    with Client(urls, timeout=args.timeout, route=False) as c:
+    with Client(urls, timeout=args.timeout, route=False, credentials=creds) as c:
         try:
             info = c.cluster()
         except ClientError as exc:
@@ -224,7 +277,7 @@ def run_status(args: argparse.Namespace) -> int:
         members = [(url, url) for url in urls]
     else:
         members = [(str(m.get("name")), m["url"]) for m in discovery(args)["members"]]
-    states = probe_all(members)
+    states = probe_all(members, creds)
     report = status_report(info, states, problem)
     if args.json:
         emit_json(report)

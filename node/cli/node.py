@@ -1,24 +1,29 @@
 """`graven node`: run one member's register service (what every pod runs).
 
 Contract: ``graven node --id ID --listen HOST:PORT --data-dir DIR --config FILE`` (optional:
-``--attempt-timeout S``, ``--request-deadline S`` for the proposer gateway). Prints
-``graven node NAME listening on http://HOST:PORT`` once serving; SIGTERM/SIGINT finish in-flight
-requests, close the store and exit 0; unusable input exits 2 with one line on stderr. A data
-directory whose registers belong to another cluster incarnation, or that has served a newer
-epoch or another configuration under the same epoch, exits 3 (``REFUSED_EXIT``) with one line
-``graven node: refused: ...`` on stderr, having changed nothing: the operator and `graven up`
-report it as a refusal, not a crash.
+``--attempt-timeout S``, ``--request-deadline S`` for the proposer gateway; ``--tls-ca FILE
+--tls-cert FILE --tls-key FILE`` to serve and call peers over mutual TLS, with the access rules
+of ``security.access``; ``--tokens FILE`` for clients' bearer tokens). Prints
+``graven node NAME listening on http(s)://HOST:PORT`` once serving; SIGTERM/SIGINT finish
+in-flight requests, close the store and exit 0; unusable input exits 2 with one line on stderr.
+A data directory whose registers belong to another cluster incarnation, or that has served a
+newer epoch or another configuration under the same epoch, exits 3 (``REFUSED_EXIT``) with one
+line ``graven node: refused: ...`` on stderr, having changed nothing: the operator and
+`graven up` report it as a refusal, not a crash.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import ssl
 import sys
 
 from ..cluster.config import ConfigError, load
 from ..gateway import routes as decisions
 from ..proposer.options import GatewayOptions
+from ..security.node import NodeSecurity, node_security
 from ..server.main import ListenError, run_node, serve
 from ..storage import IdentityRefused, RegisterStore, StoreError
 
@@ -59,6 +64,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help=f"seconds a client request may take, then 504 (default {defaults.request_deadline:g})",
     )
+    tls = parser.add_argument_group(
+        "security", "mutual TLS between members and authenticated clients (all three or none)"
+    )
+    tls.add_argument("--tls-ca", metavar="FILE", help="trust bundle: the cluster's CA(s), PEM")
+    tls.add_argument("--tls-cert", metavar="FILE", help="this member's certificate, PEM")
+    tls.add_argument("--tls-key", metavar="FILE", help="this member's private key, PEM")
+    tls.add_argument("--tokens", metavar="FILE", help="clients' bearer tokens, hashed (needs TLS)")
     parser.set_defaults(run=run)
 
 
@@ -100,6 +112,11 @@ def _run(args: argparse.Namespace) -> None:
     if cfg.member_index(args.id) is None:
         names = ", ".join(m.name for m in cfg.members)
         raise _Refused(f"--id {args.id!r} is not a member of cluster {cfg.cluster} ({names})")
+    security = _security(args, cfg.cluster, frozenset(m.name for m in cfg.members))
+    if security is not None:
+        options = dataclasses.replace(options, tls=security.client.current)
+    elif any(m.url.startswith("https:") for m in cfg.members):
+        raise _Refused("the configuration has https members: give --tls-ca/--tls-cert/--tls-key")
     try:
         store = RegisterStore.open(
             args.data_dir, cluster=cfg.cluster, node=args.id, wanted=cfg.identity()
@@ -109,11 +126,31 @@ def _run(args: argparse.Namespace) -> None:
     except StoreError as exc:
         raise _Refused(str(exc)) from None
     try:
-        run_node(serve(cfg, args.id, store, host, port, extensions=(decisions.extension(options),)))
+        extensions = (decisions.extension(options),)
+        run_node(serve(cfg, args.id, store, host, port, extensions, security=security))
     except ListenError as exc:
         raise _Refused(str(exc)) from None
     finally:
         store.close()  # commits anything still queued, releases the data directory lock
+
+
+def _security(
+    args: argparse.Namespace, cluster: str, members: frozenset[str]
+) -> NodeSecurity | None:
+    files = (args.tls_ca, args.tls_cert, args.tls_key)
+    if not any(files):
+        if args.tokens:
+            raise _Refused("--tokens needs TLS (--tls-ca/--tls-cert/--tls-key): no tokens in clear")
+        return None
+    if not all(files):
+        raise _Refused("--tls-ca, --tls-cert and --tls-key go together")
+    try:
+        # members of the current epoch; reconfiguration will pass every live epoch's members
+        return node_security(
+            cluster, members, args.tls_ca, args.tls_cert, args.tls_key, args.tokens
+        )
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise _Refused(f"unusable TLS or token files: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

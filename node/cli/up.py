@@ -1,6 +1,10 @@
 """`graven up`: run a ConsensusCluster spec locally, one `graven node` process per member.
 
-    graven up [SPEC.yaml] [--data-dir DIR] [--base-port P] [--adopt INCARNATION]
+    graven up [SPEC.yaml] [--data-dir DIR] [--base-port P] [--adopt INCARNATION] [--no-tls]
+
+Members talk mutual TLS with certificates from a CA kept in DIR/tls (created on first start),
+and clients need a certificate or token from there (``graven propose`` finds them through the
+discovery file). ``--no-tls`` runs plain http with no access control, for debugging only.
 
 Stays in the foreground; Ctrl-C (or SIGTERM) stops every member. Restarting on the same data
 directory resumes the cluster with all its decisions. The first run picks the cluster's
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..local import cluster as lc
 from ..local import identity as localidentity
+from ..local import security as local_security
 
 if TYPE_CHECKING:
     from ..local.supervisor import Supervisor
@@ -32,7 +37,8 @@ def add_parser(subparsers: Any) -> None:
         help="run a cluster locally (one process per member)",
         description=(
             "Run a ConsensusCluster spec as local processes on 127.0.0.1 and supervise them "
-            "until Ctrl-C. Members are <name>-<i> at http://127.0.0.1:<base-port+i>."
+            "until Ctrl-C. Members are <name>-<i> at https://127.0.0.1:<base-port+i>, with "
+            "mutual TLS and client authentication (certificates and a token in DIR/tls)."
         ),
     )
     parser.add_argument(
@@ -57,6 +63,11 @@ def add_parser(subparsers: Any) -> None:
             "run over member data of that cluster incarnation (named in the refusal), e.g. "
             "after DIR/cluster.yaml was lost; only with the same members and layout"
         ),
+    )
+    parser.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="debugging only: plain http between members and for clients, no authentication",
     )
     parser.set_defaults(run=run)
 
@@ -85,7 +96,10 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
     if base_port is None:
         base_port = lc.previous_base_port(previous) or lc.DEFAULT_BASE_PORT
     incarnation = localidentity.choose(previous, args.adopt, data_dir)
-    cfg = lc.render(spec, base_port, spec_path, incarnation)
+    if not spec.spec.security.tls:
+        args.no_tls = True  # the manifest itself switches TLS off
+    scheme = "http" if args.no_tls else "https"
+    cfg = lc.render(spec, base_port, spec_path, incarnation, scheme)
     if previous is not None:
         lc.check_same_cluster(previous, cfg, data_dir)
     try:
@@ -101,6 +115,9 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
         localidentity.check_member_data(cfg, data_dir, fresh=fresh)
         lc.check_ports_free(cfg)
         config_path = lc.write_config(cfg, data_dir)
+        security = None
+        if not args.no_tls:
+            security = local_security.ensure(data_dir, cfg.cluster, [m.name for m in cfg.members])
     except BaseException:
         lock.release()
         raise
@@ -110,7 +127,10 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
     if data_dir.resolve() != Path(lc.DEFAULT_DATA_DIR).resolve():
         hint += f" --data-dir {shlex.quote(str(data_dir))}"
     hint += _path_note()
-    return Supervisor(cfg, data_dir, config_path, hint, resumed=previous is not None), lock
+    supervisor = Supervisor(
+        cfg, data_dir, config_path, hint, resumed=previous is not None, security=security
+    )
+    return supervisor, lock
 
 
 def _path_note() -> str:

@@ -11,6 +11,7 @@ as the blocking client (they live in ``clientcore``).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +31,7 @@ from .core import (
     needs_learning,
     propose_request,
 )
+from .credentials import Credentials
 
 _JSON = {"Content-Type": "application/json"}
 
@@ -41,11 +43,16 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT,
         route: bool = True,
         pool: int = 0,
+        credentials: Credentials | None = None,
     ) -> None:
-        """``pool``: connections per endpoint (0: unlimited, one per concurrent request)."""
+        """``pool``: connections per endpoint (0: unlimited, one per concurrent request);
+        ``credentials``: CA, client certificate and/or bearer token."""
         self.router = Router(endpoints)
         self.timeout = timeout
         self.route = route
+        self.credentials = credentials or Credentials()
+        self.tls = self.credentials.tls()  # context source for https endpoints (None: system)
+        self._auth = self.credentials.headers()
         self._pool = pool
         self._session: aiohttp.ClientSession | None = None
         self._learning: asyncio.Lock | None = None
@@ -108,7 +115,7 @@ class AsyncClient:
             url = URL(endpoint.url + request.path, encoded=True)
             try:
                 status, data = await self._exchange(
-                    session, request.method, url, request.body, timeout
+                    session, request.method, url, request.body, timeout, self._ssl(url)
                 )
             except aiohttp.ClientConnectorError as exc:
                 plan.failed(index, _reason(exc))
@@ -123,19 +130,25 @@ class AsyncClient:
                 return result
         raise plan.exhausted()
 
-    @staticmethod
+    def _ssl(self, url: URL) -> ssl.SSLContext | bool:
+        if url.scheme != "https" or self.tls is None:
+            return True  # aiohttp's default: verify with the system's trust store
+        return self.tls()
+
     async def _exchange(
+        self,
         session: aiohttp.ClientSession,
         method: str,
         url: URL,
         body: bytes | None,
         timeout: aiohttp.ClientTimeout,
+        ssl_context: ssl.SSLContext | bool,
     ) -> tuple[int, bytes]:
-        headers = _JSON if body is not None else None
+        headers = {**_JSON, **self._auth} if body is not None else self._auth
         for attempt in range(2):
             try:
                 async with session.request(
-                    method, url, data=body, headers=headers, timeout=timeout
+                    method, url, data=body, headers=headers, timeout=timeout, ssl=ssl_context
                 ) as resp:
                     return resp.status, await resp.read()
             except aiohttp.ServerDisconnectedError:

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import aiohttp
 
 from .core import ClientError, Decision
+from .credentials import Credentials
 
 MAX_OPS_PER_WORKER = 2_000_000  # hard bound; the deadline normally ends a phase
 ERROR_SAMPLES = 5
@@ -379,16 +380,21 @@ class GatewayTarget:
 
     name: ClassVar[str] = "graven"
 
-    def __init__(self, timeout: float, racing: bool) -> None:
+    def __init__(
+        self, timeout: float, racing: bool, credentials: Credentials | None = None
+    ) -> None:
         self.timeout = timeout
         self.racing = racing
+        self.credentials = credentials
         self.client: Any = None
         self.info: dict[str, Any] = {}
 
     async def open(self, endpoints: Sequence[str]) -> None:
         from .aio import AsyncClient
 
-        self.client = AsyncClient(list(endpoints), timeout=self.timeout)
+        self.client = AsyncClient(
+            list(endpoints), timeout=self.timeout, credentials=self.credentials
+        )
         self.info = await self.client.cluster()  # fails fast when nothing answers
 
     async def close(self) -> None:
@@ -419,7 +425,9 @@ class SmartTarget(GatewayTarget):
     async def open(self, endpoints: Sequence[str]) -> None:
         from .smart import SmartClient
 
-        self.client = SmartClient(list(endpoints), timeout=self.timeout)
+        self.client = SmartClient(
+            list(endpoints), timeout=self.timeout, credentials=self.credentials
+        )
         self.info = await self.client.cluster()
 
     def member_reader(self) -> Target:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .core import parse_endpoint
+from .credentials import Credentials
 
 PROBE_TIMEOUT = 2.0  # seconds per request to one member
 DECISIONS_METRIC = "graven_decisions_total"
@@ -36,22 +37,33 @@ class MemberState:
         return {**asdict(self), "up": self.up}
 
 
-def probe_all(members: list[tuple[str, str]]) -> list[MemberState]:
+def probe_all(
+    members: list[tuple[str, str]], credentials: Credentials | None = None
+) -> list[MemberState]:
     if not members:
         return []
+    creds = credentials or Credentials()
     with ThreadPoolExecutor(max_workers=min(16, len(members))) as pool:
-        return list(pool.map(lambda m: probe(*m), members))
+        return list(pool.map(lambda m: probe(*m, creds), members))
 
 
-def probe(name: str, url: str) -> MemberState:
+def probe(name: str, url: str, credentials: Credentials | None = None) -> MemberState:
     result = MemberState(name, url)
     try:
         endpoint = parse_endpoint(url)
     except ValueError as exc:
         result.error = str(exc)
         return result
-    cls = http.client.HTTPSConnection if endpoint.scheme == "https" else http.client.HTTPConnection
-    conn = cls(endpoint.host, endpoint.port, timeout=PROBE_TIMEOUT)
+    creds = credentials or Credentials()
+    conn: http.client.HTTPConnection
+    if endpoint.scheme == "https":
+        tls = creds.tls()
+        conn = http.client.HTTPSConnection(
+            endpoint.host, endpoint.port, timeout=PROBE_TIMEOUT, context=tls() if tls else None
+        )
+    else:
+        conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=PROBE_TIMEOUT)
+    auth = creds.headers()
     try:
         conn.connect()  # connect first so the timed round trip is the request alone
         started = time.perf_counter()
@@ -62,7 +74,7 @@ def probe(name: str, url: str) -> MemberState:
         else:
             result.state = "not ready"
             result.error = _error_message(body) or f"/readyz answered HTTP {status}"
-        status, body = _get(conn, "/metrics")
+        status, body = _get(conn, "/metrics", auth)  # /metrics needs the read role
         if status == 200:
             result.decisions = decisions_from_metrics(body.decode("utf-8", "replace"))
     except ConnectionRefusedError:
@@ -76,8 +88,10 @@ def probe(name: str, url: str) -> MemberState:
     return result
 
 
-def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
-    conn.request("GET", path)
+def _get(
+    conn: http.client.HTTPConnection, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    conn.request("GET", path, headers=headers or {})
     resp = conn.getresponse()
     return resp.status, resp.read()
 

@@ -46,6 +46,7 @@ from ..protocol.quorums import Mask
 from ..protocol.runtime import Runtime
 from .aio import AsyncClient
 from .core import DEFAULT_TIMEOUT, ClientError, Decision, decision_path, proposal_body
+from .credentials import Credentials
 
 DEFAULT_FAST_TIMEOUT = 1.0  # seconds to wait for a fast quorum before asking the gateway
 MAX_IN_FLIGHT = 4  # concurrent batched requests to one acceptor
@@ -57,10 +58,13 @@ class SmartClient:
         endpoints: list[str],
         timeout: float = DEFAULT_TIMEOUT,
         fast_timeout: float = DEFAULT_FAST_TIMEOUT,
+        credentials: Credentials | None = None,
     ) -> None:
+        """``credentials``: as ``AsyncClient``'s; the fast path needs the ``write`` role (it
+        writes only the quorum-intersecting sets, which the members let such clients write)."""
         if not 0 < fast_timeout <= timeout:
             raise ValueError(f"fast timeout must be in (0, {timeout:g}] seconds: {fast_timeout}")
-        self.gateway = AsyncClient(endpoints, timeout=timeout)
+        self.gateway = AsyncClient(endpoints, timeout=timeout, credentials=credentials)
         self.fast_timeout = fast_timeout
         self.stats: Counter[str] = Counter()  # decisions by path: fast | gateway
         self._layout: Layout | None = None
@@ -156,7 +160,13 @@ class SmartClient:
                 Channel(
                     i,
                     names[i],
-                    remote_transport(url, rpc_timeout, self.gateway.session),
+                    remote_transport(
+                        url,
+                        rpc_timeout,
+                        self.gateway.session,
+                        self.gateway.tls,
+                        self.gateway.credentials.header_lines(),
+                    ),
                     reach,
                     metrics,
                     max_in_flight=MAX_IN_FLIGHT,

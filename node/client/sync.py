@@ -36,6 +36,7 @@ from .core import (
     needs_learning,
     propose_request,
 )
+from .credentials import Credentials
 
 # A reused keep-alive connection the server has meanwhile closed fails like this; one fresh
 # connection to the same endpoint is worth a try before calling the endpoint down.
@@ -44,11 +45,19 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 class Client:
     def __init__(
-        self, endpoints: list[str], timeout: float = DEFAULT_TIMEOUT, route: bool = True
+        self,
+        endpoints: list[str],
+        timeout: float = DEFAULT_TIMEOUT,
+        route: bool = True,
+        credentials: Credentials | None = None,
     ) -> None:
+        """``credentials``: CA, client certificate and/or bearer token (see ``credentials``)."""
         self.router = Router(endpoints)
         self.timeout = timeout
         self.route = route
+        creds = credentials or Credentials()
+        self._tls = creds.tls()
+        self._auth = creds.headers()
         self._conns: dict[int, http.client.HTTPConnection] = {}
 
     # -- public API -------------------------------------------------------------------------
@@ -119,6 +128,7 @@ class Client:
             assert conn is not None and conn.sock is not None
             conn.sock.settimeout(timeout)
             headers = {"Content-Type": "application/json"} if body is not None else {}
+            headers.update(self._auth)
             try:
                 conn.request(method, path, body=body, headers=headers)
                 resp = conn.getresponse()
@@ -141,11 +151,15 @@ class Client:
         if conn is not None:
             conn.close()
 
-    @staticmethod
-    def _connect(endpoint: Endpoint, timeout: float) -> http.client.HTTPConnection:
-        https = endpoint.scheme == "https"
-        cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
-        conn = cls(endpoint.host, endpoint.port, timeout=timeout)
+    def _connect(self, endpoint: Endpoint, timeout: float) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
+        if endpoint.scheme == "https":
+            ctx = self._tls() if self._tls is not None else None
+            conn = http.client.HTTPSConnection(
+                endpoint.host, endpoint.port, timeout=timeout, context=ctx
+            )
+        else:
+            conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout)
         try:
             conn.connect()
         except OSError as exc:  # refused, unresolvable, or no answer to the connect

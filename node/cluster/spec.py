@@ -38,6 +38,7 @@ PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 MAX_NAME_LENGTH = 45
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class SpecError(ValueError):
@@ -64,6 +65,18 @@ class Monitoring:
 
 
 @dataclass(frozen=True)
+class Security:
+    """``spec.security``: TLS and client access (secure unless switched off)."""
+
+    tls: bool = True  # members and clients over mutual TLS with the operator's CA
+    client_tokens_secret: str | None = None  # Secret with key tokens.yaml (hashed tokens)
+    network_policy: bool = True
+    # NetworkPolicyPeers allowed to reach the client API; None: pods of the cluster's namespace
+    clients: tuple[Mapping[str, Any], ...] | None = None
+    metrics_namespace: str = "monitoring"  # where Prometheus scrapes from
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     replicas: int = DEFAULT_REPLICAS
     image: str = DEFAULT_IMAGE
@@ -78,6 +91,7 @@ class ClusterSpec:
     monitoring: Monitoring = field(default_factory=Monitoring)
     limits: Mapping[str, int] = field(default_factory=dict)
     paused: bool = False
+    security: Security = field(default_factory=Security)
 
     @property
     def quorums_key(self) -> str:
@@ -209,6 +223,35 @@ def parse(spec: Mapping[str, Any] | None) -> ClusterSpec:
         ),
         limits=dict(limits),
         paused=_bool(spec.get("paused"), "spec.paused"),
+        security=_security(_mapping(spec.get("security"), "spec.security")),
+    )
+
+
+def _security(block: Mapping[str, Any]) -> Security:
+    tls = block.get("tls", True)
+    if not isinstance(tls, bool):
+        raise SpecError(f"spec.security.tls must be true or false, got {tls!r}")
+    tokens = block.get("clientTokensSecret")
+    if tokens is not None and (not isinstance(tokens, str) or not _DNS_SUBDOMAIN.match(tokens)):
+        raise SpecError(f"spec.security.clientTokensSecret must be a Secret name, got {tokens!r}")
+    if tokens is not None and not tls:
+        raise SpecError("spec.security.clientTokensSecret needs spec.security.tls: true")
+    policy = _mapping(block.get("networkPolicy"), "spec.security.networkPolicy")
+    enabled = policy.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise SpecError("spec.security.networkPolicy.enabled must be true or false")
+    clients = policy.get("clients")
+    metrics_ns = policy.get("metricsNamespace", "monitoring")
+    if not isinstance(metrics_ns, str) or not _DNS_LABEL.match(metrics_ns):
+        raise SpecError(f"spec.security.networkPolicy.metricsNamespace: bad name {metrics_ns!r}")
+    return Security(
+        tls=tls,
+        client_tokens_secret=tokens,
+        network_policy=enabled,
+        clients=None
+        if clients is None
+        else _objects(clients, "spec.security.networkPolicy.clients"),
+        metrics_namespace=metrics_ns,
     )
 
 

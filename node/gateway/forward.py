@@ -13,6 +13,7 @@ at once is safe (the layout guarantees agreement, forwarding only avoids the due
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
@@ -28,10 +29,16 @@ MAX_IN_FLIGHT = 128  # forwards at once (each holds a connection); beyond, propo
 
 class Forwarder:
     def __init__(
-        self, urls: list[str], self_name: str, session: Callable[[], aiohttp.ClientSession]
+        self,
+        urls: list[str],
+        self_name: str,
+        session: Callable[[], aiohttp.ClientSession],
+        tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         self._urls = urls
-        self._plain = [urlsplit(url).scheme == "http" for url in urls]  # else https
+        self._tls = tls  # the member's own certificates, for https members
+        # PeerHttpClient for http, and for https when we have our certificates; else aiohttp
+        self._plain = [urlsplit(url).scheme == "http" or tls is not None for url in urls]
         self._name = self_name
         self._header = f"{FORWARDED_HEADER}: {self_name}\r\n".encode()
         self._session = session  # for https members (aiohttp brings TLS)
@@ -62,7 +69,8 @@ class Forwarder:
         if self._plain[member]:
             client = self._clients.get(member)
             if client is None:
-                client = self._clients[member] = PeerHttpClient(url)
+                tls = self._tls if urlsplit(url).scheme == "https" else None
+                client = self._clients[member] = PeerHttpClient(url, tls)
             return await client.request("PUT", path, body, timeout, self._header)
         async with self._session().put(
             URL(url + path, encoded=True),  # encoded: keep %2F in the key as it is

@@ -80,7 +80,10 @@ class Gateway:
         self.cache = DecidedCache(options.cache_bytes)
         self._session: aiohttp.ClientSession | None = None
         self.forwarder = Forwarder(
-            [m.url for m in cfg.members], node_name, session=self._aiohttp_session
+            [m.url for m in cfg.members],
+            node_name,
+            session=self._aiohttp_session,
+            tls=self.options.tls,
         )
         self.channels: list[AcceptorChannel] = []
         self._pump: Pump | None = None
@@ -95,7 +98,7 @@ class Gateway:
                 )
             else:
                 transport = remote_transport(
-                    member.url, self.options.rpc_timeout, self._aiohttp_session
+                    member.url, self.options.rpc_timeout, self._aiohttp_session, self.options.tls
                 )
                 channel = Channel(
                     i,

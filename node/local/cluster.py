@@ -54,17 +54,21 @@ def load_spec(path: str | Path) -> Manifest:
 
 
 def render(
-    manifest: Manifest, base_port: int, source: str | Path = "spec", incarnation: str | None = None
+    manifest: Manifest,
+    base_port: int,
+    source: str | Path = "spec",
+    incarnation: str | None = None,
+    scheme: str = "https",
 ) -> ClusterConfig:
-    """The ClusterConfig for local members (the operator's renderer, 127.0.0.1 URLs); errors
-    name the spec file."""
+    """The ClusterConfig for local members (the operator's renderer, 127.0.0.1 URLs; https
+    unless TLS is switched off); errors name the spec file."""
     replicas = manifest.spec.replicas
     last = base_port + replicas - 1
     if base_port < 1 or last > 65535:
         raise LocalClusterError(
             f"--base-port {base_port}: ports {base_port}..{last} must lie within 1..65535"
         )
-    urls = [f"http://{HOST}:{base_port + i}" for i in range(replicas)]
+    urls = [f"{scheme}://{HOST}:{base_port + i}" for i in range(replicas)]
     try:
         cfg = parse(member_config(manifest.name, manifest.spec, urls, 0, incarnation))
     except ConfigError as exc:
@@ -184,14 +188,21 @@ def discovery_path(data_dir: Path) -> Path:
 
 
 def write_discovery(
-    data_dir: Path, cfg: ClusterConfig, pids: Mapping[str, int | None], config_path: Path
+    data_dir: Path,
+    cfg: ClusterConfig,
+    pids: Mapping[str, int | None],
+    config_path: Path,
+    security: Mapping[str, str] | None = None,
 ) -> None:
-    doc = {
+    """``security``: the client's CA, certificate, key and token file (absent: TLS off)."""
+    doc: dict[str, Any] = {
         "cluster": cfg.cluster,
         "members": [{"name": m.name, "url": m.url, "pid": pids.get(m.name)} for m in cfg.members],
         "config": str(config_path.resolve()),
         "supervisor": os.getpid(),
     }
+    if security is not None:
+        doc["security"] = dict(security)
     _write_atomic(discovery_path(data_dir), json.dumps(doc, indent=2) + "\n")
 
 

@@ -17,6 +17,7 @@ import ctypes
 import http.client
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from ..cluster.config import ClusterConfig, parse
 from ..cluster.render import member_config
 from ..cluster.spec import ClusterSpec
 from .cluster import HOST, member_port, write_config
+from .security import LocalSecurity
 
 READY_TIMEOUT = 30.0  # seconds for a member to answer /readyz
 READY_POLL = 0.05  # seconds between /readyz probes of a starting member
@@ -79,10 +81,16 @@ def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) 
         )
 
 
-def answers_ready(url: str, timeout: float = 1.0) -> bool:
-    """True when ``url``/readyz answers 200."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+def answers_ready(url: str, timeout: float = 1.0, ca: Path | None = None) -> bool:
+    """True when ``url``/readyz answers 200 (``ca``: trust bundle for an https member)."""
+    scheme, _, rest = url.partition("://")
+    host, port = rest.rsplit(":", 1)
+    conn: http.client.HTTPConnection
+    if scheme == "https":
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+        conn = http.client.HTTPSConnection(host, int(port), timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
         conn.request("GET", "/readyz")
         resp = conn.getresponse()
@@ -95,11 +103,11 @@ def answers_ready(url: str, timeout: float = 1.0) -> bool:
 
 
 def render_local(
-    name: str, spec: ClusterSpec, root: Path, ports: Sequence[int]
+    name: str, spec: ClusterSpec, root: Path, ports: Sequence[int], scheme: str = "http"
 ) -> tuple[ClusterConfig, Path]:
     """The member configuration on 127.0.0.1 ``ports`` (the operator's renderer), written to
     ``root``/cluster.yaml."""
-    urls = [f"http://{HOST}:{port}" for port in ports]
+    urls = [f"{scheme}://{HOST}:{port}" for port in ports]
     cfg = parse(member_config(name, spec, urls))
     root.mkdir(parents=True, exist_ok=True)
     return cfg, write_config(cfg, root)
@@ -138,8 +146,11 @@ class Launcher:
         *,
         node_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        security: LocalSecurity | None = None,
     ) -> None:
+        """``security``: each member's TLS files and the token file (https members)."""
         self.cfg = cfg
+        self.security = security
         self.config_path = config_path
         self.root = root
         self.node_args = list(node_args)
@@ -194,7 +205,10 @@ class Launcher:
         if m.running:
             raise RuntimeError(f"{m.name} is already running")
         listen = f"{HOST}:{m.port}"
-        argv = member_argv(m.name, listen, m.data_dir, self.config_path, self.node_args)
+        extra = list(self.node_args)
+        if self.security is not None:
+            extra += self.security.node_args(m.name)
+        argv = member_argv(m.name, listen, m.data_dir, self.config_path, extra)
         m.proc = spawn(argv, m.log, self.env)
 
     def wait_ready(self, index: int, timeout: float = READY_TIMEOUT) -> None:
@@ -203,7 +217,8 @@ class Launcher:
         while time.monotonic() < end:
             if not m.running:
                 raise RuntimeError(f"{m.name} exited: {m.log.read_text(errors='replace')[-2000:]}")
-            if answers_ready(m.url, timeout=0.5):
+            ca = self.security.ca if self.security is not None else None
+            if answers_ready(m.url, timeout=0.5, ca=ca):
                 return
             time.sleep(READY_POLL)
         tail = m.log.read_text(errors="replace")[-2000:]

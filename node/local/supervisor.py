@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from ..protocol.checker import check
 from . import cluster as localcluster
 from .cluster import HOST, member_port
 from .launcher import READY_POLL, READY_TIMEOUT, STOP_GRACE, die_with_parent, member_argv
+from .security import LocalSecurity
 
 KILL_WAIT = 5.0  # seconds to reap a member after SIGKILL
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -61,8 +63,10 @@ class Supervisor:
         resumed: bool,
         out: TextIO = sys.stdout,
         err: TextIO = sys.stderr,
+        security: LocalSecurity | None = None,
     ) -> None:
         self.cfg = cfg
+        self.security = security  # None: plain http, no access control (--no-tls)
         self.data_dir = data_dir
         self.config_path = config_path
         self.hint = hint
@@ -115,8 +119,9 @@ class Supervisor:
             if self._stop.is_set():
                 return
             port = member_port(member.url)
+            extra = self.security.node_args(member.name) if self.security else ()
             argv = member_argv(
-                member.name, f"{HOST}:{port}", self.data_dir / member.name, self.config_path
+                member.name, f"{HOST}:{port}", self.data_dir / member.name, self.config_path, extra
             )
             with open(member.log, "ab") as log:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -134,7 +139,11 @@ class Supervisor:
             member.exited = asyncio.create_task(member.proc.wait())
 
     async def _await_ready(self) -> bool:
-        async with aiohttp.ClientSession() as session:
+        connector = None
+        if self.security is not None:
+            ctx = ssl.create_default_context(cafile=str(self.security.ca))
+            connector = aiohttp.TCPConnector(ssl=ctx)
+        async with aiohttp.ClientSession(connector=connector) as session:
             results = await asyncio.gather(*(self._ready(session, m) for m in self.members))
         return all(results)
 
@@ -176,7 +185,8 @@ class Supervisor:
 
     def _publish(self) -> None:
         pids = {m.name: m.pid if m.running else None for m in self.members}
-        localcluster.write_discovery(self.data_dir, self.cfg, pids, self.config_path)
+        security = self.security.discovery() if self.security is not None else None
+        localcluster.write_discovery(self.data_dir, self.cfg, pids, self.config_path, security)
 
     def _print_ready(self) -> None:
         how = "resumed" if self.resumed else "started"

@@ -1,4 +1,4 @@
-"""A minimal keep-alive HTTP/1.1 client for the peer API (plain ``http://`` members only).
+"""A minimal keep-alive HTTP/1.1 client for the peer API (``http://`` or ``https://`` members).
 
 Why not aiohttp's client here: each peer request through ``ClientSession`` builds a request and
 response object, header multidicts, URL objects, tracing hooks and several futures and timers;
@@ -15,6 +15,8 @@ when the peer closed the connection before a full response, ``TimeoutError`` pas
 from __future__ import annotations
 
 import asyncio
+import ssl
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -192,14 +194,27 @@ def _dechunk(buf: bytearray) -> bytes | None:
 
 
 class PeerHttpClient:
-    """Requests to one peer over a small pool of keep-alive connections."""
+    """Requests to one peer over a small pool of keep-alive connections.
 
-    def __init__(self, url: str) -> None:
+    ``https://`` peers need ``tls``: called for each new connection, it returns the context to
+    connect with (the newest certificates, see ``security.tls.ClientTls``). ``headers`` are
+    extra header lines (each ending in CRLF) sent with every request, e.g. credentials."""
+
+    def __init__(
+        self,
+        url: str,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+        headers: bytes = b"",
+    ) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "http" or parts.hostname is None:
-            raise ValueError(f"PeerHttpClient speaks plain http only, got {url!r}")
+        if parts.hostname is None or parts.scheme not in ("http", "https"):
+            raise ValueError(f"PeerHttpClient speaks http or https, got {url!r}")
+        if (parts.scheme == "https") != (tls is not None):
+            raise ValueError(f"{url!r}: a TLS context is needed for https and only for https")
+        self._tls = tls
         self._host = parts.hostname
-        self._port = parts.port or 80
+        self._port = parts.port or (443 if tls is not None else 80)
+        self._headers = headers
         netloc = parts.netloc
         self._netloc = netloc.encode() if netloc.isascii() else netloc.encode("idna")
         self._idle: list[_Conn] = []
@@ -211,7 +226,13 @@ class PeerHttpClient:
         """(status, body) of one request; OSError subclasses or TimeoutError on failure.
 
         ``headers``: extra header lines, each ending in CRLF."""
-        head = f"{method} {path} HTTP/1.1\r\n".encode() + headers + b"Host: " + self._netloc
+        head = (
+            f"{method} {path} HTTP/1.1\r\n".encode()
+            + self._headers
+            + headers
+            + b"Host: "
+            + self._netloc
+        )
         if body is None:
             request = head + b"\r\n\r\n"
         else:
@@ -262,11 +283,18 @@ class PeerHttpClient:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(deadline):
-                _, conn = await loop.create_connection(_Conn, self._host, self._port)
+                if self._tls is None:
+                    _, conn = await loop.create_connection(_Conn, self._host, self._port)
+                else:
+                    _, conn = await loop.create_connection(
+                        _Conn, self._host, self._port, ssl=self._tls(), server_hostname=self._host
+                    )
         except ConnectionRefusedError:
             raise
         except TimeoutError:
             raise
+        except ssl.SSLError as exc:  # refused certificate (either side): not a plain outage
+            raise PeerConnectError(0, f"TLS handshake failed: {exc.reason or exc}") from None
         except OSError as exc:
             raise PeerConnectError(exc.errno, exc.strerror or str(exc)) from None
         return conn, False

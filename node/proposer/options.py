@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -13,6 +15,8 @@ class GatewayOptions:
     backoff_max: float = 0.25
     max_in_flight_per_member: int = 3  # concurrent batched requests to one acceptor
     cache_bytes: int = 64 << 20  # decided values kept in memory
+    # TLS context source for calls to https members (this member's certificate; None: http)
+    tls: Callable[[], ssl.SSLContext] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.attempt_timeout <= 60:

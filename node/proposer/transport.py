@@ -1,12 +1,14 @@
 """Transports of a remote acceptor channel: the peer register API over HTTP.
 
-Plain http members go through ``PeerHttpClient`` (keep-alive, orjson, no per-request objects);
-anything else (https) through aiohttp's client, whose TLS we need.
+Members go through ``PeerHttpClient`` (keep-alive, orjson, no per-request objects), over TLS
+when the URL is https and the caller gives a ``tls`` context source (a member's certificates, a
+client's); https without one goes through aiohttp's client (system trust store).
 """
 
 from __future__ import annotations
 
 import errno
+import ssl
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -22,12 +24,20 @@ _STALE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE})  # a pooled connectio
 
 
 def remote_transport(
-    url: str, timeout: float, session: Callable[[], aiohttp.ClientSession]
+    url: str,
+    timeout: float,
+    session: Callable[[], aiohttp.ClientSession],
+    tls: Callable[[], ssl.SSLContext] | None = None,
+    headers: bytes = b"",
 ) -> Transport:
-    """Plain http through ``PeerHttpClient``; anything else (https) through aiohttp's client,
-    whose TLS we need (``session`` is asked for only then, and stays the caller's)."""
-    if urlsplit(url).scheme == "http":
-        return HttpTransport(url, timeout)
+    """http, or https with ``tls``, through ``PeerHttpClient``; other https through aiohttp's
+    client (``session`` is asked for only then, and stays the caller's). ``headers``: extra
+    header lines (CRLF-terminated) for every request, e.g. a bearer token."""
+    scheme = urlsplit(url).scheme
+    if scheme == "http":
+        return HttpTransport(url, timeout, headers=headers)
+    if tls is not None:
+        return HttpTransport(url, timeout, tls, headers)
     return AiohttpTransport(session(), url, timeout)
 
 
@@ -51,10 +61,16 @@ def _parse_replies(status: int, raw: bytes, count: int) -> list[Reply]:
 
 
 class HttpTransport:
-    """A peer over plain HTTP through ``PeerHttpClient`` (keep-alive, no per-request objects)."""
+    """A peer through ``PeerHttpClient`` (keep-alive, no per-request objects)."""
 
-    def __init__(self, url: str, timeout: float) -> None:
-        self._client = PeerHttpClient(url)
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+        headers: bytes = b"",
+    ) -> None:
+        self._client = PeerHttpClient(url, tls, headers)
         self._timeout = timeout
         self._probe_timeout = min(timeout, 1.0)
 

@@ -16,6 +16,7 @@ from ..acceptor import routes as registers
 from ..cluster.config import ClusterConfig
 from ..http.appkeys import CLUSTER, METRICS, NODE, STORE, Extension
 from ..http.errors import error_middleware
+from ..security import access
 from ..storage import RegisterStore
 from . import info
 from .metrics import NodeMetrics
@@ -26,15 +27,22 @@ def create_app(
     node_name: str,
     store: RegisterStore,
     extensions: Iterable[Extension] = (),
+    policy: access.Policy | None = None,
 ) -> web.Application:
-    """The node's app; the caller owns ``store`` (opens it before, closes it after serving)."""
+    """The node's app; the caller owns ``store`` (opens it before, closes it after serving).
+
+    ``policy``: who may call what (see ``security.access``); None serves everyone (TLS off)."""
     metrics = NodeMetrics(cfg, node_name, store)
     store.on_commit = metrics.observe_commit
-    app = web.Application(
-        # timing outermost so it sees the status the error middleware produced
-        middlewares=[metrics.middleware(), error_middleware],
-        client_max_size=cfg.limits.max_body_bytes,
-    )
+    # timing outermost so it sees the status the others produced; the access check before any
+    # handler reads a body, so a refused request changes nothing
+    middlewares = [metrics.middleware()]
+    if policy is not None:
+        middlewares.append(access.middleware(policy))
+    middlewares.append(error_middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=cfg.limits.max_body_bytes)
+    if policy is not None:
+        app[access.POLICY] = policy
     app[CLUSTER] = cfg
     app[NODE] = node_name
     app[STORE] = store

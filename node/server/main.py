@@ -12,7 +12,9 @@ from aiohttp import web
 
 from ..cluster.config import ClusterConfig
 from ..http.appkeys import Extension
+from ..security.node import NodeSecurity
 from ..storage import RegisterStore
+from . import guard
 from .app import create_app
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -45,8 +47,8 @@ class ListenError(Exception):
     """The listening socket could not be opened (port in use, bad address)."""
 
 
-def format_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def format_url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def serve(
@@ -57,18 +59,35 @@ async def serve(
     port: int,
     extensions: tuple[Extension, ...] = (),
     stop: asyncio.Event | None = None,
+    security: NodeSecurity | None = None,
 ) -> None:
-    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives; the caller closes ``store``."""
-    app = create_app(cfg, node_name, store, extensions)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives; the caller closes ``store``.
+
+    ``security``: TLS and the access policy (None: plain http, everyone allowed)."""
+    policy = security.policy if security is not None else None
+    app = create_app(cfg, node_name, store, extensions, policy)
+    limits = guard.ConnectionGuard()
+    app.middlewares.insert(0, limits.middleware)  # outermost: sees every request's start
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        keepalive_timeout=guard.HEAD_TIMEOUT,
+        **guard.HANDLER_LIMITS,
+    )
     await runner.setup()
+    # bounded connections and request heads: wrap the protocol factory the sites listen with
+    # (aiohttp has no public hook for it)
+    limits.wrap(runner.server)
+    runner._server = limits  # type: ignore[assignment]
     try:
-        site = web.TCPSite(runner, host, port)
+        ssl_context = security.server.context if security is not None else None
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:
             raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        url = format_url(*runner.addresses[0][:2])
+        url = format_url(*runner.addresses[0][:2], "https" if security is not None else "http")
         print(f"graven node {node_name} listening on {url}", flush=True)  # contract line
         if stop is None:
             stop = asyncio.Event()

@@ -385,7 +385,15 @@ def test_bad_input_is_one_line_and_exit_2(cluster: Up) -> None:
 
 def test_endpoint_mode_with_a_dead_first_endpoint(cluster: Up) -> None:
     urls = [m["url"] for m in cluster.discovery()["members"]]
+    tls = cluster.data_dir / "tls"
     args = ["--endpoint", dead_url(), "--endpoint", urls[1], "--data-dir", "/nonexistent"]
+    # no discovery file to take credentials from: the members' certificates are not trusted
+    refused = run(cluster, "propose", "via-endpoint", "no", *args)
+    assert refused.returncode == 1 and "certificate verify failed" in refused.stderr
+    args += ["--ca", str(tls / "ca.crt")]  # trusted now, but who is asking? (401, exit 2)
+    refused = run(cluster, "propose", "via-endpoint", "no", *args)
+    assert refused.returncode == 2 and "unauthenticated" in refused.stderr, refused.stderr
+    args += ["--token-file", str(tls / "admin.token")]
     assert run(cluster, "propose", "via-endpoint", "yes", *args).returncode == 0
     got = run(cluster, "get", "via-endpoint", *args)
     assert (got.returncode, got.stdout) == (0, "yes\n")
@@ -414,7 +422,7 @@ def test_client_library_sends_each_key_to_its_home_member(cluster: Up) -> None:
 
     before = made()
     keys = [f"routed-{i}" for i in range(12)]
-    with Client([dead_url(), *urls]) as client:
+    with Client([dead_url(), *urls], credentials=cluster.credentials()) as client:
         for key in keys:
             assert client.propose(key, "v").won
     expected = [sum(zlib.crc32(k.encode()) % 3 == i for k in keys) for i in range(3)]

@@ -39,7 +39,7 @@ def test_up_serves_stops_on_ctrl_c_and_resumes_with_its_decisions(tmp_path: Path
     try:
         doc = up.wait_ready()
         assert doc["cluster"] == "demo"
-        urls = [f"http://127.0.0.1:{base + i}" for i in range(3)]
+        urls = [f"https://127.0.0.1:{base + i}" for i in range(3)]  # TLS is on by default
         assert [(m["name"], m["url"]) for m in doc["members"]] == [
             (f"demo-{i}", urls[i]) for i in range(3)
         ]
@@ -88,11 +88,17 @@ def test_up_serves_stops_on_ctrl_c_and_resumes_with_its_decisions(tmp_path: Path
 
 
 def test_members_stop_when_graven_up_is_sigkilled(tmp_path: Path) -> None:
-    # SIGKILL leaves the supervisor no chance to stop anyone: the members must go by themselves
+    # SIGKILL leaves the supervisor no chance to stop anyone: the members must go by themselves.
+    # (With --no-tls, for debugging: plain http, no credentials anywhere.)
     base = free_base_port(3)
-    up = start_up(tmp_path, "--base-port", str(base))
+    up = start_up(tmp_path, "--base-port", str(base), "--no-tls")
     try:
-        up.wait_ready()
+        doc = up.wait_ready()
+        assert [m["url"] for m in doc["members"]] == [
+            f"http://127.0.0.1:{base + i}" for i in range(3)
+        ]
+        assert "security" not in doc and not (tmp_path / ".graven" / "tls").exists()
+        assert graven("propose", "plain", "http", cwd=tmp_path).returncode == 0
         pids = up.member_pids()
         ports = [base + i for i in range(3)]
         assert not any(lc_port_free(p) for p in ports)  # every member listens

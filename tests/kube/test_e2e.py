@@ -26,8 +26,17 @@ IMAGE = "graven:0.1.0"  # the chart's and the example's default, loaded by `make
 READY_TIMEOUT = 240  # seconds for a fresh cluster to become Ready on 2 shared cores
 
 
+# These tests reach members over plain http from the node's network namespace (pod and service
+# IPs, which no member certificate names): they run the clusters with TLS off. TLS, the
+# operator's Secrets and the NetworkPolicy have not run on this real cluster yet
+# (docs/security.md, "Not done").
+PLAIN = {"tls": False}
+
+
 def example() -> dict:
-    return yaml.safe_load(EXAMPLE.read_text())
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["security"] = dict(PLAIN)
+    return doc
 
 
 def small(name: str, **spec: object) -> dict:
@@ -122,7 +131,7 @@ def test_one_operator_replica_works_and_the_other_waits(kubectl: Kubectl, operat
 
 @pytest.fixture(scope="module")
 def demo(kubectl: Kubectl, operator: str) -> str:
-    kubectl("apply", "-n", NS, "-f", str(EXAMPLE))
+    kubectl.apply(example())
     return example()["metadata"]["name"]
 
 

@@ -52,6 +52,8 @@ VALIDATED_KINDS = {
     "Pod",
     "PersistentVolumeClaim",
     "CustomResourceDefinition",
+    "Secret",
+    "NetworkPolicy",
 }
 CRD_RESOURCE = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 

@@ -7,9 +7,11 @@ Readiness is whatever the test says (or, end to end, what a real `graven node` a
 
 from __future__ import annotations
 
+import base64
 import copy
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -148,7 +150,8 @@ class ProcessKubelet(FakeKubelet):
         assert cm is not None, "the pods' ConfigMap does not exist"
         doc = yaml.safe_load(cm["data"]["cluster.yaml"])
         for i, member in enumerate(doc["members"]):
-            member["url"] = f"http://127.0.0.1:{self.ports[i]}"
+            scheme = member["url"].split("://", 1)[0]  # https when the cluster runs TLS
+            member["url"] = f"{scheme}://127.0.0.1:{self.ports[i]}"
         return yaml.safe_dump(doc)
 
     def start(self, index: int) -> None:
@@ -167,6 +170,8 @@ class ProcessKubelet(FakeKubelet):
             mounts[mount["mountPath"]] = host
             if mount["name"] == "config":
                 (host / "cluster.yaml").write_text(self._config(sts))
+            else:
+                self._secret_volume(sts, mount["name"], host)
         port = container["ports"][0]["containerPort"]
         argv = []
         for arg in [*container["command"], *container.get("args", [])]:
@@ -182,6 +187,19 @@ class ProcessKubelet(FakeKubelet):
         self.procs[index] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         self.exits.pop(index, None)
 
+    def _secret_volume(self, sts: dict, volume_name: str, host: Path) -> None:
+        """A Secret volume's files, as the kubelet projects them (``items`` or every key)."""
+        volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+        source = volumes.get(volume_name, {}).get("secret")  # PVCs are not in volumes
+        if source is None:
+            return
+        secret = self.api.get("Secret", self.namespace, source["secretName"])
+        assert secret is not None, f"Secret {source['secretName']} does not exist"
+        data = secret.get("data") or {}
+        items = source.get("items") or [{"key": k, "path": k} for k in data]
+        for item in items:
+            (host / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
+
     def kill(self, index: int) -> None:
         proc = self.procs.pop(index)
         if proc.poll() is None:
@@ -194,12 +212,14 @@ class ProcessKubelet(FakeKubelet):
 
     def probe(self, index: int) -> bool:
         sts = self.statefulset()
-        path = sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
+        get = sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
         if index not in self.procs:
             return False
         try:
-            url = f"http://127.0.0.1:{self.ports[index]}{path}"
-            with urllib.request.urlopen(url, timeout=1) as rsp:
+            url = f"{get['scheme'].lower()}://127.0.0.1:{self.ports[index]}{get['path']}"
+            # like the kubelet: an HTTPS probe does not verify the certificate
+            ctx = ssl._create_unverified_context()
+            with urllib.request.urlopen(url, timeout=1, context=ctx) as rsp:
                 return rsp.status == 200
         except (OSError, urllib.error.URLError):
             return False

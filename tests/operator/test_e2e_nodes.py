@@ -57,7 +57,7 @@ def test_real_members_make_the_cluster_available_and_failures_show(
     ports = free_ports(3)
     runner = OperatorRunner(
         probe_members=True,
-        probe_url=lambda name, ns, member: f"http://127.0.0.1:{ports[member.index]}/readyz",
+        probe_url=lambda name, ns, member: f"https://127.0.0.1:{ports[member.index]}/readyz",
     ).start()
     kubelet = ProcessKubelet(api, NAMESPACE, "demo", tmp_path, ports)
 

@@ -92,6 +92,7 @@ def test_every_builtin_object_is_valid_kubernetes(name: str, raw: dict) -> None:
         "Service",
         "StatefulSet",
         "PodDisruptionBudget",
+        "NetworkPolicy",
     }
     for obj in builtin:
         kubernetes_validate.validate(obj, K8S, strict=True)
@@ -115,7 +116,7 @@ def test_config_map_is_a_cluster_config_the_node_accepts(name: str, raw: dict) -
     assert cfg.cluster == name
     assert cfg.epoch == 0
     assert [m.name for m in cfg.members] == [f"{name}-{i}" for i in range(spec.replicas)]
-    assert cfg.members[0].url == f"http://{name}-0.{name}-peers.team-a.svc:7100"
+    assert cfg.members[0].url == f"https://{name}-0.{name}-peers.team-a.svc:7100"  # TLS on
     assert cfg.layout.n == spec.replicas
     assert cfg.limits.max_value_bytes == spec.limits.get("maxValueBytes", 1 << 20)
 
@@ -136,6 +137,12 @@ def test_statefulset_runs_graven_node_securely() -> None:
         "/data",
         "--config",
         "/etc/graven/cluster.yaml",
+        "--tls-ca",
+        "/etc/graven-ca/ca.crt",
+        "--tls-cert",
+        "/etc/graven-tls/$(POD_NAME).crt",
+        "--tls-key",
+        "/etc/graven-tls/$(POD_NAME).key",
     ]
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 
+from graven.node.client.credentials import Credentials
 from graven.node.cluster.config import dump
 from graven.node.cluster.spec import parse as parse_spec
+from graven.node.local import security as local_security
 from graven.node.local.cluster import HOST
 from graven.node.local.launcher import Launcher, render_local
 
@@ -55,14 +57,23 @@ class LocalCluster(Launcher):
         limits: Mapping[str, int] | None = None,
         node_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        tls: bool = False,
     ) -> None:
+        """``tls``: https members with certificates and tokens as ``graven up`` makes them
+        (``self.security``; ``self.credentials`` is the local admin client's)."""
         spec = parse_spec(
             {"replicas": members, "quorums": dict(quorums or {}), "limits": dict(limits or {})}
         )
-        cfg, config_path = render_local(cluster, spec, root, free_ports(members))
+        scheme = "https" if tls else "http"
+        cfg, config_path = render_local(cluster, spec, root, free_ports(members), scheme)
         self.cluster = cluster
         self.doc = dump(cfg)
-        super().__init__(cfg, config_path, root, node_args=node_args, env=env)
+        security = None
+        self.credentials = Credentials()
+        if tls:
+            security = local_security.ensure(root, cluster, [m.name for m in cfg.members])
+            self.credentials = Credentials.from_discovery({"security": security.discovery()})
+        super().__init__(cfg, config_path, root, node_args=node_args, env=env, security=security)
 
     def start(self, ready_timeout: float = 20.0) -> LocalCluster:
         super().start(ready_timeout)

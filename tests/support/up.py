@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graven.node.client.credentials import Credentials
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
 START_TIMEOUT = 40.0  # seconds for `graven up` to publish its discovery file
@@ -85,6 +87,10 @@ class Up:
     @property
     def discovery_path(self) -> Path:
         return self.data_dir / "discovery.json"
+
+    def credentials(self) -> Credentials:
+        """The local admin client's credentials, as `graven propose` finds them."""
+        return Credentials.from_discovery(self.discovery())
 
     def discovery(self) -> dict[str, Any]:
         return json.loads(self.discovery_path.read_text())

@@ -57,34 +57,49 @@ RBAC rules for the namespaced objects the operator reads and writes. Used by the
 (all namespaces) or by one Role per watched namespace, so both modes grant the same verbs.
 */}}
 {{- define "graven-operator.namespacedRules" -}}
-# ConsensusClusters: the operator watches them and writes status / finalizers / kopf annotations.
+# Exactly the verbs the operator uses (tests/operator/test_docs.py records them and compares).
+# ConsensusClusters: watched; status, finalizers and kopf annotations written.
 - apiGroups: ["graven.dev"]
   resources: ["consensusclusters"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["graven.dev"]
   resources: ["consensusclusters/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # ownerReferences with blockOwnerDeletion need update on the owner's finalizers subresource
 # where the OwnerReferencesPermissionEnforcement admission plugin is enabled.
 - apiGroups: ["graven.dev"]
   resources: ["consensusclusters/finalizers"]
   verbs: ["update"]
-# Objects rendered for each ConsensusCluster.
+# Objects rendered for each ConsensusCluster: read, create, repair drift, delete.
 - apiGroups: [""]
-  resources: ["configmaps", "services", "persistentvolumeclaims", "pods"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  resources: ["configmaps", "services"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch", "delete"]
+# ServiceMonitor / PrometheusRule, created only where those CRDs exist.
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors", "prometheusrules"]
+  verbs: ["get", "create", "patch", "delete"]
+# The cluster's CA and certificate Secrets (garbage collection deletes them with the cluster).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
+# Member health (pods), volumes removed with retention.whenDeleted: Delete.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["list", "delete"]
 # Events for every action the operator takes (kopf posts core/v1 events).
-- apiGroups: ["", "events.k8s.io"]
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# ServiceMonitor / PodMonitor / PrometheusRule, created only where those CRDs exist.
-- apiGroups: ["monitoring.coreos.com"]
-  resources: ["servicemonitors", "podmonitors", "prometheusrules"]
-  verbs: ["get", "list", "create", "patch", "delete"]
 {{- end }}
