@@ -169,24 +169,32 @@ def test_soak(tmp_path: Path) -> None:
     assert code == 0
 
 
-def test_a_full_disk_is_filled_and_freed_without_errors(tmp_path: Path) -> None:
+def test_a_full_disk_is_filled_and_freed_without_errors(tmp_path: Path, monkeypatch) -> None:
     """Regression (soak, seed 20261207): filling a member's tmpfs raised ENOSPC out of
-    ``fill`` (a buffered filler file), and ``stop`` removed only a filler it had been handed,
-    so the member's disk stayed full for the rest of the run. Now the filler is unbuffered and
-    has a fixed path that ``stop`` always removes."""
+    ``fill``, and ``stop`` removed only a filler it had been handed, so the member's disk stayed
+    full for the rest of the run. Cause: when fallocate fails (the node grew its WAL since
+    statvfs), plain writes fill the disk, and a last partial write left up to one block in the
+    buffered file's buffer, whose flush at close raised. Now the filler is unbuffered and has a
+    fixed path that ``stop`` always removes."""
     from gravenfaults import disk, topology
 
     mnt = tmp_path / "mnt"
     disk.mount_tmpfs(f"{topology.PREFIX}{os.getpid()}-disk9", mnt, 2)
     try:
-        for _ in range(3):  # fills that end in any state of the last block
-            (mnt / "some").write_bytes(os.urandom(12345))
+        for fallocate_fails in (False, True):
+            if fallocate_fails:
+                monkeypatch.setattr(os, "posix_fallocate", _enospc)
+            # 4 KiB used: the free space ends 60 KiB into a 64 KiB block (the case that raised)
+            (mnt / "some").write_bytes(os.urandom(4096))
             filler = disk.fill(mnt)
             assert filler == disk.filler_path(mnt)
-            st = os.statvfs(mnt)
-            assert st.f_bavail == 0
+            assert os.statvfs(mnt).f_bavail == 0
             filler.unlink()
             (mnt / "some").unlink()
             assert os.statvfs(mnt).f_bavail > 0
     finally:
         disk.umount(mnt)
+
+
+def _enospc(*_args: object) -> None:
+    raise OSError(28, "No space left on device")

@@ -71,12 +71,9 @@ class Nemesis:
 @dataclass
 class Partition(Nemesis):
     """Members in different groups cannot exchange packets (both directions); clients reach all.
-
-    ``bridge``: members in ``bridge`` see both groups (the groups do not see each other).
-    """
+    A member in no group sees every group: with two groups, that makes a bridge."""
 
     groups: list[set[int]] = field(default_factory=list)
-    bridge: set[int] = field(default_factory=set)
     rules: Rules | None = None
 
     async def start(self, h: Harness) -> None:
@@ -385,7 +382,6 @@ def make(
             **args,
             affected=None,
             groups=[left, right],
-            bridge={mid},
             detail=f"{sorted(left)}|m{mid}|{sorted(right)}",
         )
     if kind == "partition-oneway":
