@@ -31,6 +31,11 @@ def kubectl() -> Kubectl:
             f"({ready.stderr.strip()}); run `make kube`, and these tests through "
             "`make test-kube` (it enters the cluster's network namespace)"
         )
+    current = subprocess.run(
+        ["bash", str(REPO / "tools/kube/images.sh"), "--check"], capture_output=True, text=True
+    )
+    if current.returncode != 0:  # the cluster would run yesterday's operator and members
+        pytest.fail(current.stderr.strip())
     version = k.json("version")["serverVersion"]["gitVersion"]
     assert version == ENV["KUBE_VERSION"], version
     return k

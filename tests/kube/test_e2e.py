@@ -113,14 +113,14 @@ def test_one_operator_replica_works_and_the_other_waits(kubectl: Kubectl, operat
         peers = peering.get("status") or {}
         return peers if pods <= set(peers) else None
 
-    peers = wait_for(registered, 60, "both replicas in the peering object")
+    peers = wait_for(registered, 120, "both replicas in the peering object")
     low, high = sorted(pods, key=lambda p: peers[p]["priority"])
     assert peers[low]["priority"] < peers[high]["priority"]
 
     def logs(pod: str) -> str:
         return kubectl("logs", "-n", operator, pod).stdout
 
-    wait_for(lambda: "Pausing operations in favour of" in logs(low), 60, f"{low} to pause")
+    wait_for(lambda: "Pausing operations in favour of" in logs(low), 120, f"{low} to pause")
     for pod in pods:
         assert "Possibly conflicting operators" not in logs(pod)
     assert "Pausing operations" not in logs(high)
@@ -153,6 +153,11 @@ def test_kubectl_wait_for_condition_ready(kubectl: Kubectl, demo: str) -> None:
 
 
 def test_members_run_the_real_image(kubectl: Kubectl, demo: str) -> None:
+    kubectl(
+        *("wait", "-n", NS, "--for=condition=Ready", f"gcc/{demo}"),
+        *(f"--timeout={READY_TIMEOUT}s",),
+        timeout=READY_TIMEOUT + 30,
+    )
     pods = kubectl.json("get", "pods", "-n", NS, "-l", f"app.kubernetes.io/instance={demo}")
     names = sorted(p["metadata"]["name"] for p in pods["items"])
     assert names == [f"{demo}-{i}" for i in range(3)]

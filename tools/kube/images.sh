@@ -11,6 +11,19 @@ P="$TOOLS_KUBE/podman.sh"
 I=$KUBE_CACHE/images
 mkdir -p "$I"
 recipe_hash() { cat "$@" | sha256sum | cut -c1-16; }
+graven_sources_hash() { # everything the Dockerfile copies
+  (cd "$REPO_ROOT" && find Dockerfile .dockerignore pyproject.toml README.md node operator \
+    -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+}
+# --check: is the archive of Graven's image built from the current sources? (tests/kube run
+# where there is no network, so they check rather than build.)
+if [ "${1:-}" = --check ]; then
+  if [ "$(cat "$I/graven.stamp" 2>/dev/null)" = "$(graven_sources_hash)" ] && [ -f "$I/graven.tar" ]; then
+    exit 0
+  fi
+  echo "$GRAVEN_IMAGE is older than the sources it is built from: run 'make kube'" >&2
+  exit 1
+fi
 
 # --- pause ---------------------------------------------------------------------------------
 h=$(recipe_hash "$TOOLS_KUBE/pause.c" "$TOOLS_KUBE/images.sh")
@@ -46,8 +59,7 @@ echo "image $BASE_IMAGE ready"
 # silently ignored (BuildKit does not have that problem).
 # pip inside the build reaches PyPI through the host's network and trusts the host's CAs
 # (a TLS-inspecting egress proxy may sit in between); neither ends up in the image.
-h=$(cd "$REPO_ROOT" && find Dockerfile .dockerignore pyproject.toml README.md node operator \
-      -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+h=$(graven_sources_hash)
 if [ "$(cat "$I/graven.stamp" 2>/dev/null)" != "$h" ] || [ ! -f "$I/graven.tar" ]; then
   echo "building $GRAVEN_IMAGE from the Dockerfile (about a minute: pip fetches the dependencies)"
   $P build --quiet --no-cache --pull=never --network=host \
