@@ -56,8 +56,8 @@ def test_an_unsafe_step_is_refused_and_the_rest_goes_on():
 
 def test_the_cli_reports_reconfigurations():
     out = subprocess.run(
-        [GRAVEN, "simulate", "--preset", "fast", "--members", "3", "--seeds", "20"]
-        + ["--reconfigure", "5,3:paxos"],
+        [GRAVEN, "simulate", "--preset", "fast", "--members", "3"]
+        + ["--seeds", "20", "--reconfigure", "5,3:paxos"],  # noqa: RUF005
         capture_output=True,
         text=True,
         timeout=300,
