@@ -55,9 +55,9 @@ def test_an_unsafe_step_is_refused_and_the_rest_goes_on():
 
 
 def test_the_cli_reports_reconfigurations():
+    cmd = [GRAVEN, "simulate", "--preset", "fast", "--members", "3", "--seeds", "20"]
     out = subprocess.run(
-        [GRAVEN, "simulate", "--preset", "fast", "--members", "3"]
-        + ["--seeds", "20", "--reconfigure", "5,3:paxos"],  # noqa: RUF005
+        [*cmd, "--reconfigure", "5,3:paxos"],
         capture_output=True,
         text=True,
         timeout=300,
