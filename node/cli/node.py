@@ -109,8 +109,8 @@ def _run(args: argparse.Namespace) -> None:
         cfg = load(args.config)
     except ConfigError as exc:
         raise _Refused(str(exc)) from None
-    if cfg.member_index(args.id) is None:
-        names = ", ".join(m.name for m in cfg.members)
+    if cfg.view().index(args.id) is None:  # a member of any live epoch (older ones included)
+        names = ", ".join(m.name for m in cfg.live_members())
         raise _Refused(f"--id {args.id!r} is not a member of cluster {cfg.cluster} ({names})")
     security = _security(args, cfg.cluster, frozenset(m.name for m in cfg.members))
     if security is not None:
