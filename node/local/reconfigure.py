@@ -125,7 +125,7 @@ class Driver:
         orch = self.orch
         actions = orch.start()
         for _ in range(MAX_ROUNDS):
-            if orch.done:
+            if orch.done and not actions:  # the last Save (step done) carried out too
                 return orch.record
             if deadline is not None and time.monotonic() > deadline:
                 raise ReconfigureError(
