@@ -310,6 +310,7 @@ async def test_metrics(node: tuple[TestClient, RegisterStore]) -> None:
     assert metric(text, "graven_fence_watermark") == 2
     assert metric(text, "graven_storage_bytes") > 0
     assert metric(text, "graven_config_epoch") == 0
+    assert metric(text, "graven_config_live_epochs") == 1
     assert metric(text, 'graven_node_info{cluster="demo",node="demo-0"}') == 1
     assert (
         'graven_http_request_duration_seconds_count{method="POST",'
