@@ -137,8 +137,11 @@ class Supervisor:
         localcluster.write_config(cfg, self.data_dir)
         live = {m.name: m for m in cfg.live_members()}
         by_name = {m.name: m for m in self.members}
+        # New members first: until they serve, the new epoch's quorums need every old member,
+        # so restarting one of those before would leave proposals without a quorum.
+        order = sorted(live.items(), key=lambda item: item[0] in by_name)
         async with aiohttp.ClientSession() as session:
-            for name, wanted in live.items():
+            for name, wanted in order:
                 member = by_name.get(name)
                 if member is None:
                     member = Member(name, wanted.url, self.data_dir / f"{name}.log")
