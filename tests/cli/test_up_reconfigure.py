@@ -44,7 +44,7 @@ def test_graven_up_again_reconfigures_and_resumes_after_sigkill(tmp_path: Path) 
     _spec(tmp_path / "three.yaml", 3, {"preset": "paxos"})
     _spec(tmp_path / "four.yaml", 4, {"preset": "fast"})
     base = free_base_port(4)
-    up = start_up(tmp_path, "three.yaml", "--base-port", str(base))
+    up = start_up(tmp_path, "three.yaml", "--base-port", str(base), "--no-tls")
     try:
         url = up.wait_ready()["members"][0]["url"]
         items = [{"key": f"k{i}", "value": f"v{i}"} for i in range(KEYS)]
@@ -55,7 +55,7 @@ def test_graven_up_again_reconfigures_and_resumes_after_sigkill(tmp_path: Path) 
 
     # Edited spec: the cluster comes up as it was, then moves to 4 members and fast. SIGKILL
     # graven up (its members die with it) once the carry-over has started.
-    up = start_up(tmp_path, "four.yaml")
+    up = start_up(tmp_path, "four.yaml", "--no-tls")
     try:
         wait_until(lambda: _step(up.data_dir) == "carry", 120, "the carry step")
         up.proc.send_signal(signal.SIGKILL)
@@ -64,7 +64,7 @@ def test_graven_up_again_reconfigures_and_resumes_after_sigkill(tmp_path: Path) 
         up.kill_everything()
     assert _step(up.data_dir) in ("carry", "retire")
 
-    again = start_up(tmp_path, "four.yaml")
+    again = start_up(tmp_path, "four.yaml", "--no-tls")
     try:
         again.wait_ready()
         wait_until(lambda: "reconfigured to epoch 1" in again.stdout(), 180, "the transition")
