@@ -293,6 +293,8 @@ def status_report(
     return {
         "cluster": info.get("cluster") if info else None,
         "epoch": info.get("epoch") if info else None,
+        # every epoch still live: more than one while a reconfiguration is under way
+        "live_epochs": info.get("liveEpochs", [info.get("epoch")]) if info else None,
         "layout": info.get("layout") if info else None,
         "members": [s.to_dict() for s in states],
         "members_up": sum(s.up for s in states),
@@ -309,6 +311,12 @@ def render_status(report: dict[str, Any], states: list[MemberState]) -> str:
             f"layout {describe_layout(report['layout'])}  "
             f"members {len(states)} ({report['members_up']} up)"
         )
+        live = report.get("live_epochs") or []
+        if len(live) > 1:
+            lines.append(
+                f"reconfiguring: live epochs {', '.join(map(str, live))} (proposals read every "
+                f"live epoch; no fast path until epoch {live[0]} is retired)"
+            )
     else:
         lines.append(f"cluster unreachable: {report['error']}")
     rows = [

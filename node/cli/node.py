@@ -109,10 +109,10 @@ def _run(args: argparse.Namespace) -> None:
         cfg = load(args.config)
     except ConfigError as exc:
         raise _Refused(str(exc)) from None
-    if cfg.member_index(args.id) is None:
-        names = ", ".join(m.name for m in cfg.members)
+    if cfg.view().index(args.id) is None:  # a member of any live epoch (older ones included)
+        names = ", ".join(m.name for m in cfg.live_members())
         raise _Refused(f"--id {args.id!r} is not a member of cluster {cfg.cluster} ({names})")
-    security = _security(args, cfg.cluster, frozenset(m.name for m in cfg.members))
+    security = _security(args, cfg.cluster, frozenset(m.name for m in cfg.live_members()))
     if security is not None:
         options = dataclasses.replace(options, tls=security.client.current)
     elif any(m.url.startswith("https:") for m in cfg.members):
@@ -145,7 +145,7 @@ def _security(
     if not all(files):
         raise _Refused("--tls-ca, --tls-cert and --tls-key go together")
     try:
-        # members of the current epoch; reconfiguration will pass every live epoch's members
+        # the members of every live epoch (older ones too, while a reconfiguration runs)
         return node_security(
             cluster, members, args.tls_ca, args.tls_cert, args.tls_key, args.tokens
         )

@@ -2,6 +2,11 @@
 
     graven simulate --preset NAME --members N [layout flags] [--proposers P] [--keys K]
                     [--seeds S | --seed X] [--steps T] [--allow-unsafe] [--plant NAME]
+                    [--reconfigure STEPS]
+
+``--reconfigure "4,3:fast,3:flexible q1=2 q2=2"``: during every run, move the cluster through
+these configurations one after the other (members[:preset [key=value ...]]), with the real
+orchestrator (publish, fence, carry-over, retire) crashing and resuming among the other faults.
 
 Exit status: 0 every run passed, 1 a violation (the seed and a trace are printed), 2 bad input.
 """
@@ -18,7 +23,8 @@ from typing import Any
 from ..protocol.checker import check
 from ..protocol.layout import LayoutError
 from ..protocol.presets import build
-from ..sim.plants import PLANTS
+from ..sim.plants import PLANTS, RECONFIG_PLANTS
+from ..sim.reconfigure import parse_steps
 from ..sim.world import Stats, World
 from . import layout as cli_layout
 from .errors import UsageError
@@ -46,6 +52,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="faulty events per run")
     parser.add_argument("--allow-unsafe", action="store_true", help="run layouts that fail C1-C3")
     parser.add_argument("--plant", choices=PLANTS, help="plant a known bug (the runs must fail)")
+    parser.add_argument(
+        "--reconfigure",
+        metavar="STEPS",
+        help='reconfigure during every run, e.g. "4,3:fast,3" (members[:preset [k=v ...]]); '
+        "the reconfiguration plants default to 4,3:fast,3",
+    )
     parser.set_defaults(run=run)
 
 
@@ -61,8 +73,19 @@ def run(args: argparse.Namespace) -> int:
     for name, value in (("--keys", args.keys), ("--steps", args.steps)):
         if value < 1:
             raise UsageError(f"{name} must be at least 1")
+    text = args.reconfigure
+    if text is None and args.plant in RECONFIG_PLANTS:
+        text = "4,3:fast,3"
+    try:
+        steps = parse_steps(text or "")
+        for step in steps:
+            build(step.block, step.members)
+    except (ValueError, LayoutError) as exc:
+        raise UsageError(f"--reconfigure: {exc}") from None
     # --proposers sets both the layout's proposer slots and how many proposers run.
     proposers = args.proposers if args.proposers is not None else min(3, config.proposers)
+    if steps:
+        proposers = min(proposers, *(step.members for step in steps))
     report = check(config)
     if not report.safe and not args.allow_unsafe:
         print(report.render())
@@ -73,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     started, cpu_started = time.perf_counter(), time.process_time()
     runs = 0
     for seed in seeds:
-        world = World(config, seed, proposers, args.keys, plant=args.plant)
+        world = World(config, seed, proposers, args.keys, plant=args.plant, reconfigs=steps)
         violation = world.run(args.steps)
         runs += 1
         for field in total.__dataclass_fields__:
@@ -99,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         "duplicated": total.duplicated,
         "crashes": total.crashes,
         "partitions": total.partitions,
+        "reconfigurations": total.reconfigurations,
+        "carried": total.carried,
         "seconds": round(elapsed, 2),
         "cpu_seconds": round(cpu, 2),
         # Per CPU second: wall time on a shared machine says more about the neighbours.
@@ -111,8 +136,14 @@ def run(args: argparse.Namespace) -> int:
             f"OK: {runs} runs of {config.name} on {config.n} members, "
             f"{total.decisions} decisions, {total.sent} messages "
             f"({total.lost} lost, {total.duplicated} duplicated), {total.crashes} crashes, "
-            f"{total.partitions} partitions; agreement, non-triviality, write-once and progress "
-            f"held in every run ({summary['deliveries_per_cpu_second']} deliveries per CPU second)"
+            f"{total.partitions} partitions"
+            + (
+                f", {total.reconfigurations} reconfigurations ({total.carried} keys carried)"
+                if steps
+                else ""
+            )
+            + "; agreement, non-triviality, write-once and progress held in every run "
+            f"({summary['deliveries_per_cpu_second']} deliveries per CPU second)"
         )
     return 0
 

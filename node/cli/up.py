@@ -7,7 +7,11 @@ and clients need a certificate or token from there (``graven propose`` finds the
 discovery file). ``--no-tls`` runs plain http with no access control, for debugging only.
 
 Stays in the foreground; Ctrl-C (or SIGTERM) stops every member. Restarting on the same data
-directory resumes the cluster with all its decisions. The first run picks the cluster's
+directory resumes the cluster with all its decisions. Restarting it with an edited spec (other
+replicas or quorums) reconfigures the cluster live once its members are up (publish, fence,
+carry-over, retire, recorded in DIR/reconfiguration.json; for now with --no-tls only); a
+`graven up` stopped or killed mid-way finishes the transition when started again.
+The first run picks the cluster's
 incarnation id (kept in DIR/cluster.yaml); member data of another incarnation is refused unless
 adopted with ``--adopt`` (same members and layout). Exit status: 0 stopped on request,
 1 a member failed to start or every member died, 2 bad input or start-up refused.
@@ -20,12 +24,16 @@ import asyncio
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cluster.config import ClusterConfig, dump, parse
 from ..local import cluster as lc
 from ..local import identity as localidentity
 from ..local import security as local_security
+
+STATE_FILE = "reconfiguration.json"  # the transition's record (the master's, locally)
 
 if TYPE_CHECKING:
     from ..local.supervisor import Supervisor
@@ -100,8 +108,24 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
         args.no_tls = True  # the manifest itself switches TLS off
     scheme = "http" if args.no_tls else "https"
     cfg = lc.render(spec, base_port, spec_path, incarnation, scheme)
+    transition = None
     if previous is not None:
-        lc.check_same_cluster(previous, cfg, data_dir)
+        # An edited spec (members or layout) is reached by a live reconfiguration, and an
+        # unfinished one (a `graven up` stopped or killed mid-way) is resumed first.
+        transition = plan_transition(data_dir, previous, cfg)
+        if transition is None:  # the same members and layout: keep the data dir's epoch
+            doc = dump(cfg)
+            doc["epoch"] = previous.epoch
+            cfg = parse(doc)
+            lc.check_same_cluster(previous, cfg, data_dir)
+        elif not args.no_tls:
+            raise lc.LocalClusterError(
+                "live reconfiguration of a cluster on TLS is not supported yet (the "
+                "orchestrator has no member credentials); restart it with --no-tls to "
+                "reconfigure, or keep the spec as it was"
+            )
+        else:
+            cfg = previous  # start what the data dir serves now; the transition goes on from it
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -130,7 +154,63 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
     supervisor = Supervisor(
         cfg, data_dir, config_path, hint, resumed=previous is not None, security=security
     )
+    supervisor.transition = transition
     return supervisor, lock
+
+
+def plan_transition(
+    data_dir: Path, previous: ClusterConfig, wanted: ClusterConfig
+) -> Callable[[Callable[[dict], None]], str] | None:
+    """What moves the data dir's cluster to ``wanted`` (None: nothing to do)."""
+    from ..local.reconfigure import Driver, ReconfigureError  # only when reconfiguring
+
+    state = data_dir / STATE_FILE
+    resumed = Driver.resume(state, lambda doc: None) if state.is_file() else None
+    if resumed is None and previous.previous:
+        raise lc.LocalClusterError(
+            f"{data_dir} serves several epochs but has no unfinished transition in {state}"
+        )
+    if previous.cluster != wanted.cluster:
+        raise lc.LocalClusterError(
+            f"{data_dir} holds cluster {previous.cluster} but the spec names {wanted.cluster}: "
+            "a data dir serves one cluster (use another --data-dir, or delete "
+            f"{data_dir} to start afresh)"
+        )
+    goal = resumed.target if resumed is not None else previous
+    if resumed is None and _same_shape(goal, wanted):
+        return None
+    target = None
+    if not _same_shape(goal, wanted):
+        doc = dump(wanted)
+        doc["epoch"] = goal.epoch + 1
+        target = parse(doc)
+        if resumed is None:
+            try:  # refusals (unsafe layout, too many removals) before anything starts
+                Driver(state, previous, target, lambda doc: None)
+            except ReconfigureError as exc:
+                raise lc.LocalClusterError(f"cannot reconfigure {data_dir}: {exc}") from None
+
+    def run(publish: Callable[[dict], None]) -> str:
+        done = []
+        if resumed is not None:
+            resumed.publish = publish
+            resumed.run()
+            done.append(f"epoch {resumed.target.epoch}")
+        if target is not None:
+            if resumed is not None:
+                Driver(state, goal, target, publish).run()  # after the one it had to finish
+            else:
+                Driver(state, previous, target, publish).run()
+            done.append(f"epoch {target.epoch}")
+        return f"graven up: reconfigured to {' then '.join(done)}"
+
+    return run
+
+
+def _same_shape(a: ClusterConfig, b: ClusterConfig) -> bool:
+    return [m.name for m in a.members] == [m.name for m in b.members] and dict(
+        a.layout.to_spec()
+    ) == dict(b.layout.to_spec())
 
 
 def _path_note() -> str:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from ..protocol import presets
+from ..protocol.epochs import Epoch, View, view
 from ..protocol.layout import EPOCH_BITS, Layout, LayoutError
 from ..storage.identity import Identity
 
@@ -41,9 +42,11 @@ _TOP_FIELDS = {
     "members",
     "quorums",
     "limits",
+    "previous",
 }
 # A Kubernetes UID, or the random id `graven up` writes: letters, digits, '.', '_', '-'.
 _INCARNATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PREVIOUS_FIELDS = {"epoch", "members", "quorums"}
 _MEMBER_FIELDS = {"name", "url"}
 _LIMIT_FIELDS = {
     "maxValueBytes": "max_value_bytes",
@@ -69,6 +72,15 @@ class Limits:
     max_body_bytes: int = 8 << 20
 
 
+@dataclass(frozen=True)
+class PastEpoch:
+    """An older epoch that is still live (a reconfiguration has not retired it yet)."""
+
+    epoch: int
+    members: list[Member]
+    layout: Layout
+
+
 @dataclass
 class ClusterConfig:
     cluster: str
@@ -90,11 +102,26 @@ class ClusterConfig:
         """What a member's store must accept before this configuration may serve it."""
         return Identity(self.incarnation, self.epoch, self.fingerprint())
 
+    previous: list[PastEpoch] = field(default_factory=list)  # older live epochs, oldest first
+
     def member_index(self, name: str) -> int | None:
+        """Index in the newest epoch (None: not a member of it)."""
         for i, member in enumerate(self.members):
             if member.name == name:
                 return i
         return None
+
+    def view(self) -> View:
+        """The live view: the older live epochs and this one, over member names."""
+        epochs = [Epoch(p.epoch, tuple(m.name for m in p.members), p.layout) for p in self.previous]
+        epochs.append(Epoch(self.epoch, tuple(m.name for m in self.members), self.layout))
+        return view(epochs)
+
+    def live_members(self) -> list[Member]:
+        """Every member of a live epoch, in the view's order (the newest epoch's first)."""
+        by_name = {m.name: m for p in self.previous for m in p.members}
+        by_name.update({m.name: m for m in self.members})
+        return [by_name[name] for name in self.view().names]
 
 
 def _one_line(text: str) -> str:
@@ -215,7 +242,50 @@ def parse(doc: Any) -> ClusterConfig:
         layout = presets.build(copy.deepcopy(quorums), len(members), epoch)
     except LayoutError as exc:
         raise ConfigError(f"quorums: {_one_line(str(exc))}") from None
-    return ClusterConfig(cluster, epoch, members, layout, _limits(doc.get("limits")), incarnation)
+    previous = _previous(doc.get("previous"), epoch, members)
+    return ClusterConfig(
+        cluster, epoch, members, layout, _limits(doc.get("limits")), incarnation, previous
+    )
+
+
+def _previous(value: Any, epoch: int, members: list[Member]) -> list[PastEpoch]:
+    """Older live epochs: consecutive, ending at ``epoch - 1``; a member keeps one URL."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError("previous must be a list of {epoch, members, quorums}")
+    out: list[PastEpoch] = []
+    urls = {m.name: m.url for m in members}
+    for i, item in enumerate(value):
+        where = f"previous[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{where} must be a mapping with epoch, members and quorums")
+        _unknown(item, _PREVIOUS_FIELDS, where)
+        number = item.get("epoch")
+        expected = epoch - len(value) + i
+        if number != expected or isinstance(number, bool):
+            raise ConfigError(
+                f"{where}.epoch must be {expected} (older live epochs are consecutive and end "
+                f"just before epoch {epoch}), got {number!r}"
+            )
+        try:
+            past = _members(item.get("members"))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
+        for m in past:
+            if urls.setdefault(m.name, m.url) != m.url:
+                raise ConfigError(f"{where}: member {m.name!r} has two URLs")
+        quorums = item.get("quorums")
+        if quorums is not None and not isinstance(quorums, Mapping):
+            raise ConfigError(f"{where}.quorums must be a mapping")
+        try:
+            layout = presets.build(copy.deepcopy(quorums), len(past), number)
+        except LayoutError as exc:
+            raise ConfigError(f"{where}.quorums: {_one_line(str(exc))}") from None
+        out.append(PastEpoch(number, past, layout))
+    if len(set(urls.values())) != len(urls):
+        raise ConfigError("previous: two members share one URL")
+    return out
 
 
 def dump(cfg: ClusterConfig) -> dict[str, Any]:
@@ -228,6 +298,20 @@ def dump(cfg: ClusterConfig) -> dict[str, Any]:
         "members": [{"name": m.name, "url": m.url} for m in cfg.members],
         "quorums": copy.deepcopy(dict(cfg.layout.to_spec())),
         "limits": {name: getattr(cfg.limits, attr) for name, attr in _LIMIT_FIELDS.items()},
+        **(
+            {
+                "previous": [
+                    {
+                        "epoch": p.epoch,
+                        "members": [{"name": m.name, "url": m.url} for m in p.members],
+                        "quorums": copy.deepcopy(dict(p.layout.to_spec())),
+                    }
+                    for p in cfg.previous
+                ]
+            }
+            if cfg.previous
+            else {}
+        ),
     }
 
 

@@ -25,7 +25,13 @@ from ..cluster.config import ClusterConfig
 from ..proposer.channel import AcceptorChannel, Channel
 from ..proposer.local import LocalChannel
 from ..proposer.metrics import ProposerMetrics
-from ..proposer.options import DeadlineExceeded, GatewayOptions, NoProposerSlot, QuorumUnreachable
+from ..proposer.options import (
+    DeadlineExceeded,
+    GatewayOptions,
+    NoProposerSlot,
+    QuorumUnreachable,
+    StaleConfiguration,
+)
 from ..proposer.pump import Pump
 from ..proposer.reachability import Reachability
 from ..proposer.transport import remote_transport
@@ -34,6 +40,7 @@ from ..protocol.effects import (
     DECIDED,
     NO_SLOT,
     NOT_DECIDED,
+    STALE,
     STORE_FAILED,
     UNREACHABLE,
     Outcome,
@@ -60,15 +67,20 @@ class Gateway:
         options: GatewayOptions,
     ) -> None:
         self.cfg = cfg
-        self.layout = cfg.layout
+        # The live view: with an older epoch still live (a reconfiguration under way) its
+        # members are in it too, after the newest epoch's, and every proposal reads them all.
+        live = cfg.view()
+        self.layout = live.layout
+        self.members = cfg.live_members()
         self.options = options
         self._store = store
         self._node_metrics = node_metrics
-        index = cfg.member_index(node_name)
+        index = live.index(node_name)
         self.index = index
-        # Slots >= proposers own no register set; such a member cannot propose.
+        # Slots >= proposers own no register set; such a member cannot propose (nor can a
+        # member of an older epoch only, which is past the newest epoch's slots).
         self.slot = index if index is not None and index < self.layout.proposers else None
-        names = [m.name for m in cfg.members]
+        names = list(live.names)
         self.reach = Reachability(self.layout, names, index)
         self.metrics = ProposerMetrics(
             node_metrics.registry, names, self.reach.is_up, self.reach.margin
@@ -80,7 +92,7 @@ class Gateway:
         self.cache = DecidedCache(options.cache_bytes)
         self._session: aiohttp.ClientSession | None = None
         self.forwarder = Forwarder(
-            [m.url for m in cfg.members],
+            [m.url for m in self.members],
             node_name,
             session=self._aiohttp_session,
             tls=self.options.tls,
@@ -91,7 +103,7 @@ class Gateway:
 
     async def start(self) -> None:
         batch_bytes = max(1, self.cfg.limits.max_body_bytes // 8)  # JSON escaping headroom
-        for i, member in enumerate(self.cfg.members):
+        for i, member in enumerate(self.members):
             if i == self.index:
                 channel: AcceptorChannel = LocalChannel(
                     i, member.name, self._store, self._node_metrics, self.reach, self.metrics
@@ -176,6 +188,15 @@ class Gateway:
         assert answer is not None
         return answer
 
+    async def carry(self, key: str, value: str, deadline: float) -> str:
+        """A reconfiguration's carry-over of ``key``: decided in the newest epoch (the decided
+        value, or ``value`` — one the key holds — when nothing could have been decided). Never
+        answered from the cache: the point is to write the newest epoch's registers."""
+        outcome = await self.pump.propose(key, value, deadline, forward=False, carry=True)
+        answer = self._answer(key, outcome, time.perf_counter())
+        assert answer is not None
+        return answer
+
     async def _forward(self, member: int, key: str, value: str, timeout: float) -> str | None:
         try:
             decided = await self.forwarder.propose(member, key, value, timeout)
@@ -212,6 +233,11 @@ class Gateway:
             if out.missing:
                 detail += f"; unreachable: {self.reach.describe(out.missing)}"
             raise DeadlineExceeded(detail)
+        if status == STALE:
+            raise StaleConfiguration(
+                f"a member knows a newer configuration than this node's epoch {self.cfg.epoch}; "
+                "retry once the node runs it"
+            )
         if status == NO_SLOT:
             raise NoProposerSlot(out.detail)
         if status == STORE_FAILED and isinstance(out.error, BaseException):

@@ -22,7 +22,13 @@ from ..http.appkeys import CLUSTER, METRICS, NODE, REACHABILITY, STORE, Extensio
 from ..http.errors import ApiError, invalid
 from ..http.jsonio import json_response, read_json
 from ..http.validate import array, fields, key, value_text
-from ..proposer.options import DeadlineExceeded, GatewayOptions, NoProposerSlot, QuorumUnreachable
+from ..proposer.options import (
+    DeadlineExceeded,
+    GatewayOptions,
+    NoProposerSlot,
+    QuorumUnreachable,
+    StaleConfiguration,
+)
 from ..storage import StoreError
 from .forward import FORWARDED_HEADER
 from .gateway import Gateway
@@ -31,6 +37,9 @@ GATEWAY = web.AppKey("gateway", Gateway)
 PREFIX = "/v1/decisions"
 MAX_BATCH = 1000
 MAX_WAIT = 60.0
+
+
+FAILURES = (QuorumUnreachable, DeadlineExceeded, NoProposerSlot, StaleConfiguration, StoreError)
 
 
 def to_api_error(exc: Exception) -> ApiError:
@@ -42,6 +51,8 @@ def to_api_error(exc: Exception) -> ApiError:
         return ApiError(504, "timeout", f"no answer within the request deadline: {exc}")
     if isinstance(exc, NoProposerSlot):
         return ApiError(503, "no_proposer_slot", str(exc))
+    if isinstance(exc, StaleConfiguration):
+        return ApiError(503, "stale_configuration", str(exc))
     if isinstance(exc, StoreError):
         return ApiError(503, "store_unavailable", str(exc))
     raise exc
@@ -50,7 +61,7 @@ def to_api_error(exc: Exception) -> ApiError:
 async def _answer(call: Awaitable[Any]) -> Any:
     try:
         return await call
-    except (QuorumUnreachable, DeadlineExceeded, NoProposerSlot, StoreError) as exc:
+    except FAILURES as exc:
         raise to_api_error(exc) from None
 
 
@@ -140,7 +151,7 @@ async def batch_propose(request: web.Request) -> web.Response:
             # not forwarded: one request per item would be many connections; here the items
             # share batched acceptor requests instead
             decided = await gw.propose(k, value, deadline)
-        except (QuorumUnreachable, DeadlineExceeded, NoProposerSlot, StoreError) as exc:
+        except FAILURES as exc:
             return _error_item(k, exc)
         return {"key": k, "value": decided, "won": decided == value}
 
@@ -161,13 +172,46 @@ async def batch_get(request: web.Request) -> web.Response:
     async def one(k: str) -> dict[str, Any]:
         try:
             value = await gw.read(k, deadline)
-        except (QuorumUnreachable, DeadlineExceeded, NoProposerSlot, StoreError) as exc:
+        except FAILURES as exc:
             return _error_item(k, exc)
         if value is None:
             return _error_item(k, _not_decided(k))
         return {"key": k, "value": value}
 
     return json_response({"results": await _each(keys, one)})
+
+
+async def carry(request: web.Request) -> web.Response:
+    """``POST /v1/admin/carry {"items": [{"key", "value"}]}``: the reconfiguration
+    orchestrator's carry-over step, run by this node's proposer in the newest epoch."""
+    app = request.app
+    limits = app[CLUSTER].limits
+    body = fields(await read_json(request), "body", {"items"})
+    raw = array(body["items"], "items")
+    if len(raw) > MAX_BATCH:
+        raise invalid("items", f"at most {MAX_BATCH} items per request, got {len(raw)}")
+    items = []
+    for i, entry in enumerate(raw):
+        where = f"items[{i}]"
+        item = fields(entry, where, {"key", "value"})
+        items.append(
+            (
+                key(item["key"], f"{where}.key", limits),
+                value_text(item["value"], f"{where}.value", limits),
+            )
+        )
+    gw = app[GATEWAY]
+    deadline = gw.deadline()
+
+    async def one(item: tuple[str, str]) -> dict[str, Any]:
+        k, value = item
+        try:
+            decided = await gw.carry(k, value, deadline)
+        except FAILURES as exc:
+            return _error_item(k, exc)
+        return {"key": k, "value": decided}
+
+    return json_response({"epoch": app[CLUSTER].epoch, "results": await _each(items, one)})
 
 
 def extension(options: GatewayOptions | None = None) -> Extension:
@@ -195,5 +239,6 @@ def extension(options: GatewayOptions | None = None) -> Extension:
         app.router.add_get(PREFIX + "/{key:.+}", get_decision)
         app.router.add_post(PREFIX + ":batch", batch_propose)
         app.router.add_post(PREFIX + ":batchGet", batch_get)
+        app.router.add_post("/v1/admin/carry", carry)
 
     return extend

@@ -15,7 +15,9 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -23,7 +25,7 @@ from typing import TextIO
 import aiohttp
 
 from ..cli.node import REFUSED_EXIT
-from ..cluster.config import ClusterConfig
+from ..cluster.config import ClusterConfig, parse
 from ..cluster.describe import describe_layout, table
 from ..protocol.checker import check
 from . import cluster as localcluster
@@ -32,6 +34,7 @@ from .launcher import READY_POLL, READY_TIMEOUT, STOP_GRACE, die_with_parent, me
 from .security import LocalSecurity
 
 KILL_WAIT = 5.0  # seconds to reap a member after SIGKILL
+APPLY_TIMEOUT = 300.0  # seconds for every member to serve a newly published document
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -72,11 +75,16 @@ class Supervisor:
         self.hint = hint
         self.resumed = resumed
         self.out, self.err = out, err
-        self.members = [Member(m.name, m.url, data_dir / f"{m.name}.log") for m in cfg.members]
+        self.members = [
+            Member(m.name, m.url, data_dir / f"{m.name}.log") for m in cfg.live_members()
+        ]
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second Ctrl-C: skip the grace period
         self._failed = False  # a member could not start
         self._refused = False  # a member refused this configuration for its data (exit 3)
+        # A reconfiguration to run once the members are ready: called in a thread with the
+        # function that publishes a cluster document (``apply``, on this loop).
+        self.transition: Callable[[Callable[[dict], None]], str] | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -90,12 +98,73 @@ class Supervisor:
                 return 1 if self._failed else 0  # 0: stopped by the user during start-up
             self._publish()
             self._print_ready()
+            if self.transition is not None:
+                self._start_transition(loop)
             return await self._watch()
         finally:
             await self._stop_all()
             localcluster.remove_discovery(self.data_dir)
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
+
+    # -- reconfiguration --------------------------------------------------------------------
+
+    def _start_transition(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the transition in a daemon thread (its HTTP calls block); every member start
+        and stop it asks for runs here, on the loop thread, which the members outlive."""
+        transition = self.transition
+        assert transition is not None
+
+        def publish(doc: dict) -> None:
+            future = asyncio.run_coroutine_threadsafe(self.apply(doc), loop)
+            future.result(timeout=APPLY_TIMEOUT)
+
+        def work() -> None:
+            try:
+                message = transition(publish)
+            except Exception as exc:  # reported; the members keep serving the last document
+                message = f"graven up: reconfiguration stopped: {exc}"
+                loop.call_soon_threadsafe(self._say, message, True)
+                return
+            loop.call_soon_threadsafe(self._say, message)
+
+        threading.Thread(target=work, name="reconfigure", daemon=True).start()
+
+    async def apply(self, doc: dict) -> None:
+        """Serve this cluster document: write it, start new members, restart the others one
+        at a time on it, stop members in no live epoch."""
+        cfg = parse(doc)
+        localcluster.write_config(cfg, self.data_dir)
+        live = {m.name: m for m in cfg.live_members()}
+        by_name = {m.name: m for m in self.members}
+        # New members first: until they serve, the new epoch's quorums need every old member,
+        # so restarting one of those before would leave proposals without a quorum.
+        order = sorted(live.items(), key=lambda item: item[0] in by_name)
+        async with aiohttp.ClientSession() as session:
+            for name, wanted in order:
+                member = by_name.get(name)
+                if member is None:
+                    member = Member(name, wanted.url, self.data_dir / f"{name}.log")
+                    self.members.append(member)
+                else:
+                    await self._halt(member, signal.SIGKILL)  # acknowledged state is durable
+                if self._stop.is_set():
+                    return
+                await self._spawn(member)
+                if not await self._ready(session, member):
+                    raise RuntimeError(f"{name} did not come back (log: {member.log})")
+        for member in [m for m in self.members if m.name not in live]:
+            await self._halt(member, signal.SIGTERM)
+            self.members.remove(member)
+        self.cfg = cfg
+        self._publish()
+
+    async def _halt(self, member: Member, sig: signal.Signals) -> None:
+        member.reported = True  # an exit we asked for is not "unexpected"
+        if member.running:
+            _signal(member, sig)
+            if member.exited is not None:
+                await asyncio.wait({member.exited}, timeout=STOP_GRACE)
 
     def _fail(self) -> None:
         self._failed = True
@@ -114,29 +183,33 @@ class Supervisor:
     # -- start ------------------------------------------------------------------------------
 
     async def _spawn_all(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # log lines land in the log at once
         for member in self.members:
             if self._stop.is_set():
                 return
-            port = member_port(member.url)
-            extra = self.security.node_args(member.name) if self.security else ()
-            argv = member_argv(
-                member.name, f"{HOST}:{port}", self.data_dir / member.name, self.config_path, extra
+            await self._spawn(member)
+
+    async def _spawn(self, member: Member) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # log lines land in the log at once
+        port = member_port(member.url)
+        extra = self.security.node_args(member.name) if self.security else ()
+        argv = member_argv(
+            member.name, f"{HOST}:{port}", self.data_dir / member.name, self.config_path, extra
+        )
+        with open(member.log, "ab") as log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"=== graven up: starting {member.name} at {stamp} ===\n".encode())
+            log.flush()
+            member.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
-            with open(member.log, "ab") as log:
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                log.write(f"=== graven up: starting {member.name} at {stamp} ===\n".encode())
-                log.flush()
-                member.proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent(),
-                )
-            member.exited = asyncio.create_task(member.proc.wait())
+        member.exited = asyncio.create_task(member.proc.wait())
+        member.reported = False
 
     async def _await_ready(self) -> bool:
         connector = None

@@ -54,3 +54,8 @@ class DeadlineExceeded(Exception):
 
 class NoProposerSlot(Exception):
     """This member has no proposer slot in the layout (``proposers`` < members)."""
+
+
+class StaleConfiguration(Exception):
+    """A member knows a newer configuration than this node (503): the node's proposals stop
+    rather than write a register set of an epoch they do not know; retry once it has it."""

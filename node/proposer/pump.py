@@ -60,9 +60,11 @@ class Pump:
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def propose(self, key: str, value: str, deadline: float, forward: bool) -> Outcome:
+    async def propose(
+        self, key: str, value: str, deadline: float, forward: bool, carry: bool = False
+    ) -> Outcome:
         tid, future = self._begin()
-        self.runtime.propose(tid, key, value, self._loop.time(), deadline, forward)
+        self.runtime.propose(tid, key, value, self._loop.time(), deadline, forward, carry)
         return await self._wait(tid, future)
 
     async def read(self, key: str, deadline: float) -> Outcome:

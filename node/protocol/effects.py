@@ -35,6 +35,7 @@ UNREACHABLE = "unreachable"  # too few members answer to form the layout's quoru
 DEADLINE = "deadline"  # the request deadline passed; the outcome is unknown
 NO_SLOT = "no-slot"  # this member owns no proposer slot and could not hand the key over
 STORE_FAILED = "store-failed"  # the used-set floor could not be made durable
+STALE = "stale"  # a member showed a newer epoch than this runtime's view: fetch it, retry
 
 
 @dataclass(slots=True)

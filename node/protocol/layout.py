@@ -78,7 +78,14 @@ class Segment:
 
 @dataclass(frozen=True)
 class Layout:
-    """One epoch's layout: segments covering ``[set_id(epoch, 0), set_id(epoch + 1, 0))``."""
+    """One epoch's layout: segments covering ``[set_id(epoch, 0), set_id(epoch + 1, 0))``.
+
+    A *live view* (``epochs.View``) is also a ``Layout``: the segments of every live epoch,
+    oldest first, over the union of their members, with ``base`` the first set of the oldest
+    live epoch. The decision table reads from ``base``; proposals start at ``first_set`` (the
+    newest epoch); while an older epoch is live (``transition``) there is no fast path and no
+    phase-1 skip, because the first set of the newest epoch has earlier sets.
+    """
 
     n: int
     segments: tuple[Segment, ...]
@@ -86,6 +93,7 @@ class Layout:
     epoch: int = 0
     name: str = "explicit"
     spec: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    base: int | None = None  # first set of the oldest live epoch (None: this epoch's first)
 
     @property
     def members(self) -> Mask:
@@ -93,12 +101,29 @@ class Layout:
 
     @property
     def first_set(self) -> int:
+        """Where proposals start: the first set of the newest epoch."""
         return set_id(self.epoch, 0)
 
     @property
+    def base_set(self) -> int:
+        """Where the decision table starts: the first set of the oldest live epoch."""
+        return self.first_set if self.base is None else self.base
+
+    @property
+    def end(self) -> int | None:
+        """First register set past this view (None: unbounded, a bare preset layout)."""
+        return self.segments[-1].end
+
+    @property
+    def transition(self) -> bool:
+        """Is an older epoch still live (no fast path, no phase-1 skip)?"""
+        return self.base_set < self.first_set
+
+    @property
     def fast_first(self) -> bool:
-        """Is the first register set quorum-intersecting (any proposer may write it at once)?"""
-        return self.segments[0].kind == INTERSECTING
+        """May any proposer write the first register set at once (quorum-intersecting, and no
+        older live epoch whose sets come before it)?"""
+        return not self.transition and self.segment_of(self.first_set).kind == INTERSECTING
 
     def segment_of(self, register_set: int) -> Segment:
         for seg in self.segments:
@@ -138,12 +163,12 @@ class Layout:
         restricted, else the proposer that recovers the key after a conflict on the fast sets
         (sending a key's fallback proposals there lets them queue instead of duel)."""
         for seg in self.segments:
-            if seg.kind == RESTRICTED:
+            if seg.kind == RESTRICTED and seg.start >= self.first_set:
                 return khash % self.proposers
         return None
 
     def fast_sets(self) -> list[Segment]:
-        return [s for s in self.segments if s.kind == INTERSECTING]
+        return [s for s in self.segments if s.kind == INTERSECTING and s.start >= self.first_set]
 
     def to_spec(self) -> dict:
         return dict(self.spec)

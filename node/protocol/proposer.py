@@ -69,7 +69,15 @@ class Decide:
     path: str  # fast | classic | recovered | read
 
 
-Action = Send | Persist | Backoff | Decide
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """A member showed a register set past this proposer's view: a newer epoch exists. The
+    proposer stops (it never writes a set of an epoch it does not know); fetch the new view."""
+
+    key: str
+
+
+Action = Send | Persist | Backoff | Decide | Stale
 
 IDLE, PERSISTING, READING, WRITING, DONE = "idle", "persisting", "reading", "writing", "done"
 
@@ -78,6 +86,7 @@ class Proposer:
     __slots__ = (
         "_skip_read",
         "attempt",
+        "carry",
         "conflicts",
         "decided",
         "key",
@@ -93,14 +102,19 @@ class Proposer:
         "value",
     )
 
-    def __init__(self, layout: Layout, slot: int, key: str, used_floor: int = -1) -> None:
-        """``used_floor``: highest restricted set this slot ever used for the key (durable)."""
+    def __init__(
+        self, layout: Layout, slot: int, key: str, used_floor: int = -1, carry: bool = False
+    ) -> None:
+        """``used_floor``: highest restricted set this slot ever used for the key (durable).
+        ``carry``: a reconfiguration's carry-over: only a decision in the newest epoch counts
+        (a quorum of an older epoch holding the value is not enough: it must be moved)."""
         self.layout = layout
         self.slot = slot
         self.key = key
         self.khash = key_hash(key)
         self.used_floor = used_floor
-        self.knowledge = table.Knowledge(layout.n)
+        self.carry = carry
+        self.knowledge = table.knowledge_for(layout)
         self.phase = IDLE
         self.own: Value | None = None
         self.value: Value | None = None  # value being written in the current set
@@ -118,6 +132,10 @@ class Proposer:
             raise RuntimeError("proposer already started")
         self.own = value
         first = self.layout.first_set
+        if self.layout.transition:
+            # An older epoch is live: the first set of this one has earlier sets, so neither
+            # the fast path nor the phase-1 skip may write it without reading first.
+            return self._new_attempt()
         seg = self.layout.segment_of(first)
         if seg.kind == INTERSECTING:
             self.attempt = 1
@@ -139,10 +157,15 @@ class Proposer:
         fresh = self.knowledge.learn(server, reply.fence, reply.values)
         if self.phase == DONE:
             return []
+        first = self.layout.first_set
         for rs in fresh:
+            if self.carry and rs < first:
+                continue  # carry-over: a decision of an older epoch must still be moved
             value = table.decided_in(self.layout, self.knowledge, rs)
             if value is not None:
                 return self._decide(value, rs)
+        if self.knowledge.beyond:
+            return self._stale()
         if self.phase == READING:
             if self._fenced_out():
                 return self._give_up("fenced")  # a write to rs could never reach a quorum
@@ -166,7 +189,10 @@ class Proposer:
     # -- steps ----------------------------------------------------------------------------------
 
     def _new_attempt(self) -> list[Action]:
-        above = max(self.rs, self.used_floor, self.knowledge.max_known())
+        if self.knowledge.beyond:
+            return self._stale()
+        # Proposals start in the newest epoch, never in an older live one.
+        above = max(self.rs, self.used_floor, self.knowledge.max_known(), self.layout.first_set - 1)
         nxt = self._next_set(above)
         if self.layout.segment_of(nxt).kind == INTERSECTING:
             self.attempt += 1
@@ -211,6 +237,10 @@ class Proposer:
     def _fenced_out(self) -> bool:
         """Phase 1 of ``rs`` can no longer lead to a write that decides: retry higher."""
         return table.set_is_dead(self.layout, self.knowledge, self.rs, "")
+
+    def _stale(self) -> list[Action]:
+        self.phase = DONE
+        return [Stale(self.key)]
 
     def _give_up(self, reason: str) -> list[Action]:
         self.phase = IDLE  # replies still teach; the runtime calls on_timeout after the backoff

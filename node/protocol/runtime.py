@@ -40,6 +40,7 @@ from .effects import (
     HANDED_OVER,
     NO_SLOT,
     NOT_DECIDED,
+    STALE,
     STORE_FAILED,
     UNREACHABLE,
     Cancel,
@@ -52,7 +53,7 @@ from .effects import (
     Timing,
 )
 from .layout import INTERSECTING, Layout, key_hash
-from .proposer import READING, WRITING, Action, Backoff, Decide, Persist, Proposer, Read
+from .proposer import READING, WRITING, Action, Backoff, Decide, Persist, Proposer, Read, Stale
 from .proposer import Send as CoreSend
 from .quorums import Mask
 
@@ -79,6 +80,7 @@ class Request:
         "armed",
         "backoffs",
         "candidate",
+        "carry",
         "deadline",
         "failed",
         "held",
@@ -114,6 +116,7 @@ class Request:
         self.held: list[CoreSend] = []  # messages with that set to other members, held
         self.knowledge: table.Knowledge | None = None  # a read's facts
         self.candidate: str | None = None  # a read: a value that may have been decided
+        self.carry = False  # a reconfiguration's carry-over (decided only in the newest epoch)
 
 
 class Runtime:
@@ -147,7 +150,7 @@ class Runtime:
         self._seq = 0
         self._out: list[Effect] = []
         self._fast_first = layout.fast_first
-        self._fast_quorums = layout.segments[0].phase2
+        self._fast_quorums = layout.segment_of(layout.first_set).phase2
         last = layout.segments[-1]
         self._last_phases = (last.phase1, last.phase2)
         self._all = layout.members
@@ -155,11 +158,24 @@ class Runtime:
     # -- requests -------------------------------------------------------------------------------
 
     def propose(
-        self, tid: int, key: str, value: str, now: float, deadline: float, forward: bool = False
+        self,
+        tid: int,
+        key: str,
+        value: str,
+        now: float,
+        deadline: float,
+        forward: bool = False,
+        carry: bool = False,
     ) -> None:
         """Decide ``key`` (``value`` or whatever is decided). ``forward``: a client's request
-        that may go to the key's leader (a forwarded one never goes on again)."""
+        that may go to the key's leader (a forwarded one never goes on again). ``carry``: a
+        reconfiguration's carry-over: run here and finish only with a decision in the newest
+        epoch (``value`` is one the key holds, proposed only if the table leaves it free)."""
         req = self._new(tid, key, value, deadline)
+        if carry:
+            req.carry = True
+            self._local(req, now)
+            return
         if self.client:
             if self._fast_possible():
                 self._start_fast(req, now)
@@ -179,9 +195,9 @@ class Runtime:
         nothing, so a read never disturbs proposals."""
         req = self._new(tid, key, None, deadline)
         req.stage = PEEK
-        req.knowledge = table.Knowledge(self.layout.n)
+        req.knowledge = table.knowledge_for(self.layout)
         req.waiting = self.layout.n
-        msg = Read(key, self.layout.first_set)
+        msg = Read(key, self.layout.base_set)
         self._out.extend(Send(tid, m, msg) for m in range(self.layout.n))
 
     def abandon(self, tid: int, now: float) -> None:
@@ -341,6 +357,10 @@ class Runtime:
             if isinstance(action, Decide):
                 self._finish(req, self._outcome(req, DECIDED, action.value, action.path), now)
                 return
+            if isinstance(action, Stale):
+                self._out.append(Cancel(req.tid))
+                self._finish(req, Outcome(STALE), now)
+                return
             if isinstance(action, Backoff):
                 # Our value lost, but replies still on their way may show that a racer's value
                 # won the fast set: then the key is decided right here.
@@ -393,7 +413,7 @@ class Runtime:
         assert self.slot is not None and req.value is not None
         floor = self._floors(req.key)
         if req.proposer is None:
-            p = req.proposer = Proposer(self.layout, self.slot, req.key, floor)
+            p = req.proposer = Proposer(self.layout, self.slot, req.key, floor, req.carry)
         else:
             p = req.proposer = self._hand_over(req)
             # Another request for this key may have used sets meanwhile: never pick those.
@@ -433,6 +453,9 @@ class Runtime:
                 self._backoff(req, action, now)
             elif isinstance(action, Decide):
                 self._finish(req, self._outcome(req, DECIDED, action.value, action.path), now)
+                return
+            elif isinstance(action, Stale):
+                self._finish(req, self._outcome(req, STALE), now)
                 return
         if req.stage == RUN and p.attempt != req.armed:
             req.armed = p.attempt
@@ -511,6 +534,9 @@ class Runtime:
             return
         if outcome.state == "none":
             self._finish(req, Outcome(NOT_DECIDED), now)
+            return
+        if outcome.state == "stale":
+            self._finish(req, Outcome(STALE), now)
             return
         if outcome.value is not None and req.candidate is None:
             # It may have been decided before the read began; other replies may still settle
@@ -642,7 +668,8 @@ class Runtime:
             waiter = self._requests.get(queue.popleft())
             if waiter is None or waiter.stage != QUEUED:
                 continue
-            if decided:
+            if decided and not waiter.carry:
+                # (a carry-over needs the value in the newest epoch: it runs itself)
                 assert outcome is not None
                 self._finish(waiter, Outcome(DECIDED, outcome.value), now)
             else:

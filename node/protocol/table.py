@@ -44,12 +44,21 @@ FREE = Choice(True)
 
 
 class Knowledge:
-    """Accumulated facts about one key, read from the servers of one layout."""
+    """Accumulated facts about one key, read from the servers of one layout (or live view).
 
-    __slots__ = ("_sorted_sets", "by_set", "fences", "held", "n", "replied")
+    Only register sets in ``[lo, hi)`` are kept: values in retired epochs (below ``lo``) were
+    carried into a live epoch before retirement, and a fact at or above ``hi`` (a value, or a
+    fence past the view's last set) means a newer epoch exists: ``beyond`` is set and the
+    proposer must fetch the new view rather than go on.
+    """
 
-    def __init__(self, n: int) -> None:
+    __slots__ = ("_sorted_sets", "beyond", "by_set", "fences", "held", "hi", "lo", "n", "replied")
+
+    def __init__(self, n: int, lo: int = 0, hi: int | None = None) -> None:
         self.n = n
+        self.lo = lo
+        self.hi = hi
+        self.beyond = False
         self.fences = [0] * n
         self.held: list[dict[int, Value]] = [{} for _ in range(n)]
         # register set -> value -> servers read holding it there
@@ -64,8 +73,14 @@ class Knowledge:
             self.fences[server] = fence
         held = self.held[server]
         fresh = []
+        hi = self.hi
+        if hi is not None and fence >= hi:
+            self.beyond = True
         for rs, value in values.items():
-            if rs in held:
+            if rs in held or rs < self.lo:
+                continue
+            if hi is not None and rs >= hi:
+                self.beyond = True
                 continue
             held[rs] = value
             per_value = self.by_set.setdefault(rs, {})
@@ -180,9 +195,17 @@ def set_states(layout: Layout, knowledge: Knowledge, rs: int) -> list[tuple[Mask
     return states
 
 
+def knowledge_for(layout: Layout) -> Knowledge:
+    """Empty facts for one key, bounded to the layout's live sets."""
+    return Knowledge(layout.n, layout.base_set, layout.end)
+
+
 def write_choice(layout: Layout, knowledge: Knowledge, rs: int) -> Choice:
-    """Rule 4 for writing register set ``rs``: may a value be written, and which one?"""
-    first = layout.first_set
+    """Rule 4 for writing register set ``rs``: may a value be written, and which one?
+
+    Sets below the view's base belong to retired epochs: whatever they may have decided was
+    carried into a live epoch before they were retired, so they are not consulted."""
+    first = layout.base_set
     if rs <= first:
         return FREE
     named: set[Value] = set()
@@ -214,7 +237,7 @@ def set_is_dead(layout: Layout, knowledge: Knowledge, rs: int, value: Value) -> 
 class ReadOutcome:
     """Linearizable read: was a value decided before the read began?"""
 
-    state: str  # "decided" | "none" | "unknown"
+    state: str  # "decided" | "none" | "unknown" | "stale" (a newer epoch exists)
     value: Value | None = None
 
 
@@ -228,6 +251,8 @@ def read_outcome(layout: Layout, knowledge: Knowledge) -> ReadOutcome:
     value = decided(layout, knowledge)
     if value is not None:
         return ReadOutcome("decided", value)
+    if knowledge.beyond:
+        return ReadOutcome("stale")  # what this view's sets say may be out of date
     replied = knowledge.replied
     for seg in layout.segments:
         if not seg.phase2.hits_every_quorum(replied):

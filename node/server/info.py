@@ -38,6 +38,9 @@ async def cluster(request: web.Request) -> web.Response:
         "node": app[NODE],
     }
     reach = app.get(REACHABILITY)
+    if "previous" in doc:  # a reconfiguration is under way: the older epochs still live
+        out["previous"] = doc["previous"]
+    out["liveEpochs"] = [p["epoch"] for p in doc.get("previous", ())] + [doc["epoch"]]
     if reach is not None:  # the proposer gateway runs here: add this node's view of the members
         for i, member in enumerate(out["members"]):
             member["up"] = reach.is_up(i)

@@ -79,6 +79,11 @@ class NodeMetrics:
             registry=r,
         ).set_function(lambda: float(store.failure is not None))
         Gauge("graven_config_epoch", "Configuration epoch served.", registry=r).set(cfg.epoch)
+        Gauge(
+            "graven_config_live_epochs",
+            "Epochs live in the configuration served (above 1: a reconfiguration is under way).",
+            registry=r,
+        ).set(1 + len(cfg.previous))
         Gauge("graven_node_info", "Node identity.", ["node", "cluster"], registry=r).labels(
             node, cfg.cluster
         ).set(1)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..protocol import acceptor as acc
+from ..protocol.epochs import View
 from ..protocol.quorums import Mask
 from ..protocol.runtime import Runtime
 
@@ -19,11 +20,13 @@ Later = Callable[[Callable[[], None]], None]  # run a callback a little later (v
 
 @dataclass
 class SimAcceptor:
-    index: int
+    name: str
     durable: dict[str, acc.KeyState] = field(default_factory=dict)
     memory: dict[str, acc.KeyState] = field(default_factory=dict)
     up: bool = True
     pending: list[tuple[str, acc.Change]] = field(default_factory=list)  # not yet durable
+    global_fence: int = 0  # durable before it is acknowledged
+    epoch: int = 0  # newest epoch this member was told of (persisted, never goes back)
 
     def state(self, key: str) -> acc.KeyState:
         st = self.memory.get(key)
@@ -65,6 +68,14 @@ class Peek:
 
 
 @dataclass(frozen=True, slots=True)
+class Carrying:
+    """A carry-over the reconfiguration orchestrator asked this node to run."""
+
+    key: str
+    incarnation: int  # the orchestrator's
+
+
+@dataclass(frozen=True, slots=True)
 class Forwarded:
     """A request another node handed to this one (its key's leader)."""
 
@@ -72,15 +83,18 @@ class Forwarded:
     origin: SimProposer
     incarnation: int
     tid: int
+    gen: int = 0  # the origin's runtime generation
 
 
-Request = Own | Peek | Forwarded
+Request = Own | Peek | Forwarded | Carrying
 
 
 @dataclass(eq=False)
 class SimProposer:
-    slot: int
+    name: str
     inputs: dict[str, str]
+    live: View | None = None  # the live epochs this node works with
+    slot: int = 0  # its proposer slot (index in the newest epoch) in ``live``
     used: dict[str, int] = field(default_factory=dict)  # durable: highest set used per key
     submitted: dict[str, int] = field(default_factory=dict)  # this incarnation, maybe not durable
     rt: Runtime | None = None
@@ -95,6 +109,7 @@ class SimProposer:
     probing: set[int] = field(default_factory=set)
     disk_until: int = 0  # when everything submitted to its disk so far is durable
     wake_at: int | None = None  # when the runtime's next timer is scheduled
+    gen: int = 0  # runtime generation: a new view starts a new runtime
 
     def floor(self, key: str) -> int:
         """What the node's store answers: the highest floor submitted, durable or not."""

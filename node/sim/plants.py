@@ -14,15 +14,29 @@ Proposer node:
   which members answered, and it takes their answers for "nothing below the set I resume in";
 * ``read-trusts-one``: the read procedure judges from the first reply alone.
 
+Reconfiguration (runs with ``--reconfigure``):
+* ``ignore-older-epochs``: nodes propose and read in the newest epoch alone, ignoring the older
+  epochs that are still live;
+* ``early-fast-path``: the fast path and the phase-1 skip are used in the new epoch before the
+  older ones are retired;
+* ``retire-before-carry``: the orchestrator retires the old epoch right after the fence, without
+  carrying the keys over;
+* ``fence-missing-quorum``: the orchestrator takes the fence as complete once one old member
+  fenced, though that member misses some phase-2 quorum of the old epoch.
+
 Nothing here is imported by the runtime or the node: a plant replaces a part in the simulator.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 
 from ..protocol import acceptor as acc
+from ..protocol import reconfig as rc
 from ..protocol import table
+from ..protocol.epochs import View, view
+from ..protocol.layout import Layout
 from ..protocol.proposer import IDLE, Proposer
 from ..protocol.proposer import Send as CoreSend
 from ..protocol.quorums import members_of
@@ -36,7 +50,12 @@ PLANTS = (
     "release-before-durable",
     "resume-forgets-fast",
     "read-trusts-one",
+    "ignore-older-epochs",
+    "early-fast-path",
+    "retire-before-carry",
+    "fence-missing-quorum",
 )
+RECONFIG_PLANTS = PLANTS[-4:]
 
 
 class NilBelowHighest(AcceptorBehaviour):
@@ -99,12 +118,46 @@ class ReadTrustsOne(Runtime):
 
 
 @dataclass(frozen=True)
+class _NoTransition(Layout):
+    """A live view that claims no older epoch is live (fast path and set-0 skip allowed)."""
+
+    @property
+    def transition(self) -> bool:
+        return False
+
+
+def _ignore_older(live: View) -> View:
+    return view([live.newest])
+
+
+def _early_fast(live: View) -> View:
+    layout = _NoTransition(**{f.name: getattr(live.layout, f.name) for f in fields(Layout)})
+    return replace(live, layout=layout)
+
+
+class RetireBeforeCarry(rc.Orchestrator):
+    def _after_fence(self) -> None:
+        self._enter(rc.RETIRE)
+
+
+class FenceMissingQuorum(rc.Orchestrator):
+    def _fence_complete(self) -> bool:
+        return bool(self._fenced)
+
+
+def _same(live: View) -> View:
+    return live
+
+
+@dataclass(frozen=True)
 class Plant:
     """What a run uses: correct parts unless a bug is planted."""
 
     acceptor: AcceptorBehaviour
     runtime: type[Runtime]
     forget_floors_on_crash: bool = False
+    live_view: Callable[[View], View] = _same
+    orchestrator: type[rc.Orchestrator] = rc.Orchestrator
 
     def on_proposer_crash(self, p: SimProposer) -> None:
         if self.forget_floors_on_crash:
@@ -123,4 +176,17 @@ def plant(name: str | None) -> Plant:
         "resume-forgets-fast": ResumeForgetsFast,
         "read-trusts-one": ReadTrustsOne,
     }.get(name or "", Runtime)
-    return Plant(acceptor, runtime, forget_floors_on_crash=name == "reuse-register-set")
+    live_view = {"ignore-older-epochs": _ignore_older, "early-fast-path": _early_fast}.get(
+        name or "", _same
+    )
+    orchestrator = {
+        "retire-before-carry": RetireBeforeCarry,
+        "fence-missing-quorum": FenceMissingQuorum,
+    }.get(name or "", rc.Orchestrator)
+    return Plant(
+        acceptor,
+        runtime,
+        forget_floors_on_crash=name == "reuse-register-set",
+        live_view=live_view,
+        orchestrator=orchestrator,
+    )

@@ -35,6 +35,7 @@ METRIC_CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "graven_fence_watermark": ("gauge", ()),
     "graven_storage_bytes": ("gauge", ()),
     "graven_config_epoch": ("gauge", ()),
+    "graven_config_live_epochs": ("gauge", ()),
     "graven_node_info": ("gauge", ("node", "cluster")),
     "graven_store_failed": ("gauge", ()),
     # proposer / gateway

@@ -247,20 +247,23 @@ def test_a_stale_discovery_file_is_ignored_but_the_lock_is_not(
     assert not (data / "discovery.json").exists()
 
 
-def test_changing_members_or_layout_of_a_data_dir_is_refused(
+def test_another_cluster_or_an_unsafe_step_on_a_data_dir_is_refused(
     tmp_path: Path, up_in_process: Callable[..., str]
 ) -> None:
     data = tmp_path / ".graven"
     data.mkdir()
     previous = lc.render(lc.load_spec(EXAMPLE), 7100)
     lc.write_config(previous, data)  # what an earlier `graven up` of the example left
-    message = up_in_process(str(REPO / "examples" / "fast-3.yaml"))
-    assert "reconfiguration is not supported yet" in message
-    assert "cluster demo [demo-0, demo-1, demo-2]" in message
-    bigger = yaml.safe_load(EXAMPLE.read_text())
-    bigger["spec"]["replicas"] = 5
-    (tmp_path / "five.yaml").write_text(yaml.safe_dump(bigger))
-    assert "reconfiguration is not supported yet" in up_in_process("five.yaml")
+    other = yaml.safe_load(EXAMPLE.read_text())
+    other["metadata"]["name"] = "other"
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    assert "holds cluster demo but the spec names other" in up_in_process("other.yaml")
+    # 3 -> 1 member at once: the one that stays cannot meet every majority of three
+    one = yaml.safe_load(EXAMPLE.read_text())
+    one["spec"]["replicas"] = 1
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(one))
+    message = up_in_process("one.yaml")
+    assert "cannot reconfigure" in message and "more than epoch 0 tolerates" in message
 
 
 def test_previous_ports_are_reused_only_when_they_were_a_local_run() -> None:

@@ -129,6 +129,18 @@ async def test_shapes_match_the_openapi_document(solo: TestClient) -> None:
     assert served == set(doc["paths"])
 
 
+async def test_carry_over_answers_the_decided_value_and_refuses_bad_input(solo: TestClient) -> None:
+    await call(solo, "PUT", "/v1/decisions/kept", {"value": "first"})
+    items = [{"key": "kept", "value": "other"}, {"key": "fresh", "value": "held"}]
+    status, body = await call(solo, "POST", "/v1/admin/carry", {"items": items})
+    assert status == 200 and body["epoch"] == 0
+    # a decided key keeps its value; an undecided one gets the value it holds
+    assert body["results"] == [{"key": "kept", "value": "first"}, {"key": "fresh", "value": "held"}]
+    conforms("/v1/admin/carry", "POST", status, body)
+    status, body = await call(solo, "POST", "/v1/admin/carry", {"items": [{"key": "x"}]})
+    assert status == 422 and "value" in body["error"]["message"]
+
+
 BIG_KEY = "k" * 513
 BAD = [
     ("PUT", "/v1/decisions/k", b'{"value": ', 400, "malformed_json"),

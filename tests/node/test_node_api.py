@@ -310,6 +310,7 @@ async def test_metrics(node: tuple[TestClient, RegisterStore]) -> None:
     assert metric(text, "graven_fence_watermark") == 2
     assert metric(text, "graven_storage_bytes") > 0
     assert metric(text, "graven_config_epoch") == 0
+    assert metric(text, "graven_config_live_epochs") == 1
     assert metric(text, 'graven_node_info{cluster="demo",node="demo-0"}') == 1
     assert (
         'graven_http_request_duration_seconds_count{method="POST",'
@@ -610,5 +611,7 @@ async def test_replies_match_the_openapi_document(node: tuple[TestClient, Regist
         check_against_openapi(path.split("?")[0], method, resp.status, await resp.json())
     doc = yaml.safe_load(OPENAPI.read_text())
     served = {r.resource.canonical for r in client.app.router.routes() if r.resource}
-    # the client API under /v1/decisions comes with the gateway extension (test_decisions_api)
-    assert served == {p for p in doc["paths"] if not p.startswith("/v1/decisions")}
+    # the client API under /v1/decisions and the carry-over come with the gateway extension
+    # (test_decisions_api)
+    gateway = ("/v1/decisions", "/v1/admin/carry")
+    assert served == {p for p in doc["paths"] if not p.startswith(gateway)}

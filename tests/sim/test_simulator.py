@@ -58,6 +58,11 @@ PLANTED = [
     ("release-before-durable", "paxos"),
     ("resume-forgets-fast", "fast"),
     ("read-trusts-one", "paxos"),
+    # reconfiguration (the CLI runs them with --reconfigure 4,3:fast,3)
+    ("ignore-older-epochs", "paxos"),
+    ("early-fast-path", "paxos"),
+    ("retire-before-carry", "paxos"),
+    ("fence-missing-quorum", "paxos"),
 ]
 
 

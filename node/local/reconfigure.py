@@ -1,0 +1,227 @@
+"""Driving a reconfiguration of running members over HTTP: the orchestrator's host.
+
+The orchestrator (``protocol.reconfig``) decides every step; this host carries its actions out
+against real members and keeps the master's record in a file, written atomically before the
+next action (so a SIGKILLed driver resumes where it was):
+
+* ``Save``: ``STATE`` = {record, the old and the target configuration documents};
+* ``Publish``: the configuration document for those live epochs is handed to ``publish``
+  (members learn configurations from the cluster document: the caller writes it and restarts
+  or starts the members, then returns once they serve it);
+* ``Fence``: ``POST /v1/registers/fence`` on the member; ``ListKeys``: ``GET
+  /v1/registers/keys?below=RS``; ``Carry``: ``POST /v1/admin/carry`` on a member of the new
+  epoch, many keys per request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..cluster.config import ClusterConfig, dump, parse
+from ..protocol import reconfig as rc
+from ..protocol.epochs import Epoch
+
+HTTP_TIMEOUT = 10.0
+RETRY_DELAY = 0.2  # seconds before re-sending what failed
+MAX_ROUNDS = 100_000  # a bound on the driver's loop, far above any real transition
+
+
+class ReconfigureError(Exception):
+    """A transition that cannot start or go on (one line for the user)."""
+
+
+def _epoch(cfg: ClusterConfig) -> Epoch:
+    return Epoch(cfg.epoch, tuple(m.name for m in cfg.members), cfg.layout)
+
+
+def document(old: ClusterConfig, target: ClusterConfig, epochs: tuple[Epoch, ...]) -> dict:
+    """The cluster document for these live epochs (the newest is ``target`` or ``old``)."""
+    newest = max(e.number for e in epochs)
+    base = dump(target if newest == target.epoch else old)
+    if len(epochs) > 1:
+        older = [e for e in epochs if e.number < newest]
+        assert [e.number for e in older] == [old.epoch], "one older live epoch at a time"
+        base["previous"] = [
+            {
+                "epoch": old.epoch,
+                "members": [{"name": m.name, "url": m.url} for m in old.members],
+                "quorums": dict(old.layout.to_spec()),
+            }
+        ]
+    return base
+
+
+def _write_atomic(path: Path, doc: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _call(method: str, url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+class Driver:
+    """One transition from ``old`` (a single live epoch) to ``target`` (epoch old + 1)."""
+
+    def __init__(
+        self,
+        state_path: Path,
+        old: ClusterConfig,
+        target: ClusterConfig,
+        publish: Callable[[dict], None],
+        record: rc.Record | None = None,
+        batch: int = rc.DEFAULT_BATCH,
+        progress: Callable[[rc.Record], None] | None = None,
+    ) -> None:
+        if target.epoch != old.epoch + 1:
+            raise ReconfigureError(f"the target epoch must be {old.epoch + 1}, got {target.epoch}")
+        if record is None:
+            why = rc.refusal([_epoch(old)], _epoch(target))
+            if why is not None:
+                raise ReconfigureError(why)
+        self.state_path = state_path
+        self.old, self.target = old, target
+        self.publish = publish
+        self.progress = progress
+        self.urls = {m.name: m.url for m in old.members}
+        self.urls.update({m.name: m.url for m in target.members})
+        self.orch = rc.Orchestrator([_epoch(old)], _epoch(target), record, batch=batch)
+        self.carried_keys = 0
+
+    @classmethod
+    def resume(cls, state_path: Path, publish: Callable[[dict], None], **kw: Any) -> Driver | None:
+        """The driver of an unfinished transition recorded in ``state_path`` (None: none)."""
+        if not state_path.is_file():
+            return None
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        record = rc.Record.from_dict(state["record"])
+        if record.step == rc.DONE:
+            return None
+        return cls(state_path, parse(state["old"]), parse(state["target"]), publish, record, **kw)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self, deadline: float | None = None) -> rc.Record:
+        orch = self.orch
+        actions = orch.start()
+        for _ in range(MAX_ROUNDS):
+            if orch.done and not actions:  # the last Save (step done) carried out too
+                return orch.record
+            if deadline is not None and time.monotonic() > deadline:
+                raise ReconfigureError(
+                    f"not finished in time: at step {orch.step} ({orch.record.last_error})"
+                )
+            if not actions:
+                time.sleep(RETRY_DELAY)
+                actions = orch.retry()
+                continue
+            actions = self._carry_out(actions)
+        raise ReconfigureError(f"gave up at step {orch.step}: {orch.record.last_error}")
+
+    def _carry_out(self, actions: list[rc.Action]) -> list[rc.Action]:
+        orch = self.orch
+        out: list[rc.Action] = []
+        carries: list[rc.Carry] = []
+        for action in actions:
+            if isinstance(action, rc.Save):
+                _write_atomic(
+                    self.state_path,
+                    {
+                        "record": action.record.to_dict(),
+                        "old": dump(self.old),
+                        "target": dump(self.target),
+                    },
+                )
+                if self.progress is not None:
+                    self.progress(action.record)
+            elif isinstance(action, rc.Publish):
+                doc = document(self.old, self.target, action.epochs)
+                try:
+                    self.publish(doc)
+                except Exception as exc:  # the caller's failure is reported and retried
+                    out += orch.on_publish_failed(action.epochs, str(exc))
+                else:
+                    out += orch.on_published(action.epochs)
+            elif isinstance(action, rc.Fence):
+                try:
+                    _call(
+                        "POST", f"{self.urls[action.member]}/v1/registers/fence", {"rs": action.rs}
+                    )
+                except (OSError, ValueError) as exc:
+                    out += orch.on_fence_failed(action.member, _reason(exc))
+                else:
+                    out += orch.on_fenced(action.member)
+            elif isinstance(action, rc.ListKeys):
+                out += self._list(action)
+            elif isinstance(action, rc.Carry):
+                carries.append(action)
+        if carries:
+            out += self._carry(carries)
+        return out
+
+    def _list(self, action: rc.ListKeys) -> list[rc.Action]:
+        url = f"{self.urls[action.member]}/v1/registers/keys?below={action.below}&limit=1000"
+        if action.after is not None:
+            url += "&after=" + urllib.request.quote(action.after, safe="")
+        try:
+            page = _call("GET", url)
+        except (OSError, ValueError) as exc:
+            return self.orch.on_list_failed(action.member, action.after, _reason(exc))
+        keys = {
+            item["key"]: {int(rs): v for rs, v in item["values"].items()} for item in page["keys"]
+        }
+        return self.orch.on_keys(action.member, keys, page.get("next"))
+
+    def _carry(self, carries: list[rc.Carry]) -> list[rc.Action]:
+        """All of a batch in one request to a member of the new epoch (the next one on a
+        failure)."""
+        orch = self.orch
+        body = {"items": [{"key": c.key, "value": c.value} for c in carries]}
+        errors = []
+        for member in self.target.members:
+            try:
+                reply = _call("POST", f"{member.url}/v1/admin/carry", body)
+            except (OSError, ValueError) as exc:
+                errors.append(f"{member.name}: {_reason(exc)}")
+                continue
+            out: list[rc.Action] = []
+            for item in reply["results"]:
+                if "error" in item:
+                    out += orch.on_carry_failed(item["key"], item["error"]["message"])
+                else:
+                    self.carried_keys += 1
+                    out += orch.on_carried(item["key"])
+            return out
+        out = []
+        for c in carries:
+            out += orch.on_carry_failed(c.key, "; ".join(errors))
+        return out
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        try:
+            return json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            return f"HTTP {exc.code}"
+    return str(getattr(exc, "reason", exc))

@@ -1,0 +1,80 @@
+"""`graven up` again with an edited spec reconfigures the cluster live; a `graven up` SIGKILLed
+in the middle of a transition finishes it when started again."""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from tests.support.up import EXAMPLE, free_base_port, graven, start_up, wait_until
+
+KEYS = 400
+
+
+def _spec(path: Path, replicas: int, quorums: dict) -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["replicas"] = replicas
+    doc["spec"]["quorums"] = quorums
+    path.write_text(yaml.safe_dump(doc))
+
+
+def _batch(url: str, items: list[dict]) -> list[dict]:
+    req = urllib.request.Request(
+        url + "/v1/decisions:batch",
+        data=json.dumps({"decisions": items}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())["results"]
+
+
+def _step(data: Path) -> str | None:
+    try:
+        return json.loads((data / "reconfiguration.json").read_text())["record"]["step"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_graven_up_again_reconfigures_and_resumes_after_sigkill(tmp_path: Path) -> None:
+    _spec(tmp_path / "three.yaml", 3, {"preset": "paxos"})
+    _spec(tmp_path / "four.yaml", 4, {"preset": "fast"})
+    base = free_base_port(4)
+    up = start_up(tmp_path, "three.yaml", "--base-port", str(base), "--no-tls")
+    try:
+        url = up.wait_ready()["members"][0]["url"]
+        items = [{"key": f"k{i}", "value": f"v{i}"} for i in range(KEYS)]
+        decided = {r["key"]: r["value"] for r in _batch(url, items)}
+        assert len(decided) == KEYS
+    finally:
+        assert up.stop() == 0
+
+    # Edited spec: the cluster comes up as it was, then moves to 4 members and fast. SIGKILL
+    # graven up (its members die with it) once the carry-over has started.
+    up = start_up(tmp_path, "four.yaml", "--no-tls")
+    try:
+        wait_until(lambda: _step(up.data_dir) == "carry", 120, "the carry step")
+        up.proc.send_signal(signal.SIGKILL)
+        up.proc.wait(30)
+    finally:
+        up.kill_everything()
+    assert _step(up.data_dir) in ("carry", "retire")
+
+    again = start_up(tmp_path, "four.yaml", "--no-tls")
+    try:
+        again.wait_ready()
+        wait_until(lambda: "reconfigured to epoch 1" in again.stdout(), 180, "the transition")
+        assert _step(again.data_dir) == "done"
+        status = graven("status", "--json", cwd=tmp_path)
+        report = json.loads(status.stdout)
+        assert report["epoch"] == 1 and report["live_epochs"] == [1]
+        assert len(report["members"]) == 4 and report["members_up"] == 4
+        url = again.discovery()["members"][3]["url"]  # the new member answers for old keys
+        rivals = [{"key": k, "value": "late"} for k in decided]
+        assert {r["key"]: r["value"] for r in _batch(url, rivals)} == decided
+    finally:
+        assert again.stop() == 0
