@@ -120,10 +120,17 @@ def test_one_operator_replica_works_and_the_other_waits(kubectl: Kubectl, operat
     def logs(pod: str) -> str:
         return kubectl("logs", "-n", operator, pod).stdout
 
-    wait_for(lambda: "Pausing operations in favour of" in logs(low), 120, f"{low} to pause")
+    def active(pod: str) -> bool:
+        # kopf starts paused until its first look at the peering object; then it logs
+        # "Resuming operations" when it may work and "Pausing operations in favour of" when
+        # a peer of higher priority appears. The last of the two says what it does now.
+        text = logs(pod)
+        resumed, paused = text.rfind("Resuming operations"), text.rfind("Pausing operations")
+        return resumed > paused
+
+    wait_for(lambda: active(high) and not active(low), 120, f"{high} active, {low} waiting")
     for pod in pods:
         assert "Possibly conflicting operators" not in logs(pod)
-    assert "Pausing operations" not in logs(high)
 
 
 # --- the example cluster -----------------------------------------------------------------
