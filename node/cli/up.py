@@ -162,13 +162,13 @@ def plan_transition(
     data_dir: Path, previous: ClusterConfig, wanted: ClusterConfig
 ) -> Callable[[Callable[[dict], None]], str] | None:
     """What moves the data dir's cluster to ``wanted`` (None: nothing to do)."""
-    from ..local.reconfigure import Driver, ReconfigureError  # only when reconfiguring
+    from ..cluster.transition import Driver, ReconfigureError  # only when reconfiguring
 
-    state = data_dir / STATE_FILE
-    resumed = Driver.resume(state, lambda doc: None) if state.is_file() else None
+    state = lc.RecordFile(data_dir / STATE_FILE)
+    resumed = Driver.resume(state, lambda doc: None)
     if resumed is None and previous.previous:
         raise lc.LocalClusterError(
-            f"{data_dir} serves several epochs but has no unfinished transition in {state}"
+            f"{data_dir} serves several epochs but has no unfinished transition in {state.path}"
         )
     if previous.cluster != wanted.cluster:
         raise lc.LocalClusterError(

@@ -132,7 +132,7 @@ def check_same_cluster(previous: ClusterConfig, wanted: ClusterConfig, data_dir:
 
 def write_config(cfg: ClusterConfig, data_dir: Path) -> Path:
     path = data_dir / CONFIG_FILE
-    _write_atomic(path, yaml.safe_dump(dump(cfg), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(dump(cfg), sort_keys=False))
     return path
 
 
@@ -203,7 +203,7 @@ def write_discovery(
     }
     if security is not None:
         doc["security"] = dict(security)
-    _write_atomic(discovery_path(data_dir), json.dumps(doc, indent=2) + "\n")
+    write_atomic(discovery_path(data_dir), json.dumps(doc, indent=2) + "\n")
 
 
 def read_discovery(data_dir: Path) -> dict[str, Any] | None:
@@ -249,8 +249,32 @@ def remove_discovery(data_dir: Path) -> None:
         discovery_path(data_dir).unlink()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # readers (graven status, tests) never see a half-written file
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` durably: readers (graven status, tests) never see a half-written
+    file, and a crash leaves the old or the new one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class RecordFile:
+    """A reconfiguration's record in a file of the data dir (``transition.RecordStore``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        return json.loads(self.path.read_text(encoding="utf-8"))
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        write_atomic(self.path, json.dumps(state, indent=2, sort_keys=True))

@@ -21,9 +21,9 @@ import pytest
 from graven.node.cluster.config import ClusterConfig, parse
 from graven.node.cluster.render import member_config
 from graven.node.cluster.spec import parse as parse_spec
-from graven.node.local.cluster import write_config
+from graven.node.cluster.transition import Driver
+from graven.node.local.cluster import RecordFile, write_config
 from graven.node.local.launcher import Member
-from graven.node.local.reconfigure import Driver
 from graven.node.protocol import reconfig as rc
 from tests.support.cluster import HOST, LocalCluster, free_ports
 
@@ -176,7 +176,7 @@ def test_three_to_five_to_three_members_under_load(tmp_path: Path) -> None:
         threading.Thread(target=client, args=(cluster, history, n, stop), daemon=True)
         for n in range(CLIENTS)
     ]
-    state = tmp_path / "reconfiguration.json"
+    state = RecordFile(tmp_path / "reconfiguration.json")
     with cluster:
         for t in threads:
             t.start()

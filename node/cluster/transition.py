@@ -1,10 +1,12 @@
 """Driving a reconfiguration of running members over HTTP: the orchestrator's host.
 
 The orchestrator (``protocol.reconfig``) decides every step; this host carries its actions out
-against real members and keeps the master's record in a file, written atomically before the
-next action (so a SIGKILLed driver resumes where it was):
+against real members. ``graven up`` and the operator both run it; they differ only in where
+the master's record is kept (``RecordStore``: a file, a Kubernetes object) and in the
+credentials members ask for (``MemberCalls``). The record is saved before the next action, so
+a SIGKILLed host resumes where it was:
 
-* ``Save``: ``STATE`` = {record, the old and the target configuration documents};
+* ``Save``: the store gets {record, the old and the target configuration documents};
 * ``Publish``: the configuration document for those live epochs is handed to ``publish``
   (members learn configurations from the cluster document: the caller writes it and restarts
   or starts the members, then returns once they serve it);
@@ -16,17 +18,17 @@ next action (so a SIGKILLed driver resumes where it was):
 from __future__ import annotations
 
 import json
-import os
+import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from ..cluster.config import ClusterConfig, dump, parse
 from ..protocol import reconfig as rc
 from ..protocol.epochs import Epoch
+from .config import ClusterConfig, dump, parse
 
 HTTP_TIMEOUT = 10.0
 RETRY_DELAY = 0.2  # seconds before re-sending what failed
@@ -58,26 +60,31 @@ def document(old: ClusterConfig, target: ClusterConfig, epochs: tuple[Epoch, ...
     return base
 
 
-def _write_atomic(path: Path, doc: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+class RecordStore(Protocol):
+    """Where the master's record of one transition lives (written before the next action)."""
+
+    def load(self) -> Mapping[str, Any] | None: ...
+
+    def save(self, state: Mapping[str, Any]) -> None: ...
 
 
-def _call(method: str, url: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as resp:
-        return json.loads(resp.read() or b"null")
+@dataclass(frozen=True)
+class MemberCalls:
+    """HTTP calls to members, with what they ask of an administrator: the CA that signed
+    their certificates, a client certificate and/or a bearer token with the admin role."""
+
+    ssl_context: ssl.SSLContext | None = None
+    token: str | None = None
+    timeout: float = HTTP_TIMEOUT
+
+    def __call__(self, method: str, url: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.token is not None:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(req, timeout=self.timeout, context=self.ssl_context) as resp:
+            return json.loads(resp.read() or b"null")
 
 
 class Driver:
@@ -85,13 +92,14 @@ class Driver:
 
     def __init__(
         self,
-        state_path: Path,
+        store: RecordStore,
         old: ClusterConfig,
         target: ClusterConfig,
         publish: Callable[[dict], None],
         record: rc.Record | None = None,
         batch: int = rc.DEFAULT_BATCH,
         progress: Callable[[rc.Record], None] | None = None,
+        call: MemberCalls = MemberCalls(),
     ) -> None:
         if target.epoch != old.epoch + 1:
             raise ReconfigureError(f"the target epoch must be {old.epoch + 1}, got {target.epoch}")
@@ -99,7 +107,8 @@ class Driver:
             why = rc.refusal([_epoch(old)], _epoch(target))
             if why is not None:
                 raise ReconfigureError(why)
-        self.state_path = state_path
+        self.store = store
+        self.call = call
         self.old, self.target = old, target
         self.publish = publish
         self.progress = progress
@@ -109,15 +118,17 @@ class Driver:
         self.carried_keys = 0
 
     @classmethod
-    def resume(cls, state_path: Path, publish: Callable[[dict], None], **kw: Any) -> Driver | None:
-        """The driver of an unfinished transition recorded in ``state_path`` (None: none)."""
-        if not state_path.is_file():
+    def resume(
+        cls, store: RecordStore, publish: Callable[[dict], None], **kw: Any
+    ) -> Driver | None:
+        """The driver of an unfinished transition recorded in ``store`` (None: none)."""
+        state = store.load()
+        if state is None:
             return None
-        state = json.loads(state_path.read_text(encoding="utf-8"))
         record = rc.Record.from_dict(state["record"])
         if record.step == rc.DONE:
             return None
-        return cls(state_path, parse(state["old"]), parse(state["target"]), publish, record, **kw)
+        return cls(store, parse(state["old"]), parse(state["target"]), publish, record, **kw)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -144,8 +155,7 @@ class Driver:
         carries: list[rc.Carry] = []
         for action in actions:
             if isinstance(action, rc.Save):
-                _write_atomic(
-                    self.state_path,
+                self.store.save(
                     {
                         "record": action.record.to_dict(),
                         "old": dump(self.old),
@@ -164,7 +174,7 @@ class Driver:
                     out += orch.on_published(action.epochs)
             elif isinstance(action, rc.Fence):
                 try:
-                    _call(
+                    self.call(
                         "POST", f"{self.urls[action.member]}/v1/registers/fence", {"rs": action.rs}
                     )
                 except (OSError, ValueError) as exc:
@@ -184,7 +194,7 @@ class Driver:
         if action.after is not None:
             url += "&after=" + urllib.request.quote(action.after, safe="")
         try:
-            page = _call("GET", url)
+            page = self.call("GET", url)
         except (OSError, ValueError) as exc:
             return self.orch.on_list_failed(action.member, action.after, _reason(exc))
         keys = {
@@ -200,7 +210,7 @@ class Driver:
         errors = []
         for member in self.target.members:
             try:
-                reply = _call("POST", f"{member.url}/v1/admin/carry", body)
+                reply = self.call("POST", f"{member.url}/v1/admin/carry", body)
             except (OSError, ValueError) as exc:
                 errors.append(f"{member.name}: {_reason(exc)}")
                 continue
