@@ -6,7 +6,9 @@
   cluster). A client with the ``write`` role may also read registers and write the
   quorum-intersecting ("fast") sets: that is the smart client's fast path, and those sets have
   no owner, so such a write cannot break the ownership rule that safety rests on (the route
-  calls ``check_register_writes``). Fences and key listings: members only.
+  calls ``check_register_writes``). Fences and key listings: members, and clients with the
+  ``admin`` role (the reconfiguration orchestrator: ``graven up``, the operator); nothing else
+  of the peer API is open to an admin client.
 - The client API: ``read`` for GET decisions, ``:batchGet``, ``/v1/cluster`` and ``/metrics``;
   ``write`` for PUT and ``:batch``; ``admin`` for anything else (cluster operations).
 - No credentials: 401 (with ``WWW-Authenticate``); credentials without the role: 403. The check
@@ -34,6 +36,8 @@ IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("graven_identity", ob
 OPEN = frozenset({"/healthz", "/readyz"})
 PEER_PREFIX = "/v1/registers/"
 PEER_CLIENT_PATHS = frozenset({"/v1/registers/read", "/v1/registers/write"})
+# what the reconfiguration orchestrator needs of the peer API: (method, path)
+PEER_ADMIN_CALLS = frozenset({("POST", "/v1/registers/fence"), ("GET", "/v1/registers/keys")})
 _REALM = {"WWW-Authenticate": 'Bearer realm="graven"'}
 
 
@@ -99,8 +103,11 @@ def decide(request: web.Request, policy: Policy, ident: Identity | None) -> ApiE
             return None
         if ident is None:
             return _unauthenticated()
-        if ident.has_role(WRITE) and ident.kind != MEMBER and path in PEER_CLIENT_PATHS:
-            return None  # narrowed to fast sets by check_register_writes
+        if ident.kind != MEMBER:
+            if ident.has_role(WRITE) and path in PEER_CLIENT_PATHS:
+                return None  # narrowed to fast sets by check_register_writes
+            if ident.has_role(ADMIN) and (request.method, path) in PEER_ADMIN_CALLS:
+                return None  # the orchestrator: fence and enumerate, never write
         return ApiError(
             403, "forbidden", f"{_who(ident)} is not a member of cluster {policy.cluster}"
         )

@@ -78,6 +78,7 @@ def make_pki(d: Path, members: Sequence[str]) -> Pki:
     (d / "tokens.yaml").write_text(tokens.dump(entries))
     # strangers, each with one thing wrong
     write_pair(d, "client-write", pki.issue_client(ca, CLUSTER, WRITE, "eve"))
+    write_pair(d, "client-admin", pki.issue_client(ca, CLUSTER, ADMIN, "orchestrator"))
     write_pair(d, "not-a-member", pki.issue_member(ca, CLUSTER, "demo-9", [HOST]))
     write_pair(d, "other-cluster", pki.issue_member(ca, "other", members[-1], [HOST]))
     foreign = pki.new_ca(CLUSTER)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from graven.node.acceptor import routes as acceptor_routes
 from graven.node.security import access, tls
 from tests.security.support import Pki, call, config, make_pki, secure_node
 
@@ -99,6 +100,83 @@ async def test_write_client_may_write_only_fast_sets(tmp_path: Path, keys: Pki) 
         read = json.dumps({"reads": [{"key": "g", "rs": owned + 1}]}).encode()
         _, state = await call(url, "POST", "/v1/registers/read", keys.context("demo-1"), read)
         assert '"v"' not in state.decode()  # not even the allowed half of a refused request
+
+
+FENCE = ("POST", "/v1/registers/fence", b'{"rs": 9}')
+KEYS = ("GET", "/v1/registers/keys", None)
+
+
+async def _admin_calls(url: str, keys: Pki) -> dict[str, list[int | str]]:
+    """Status of fence, key listing, register write and read for each kind of caller."""
+    callers: dict[str, tuple[str | None, str | None]] = {
+        "admin certificate": ("client-admin", None),
+        "admin token": (None, keys.tokens["admin"]),
+        "write token": (None, keys.tokens["write"]),
+        "read token": (None, keys.tokens["read"]),
+        "write certificate": ("client-write", None),
+        "non-member certificate": ("not-a-member", None),
+    }
+    seen: dict[str, list[int | str]] = {}
+    for who, (cert, token) in callers.items():
+        ctx = keys.context(cert)
+        row: list[int | str] = []
+        for method, path, body in (FENCE, KEYS, ("POST", "/v1/registers/write", WRITE)):
+            outcome = await call(url, method, path, ctx, body, token=token)
+            row.append(outcome[0] if isinstance(outcome, tuple) else outcome)
+        seen[who] = row
+    return seen
+
+
+# fence, keys, write: the orchestrator (admin) fences and lists, nothing more
+EXPECTED_ADMIN = {
+    "admin certificate": [200, 200, 403],
+    "admin token": [200, 200, 403],
+    "write token": [403, 403, 403],  # a write token may write only fast sets: rs 5 is owned
+    "read token": [403, 403, 403],
+    "write certificate": [403, 403, 403],
+    "non-member certificate": [403, 403, 403],
+}
+
+
+async def test_admin_may_fence_and_list_keys_only(tmp_path: Path, keys: Pki) -> None:
+    async with secure_node(tmp_path, config(3), keys, gateway=False) as url:
+        seen = await _admin_calls(url, keys)
+        status, body = await call(url, "POST", "/v1/registers/read", keys.context("demo-1"), READ)
+    assert seen == EXPECTED_ADMIN
+    assert status == 200 and "stranger" not in body.decode()  # no refused write landed
+
+
+def _any_role_fences(keys: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = access.decide
+
+    def planted(request, policy, ident):  # type: ignore[no-untyped-def]
+        if ident is not None and (request.method, request.path) in access.PEER_ADMIN_CALLS:
+            return None
+        return real(request, policy, ident)
+
+    monkeypatch.setattr(access, "decide", planted)
+
+
+def _admin_writes(keys: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = access.decide
+
+    def planted(request, policy, ident):  # type: ignore[no-untyped-def]
+        if ident is not None and ident.has_role("admin") and request.path.startswith("/v1/reg"):
+            return None
+        return real(request, policy, ident)
+
+    monkeypatch.setattr(access, "decide", planted)
+    monkeypatch.setattr(acceptor_routes, "check_register_writes", lambda *_: None)
+
+
+@pytest.mark.parametrize("plant", [_any_role_fences, _admin_writes])
+async def test_admin_check_catches_planted_weakness(
+    tmp_path: Path, keys: Pki, plant, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    plant(keys, monkeypatch)
+    async with secure_node(tmp_path, config(3), keys, gateway=False) as url:
+        seen = await _admin_calls(url, keys)
+    assert seen != EXPECTED_ADMIN
 
 
 # -- the same checks against planted weaknesses: each must then see the stranger's write ------
