@@ -9,9 +9,9 @@ discovery file). ``--no-tls`` runs plain http with no access control, for debugg
 Stays in the foreground; Ctrl-C (or SIGTERM) stops every member. Restarting on the same data
 directory resumes the cluster with all its decisions. Restarting it with an edited spec (other
 replicas or quorums) reconfigures the cluster live once its members are up (publish, fence,
-carry-over, retire, recorded in DIR/reconfiguration.json; for now with --no-tls only); a
-`graven up` stopped or killed mid-way finishes the transition when started again.
-The first run picks the cluster's
+carry-over, retire, recorded in DIR/reconfiguration.json), calling the members with the local
+admin client's certificate; new members get theirs before they start. A `graven up` stopped or
+killed mid-way finishes the transition when started again. The first run picks the cluster's
 incarnation id (kept in DIR/cluster.yaml); member data of another incarnation is refused unless
 adopted with ``--adopt`` (same members and layout). Exit status: 0 stopped on request,
 1 a member failed to start or every member died, 2 bad input or start-up refused.
@@ -25,10 +25,12 @@ import shlex
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cluster.config import ClusterConfig, dump, parse
+from ..cluster.transition import Driver, MemberCalls, ReconfigureError
 from ..local import cluster as lc
 from ..local import identity as localidentity
 from ..local import security as local_security
@@ -118,13 +120,13 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
             doc["epoch"] = previous.epoch
             cfg = parse(doc)
             lc.check_same_cluster(previous, cfg, data_dir)
-        elif not args.no_tls:
-            raise lc.LocalClusterError(
-                "live reconfiguration of a cluster on TLS is not supported yet (the "
-                "orchestrator has no member credentials); restart it with --no-tls to "
-                "reconfigure, or keep the spec as it was"
-            )
         else:
+            was = previous.members[0].url.partition(":")[0]
+            if was != scheme:  # the running members' URLs would not match the new ones
+                raise lc.LocalClusterError(
+                    f"{data_dir} serves {was} and this start asks for {scheme}: switch TLS on "
+                    "or off with the spec unchanged first, then edit the spec"
+                )
             cfg = previous  # start what the data dir serves now; the transition goes on from it
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +143,10 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
         config_path = lc.write_config(cfg, data_dir)
         security = None
         if not args.no_tls:
-            security = local_security.ensure(data_dir, cfg.cluster, [m.name for m in cfg.members])
+            # every member the transition will start gets its certificate now, before it starts
+            names = [m.name for m in cfg.live_members()]
+            names += [n for n in (transition.members if transition else ()) if n not in names]
+            security = local_security.ensure(data_dir, cfg.cluster, names)
     except BaseException:
         lock.release()
         raise
@@ -154,15 +159,26 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
     supervisor = Supervisor(
         cfg, data_dir, config_path, hint, resumed=previous is not None, security=security
     )
-    supervisor.transition = transition
+    if transition is not None:
+        calls = local_security.admin_calls(security) if security is not None else MemberCalls()
+        plan = transition
+        supervisor.transition = lambda publish: plan.run(publish, calls)
     return supervisor, lock
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What ``plan_transition`` found to do: every member it involves (they need certificates
+    before they start), and the run, given the publisher and the orchestrator's credentials."""
+
+    members: tuple[str, ...]
+    run: Callable[[Callable[[dict], None], MemberCalls], str]
 
 
 def plan_transition(
     data_dir: Path, previous: ClusterConfig, wanted: ClusterConfig
-) -> Callable[[Callable[[dict], None]], str] | None:
+) -> Transition | None:
     """What moves the data dir's cluster to ``wanted`` (None: nothing to do)."""
-    from ..cluster.transition import Driver, ReconfigureError  # only when reconfiguring
 
     state = lc.RecordFile(data_dir / STATE_FILE)
     resumed = Driver.resume(state, lambda doc: None)
@@ -190,21 +206,26 @@ def plan_transition(
             except ReconfigureError as exc:
                 raise lc.LocalClusterError(f"cannot reconfigure {data_dir}: {exc}") from None
 
-    def run(publish: Callable[[dict], None]) -> str:
+    def run(publish: Callable[[dict], None], call: MemberCalls) -> str:
         done = []
         if resumed is not None:
             resumed.publish = publish
+            resumed.call = call
             resumed.run()
             done.append(f"epoch {resumed.target.epoch}")
         if target is not None:
-            if resumed is not None:
-                Driver(state, goal, target, publish).run()  # after the one it had to finish
-            else:
-                Driver(state, previous, target, publish).run()
+            # after the one it had to finish, if any
+            Driver(
+                state, goal if resumed is not None else previous, target, publish, call=call
+            ).run()
             done.append(f"epoch {target.epoch}")
         return f"graven up: reconfigured to {' then '.join(done)}"
 
-    return run
+    involved = [m.name for m in previous.live_members()]
+    for cfg in (goal, target):
+        if cfg is not None:
+            involved += [m.name for m in cfg.members if m.name not in involved]
+    return Transition(tuple(involved), run)
 
 
 def _same_shape(a: ClusterConfig, b: ClusterConfig) -> bool:

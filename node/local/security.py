@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 
+from ..cluster.transition import MemberCalls
 from ..security import pki, tokens
 from ..security.identity import ADMIN
 
@@ -74,6 +76,20 @@ class LocalSecurity:
             "key": str(self.key(CLIENT).resolve()),
             "tokenFile": str(self.token_file.resolve()),
         }
+
+
+def client_context(sec: LocalSecurity) -> ssl.SSLContext:
+    """A context trusting the cluster's CA and presenting the local admin client's
+    certificate: what ``graven up`` calls its members with."""
+    ctx = ssl.create_default_context(cafile=str(sec.ca))
+    ctx.load_cert_chain(sec.cert(CLIENT), sec.key(CLIENT))
+    return ctx
+
+
+def admin_calls(sec: LocalSecurity) -> MemberCalls:
+    """The reconfiguration orchestrator's credentials: the admin client certificate (the
+    access policy lets ``admin`` fence, list keys and carry; nothing else of the peer API)."""
+    return MemberCalls(ssl_context=client_context(sec))
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:

@@ -140,7 +140,7 @@ class Supervisor:
         # New members first: until they serve, the new epoch's quorums need every old member,
         # so restarting one of those before would leave proposals without a quorum.
         order = sorted(live.items(), key=lambda item: item[0] in by_name)
-        async with aiohttp.ClientSession() as session:
+        async with self._session() as session:
             for name, wanted in order:
                 member = by_name.get(name)
                 if member is None:
@@ -211,12 +211,16 @@ class Supervisor:
         member.exited = asyncio.create_task(member.proc.wait())
         member.reported = False
 
-    async def _await_ready(self) -> bool:
+    def _session(self) -> aiohttp.ClientSession:
+        """A session for readiness probes (over TLS: trusting the cluster's CA)."""
         connector = None
         if self.security is not None:
             ctx = ssl.create_default_context(cafile=str(self.security.ca))
             connector = aiohttp.TCPConnector(ssl=ctx)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        return aiohttp.ClientSession(connector=connector)
+
+    async def _await_ready(self) -> bool:
+        async with self._session() as session:
             results = await asyncio.gather(*(self._ready(session, m) for m in self.members))
         return all(results)
 

@@ -1,15 +1,19 @@
-"""`graven up` again with an edited spec reconfigures the cluster live; a `graven up` SIGKILLed
-in the middle of a transition finishes it when started again."""
+"""`graven up` again with an edited spec reconfigures the cluster live, with TLS on (the
+default): the orchestrator calls the members with the local admin certificate and the new
+member gets its certificate before it starts. A `graven up` SIGKILLed in the middle of a
+transition finishes it when started again."""
 
 from __future__ import annotations
 
 import json
 import signal
+import ssl
 import urllib.request
 from pathlib import Path
 
 import yaml
 
+from graven.node.local.security import LocalSecurity, client_context
 from tests.support.up import EXAMPLE, free_base_port, graven, start_up, wait_until
 
 KEYS = 400
@@ -22,14 +26,18 @@ def _spec(path: Path, replicas: int, quorums: dict) -> None:
     path.write_text(yaml.safe_dump(doc))
 
 
-def _batch(url: str, items: list[dict]) -> list[dict]:
+def _client(data: Path) -> ssl.SSLContext:
+    return client_context(LocalSecurity(data / "tls"))
+
+
+def _batch(url: str, items: list[dict], ctx: ssl.SSLContext) -> list[dict]:
     req = urllib.request.Request(
         url + "/v1/decisions:batch",
         data=json.dumps({"decisions": items}).encode(),
         method="POST",
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=30) as resp:
+    with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:
         return json.loads(resp.read())["results"]
 
 
@@ -44,18 +52,19 @@ def test_graven_up_again_reconfigures_and_resumes_after_sigkill(tmp_path: Path) 
     _spec(tmp_path / "three.yaml", 3, {"preset": "paxos"})
     _spec(tmp_path / "four.yaml", 4, {"preset": "fast"})
     base = free_base_port(4)
-    up = start_up(tmp_path, "three.yaml", "--base-port", str(base), "--no-tls")
+    up = start_up(tmp_path, "three.yaml", "--base-port", str(base))
     try:
         url = up.wait_ready()["members"][0]["url"]
+        assert url.startswith("https://")
         items = [{"key": f"k{i}", "value": f"v{i}"} for i in range(KEYS)]
-        decided = {r["key"]: r["value"] for r in _batch(url, items)}
+        decided = {r["key"]: r["value"] for r in _batch(url, items, _client(up.data_dir))}
         assert len(decided) == KEYS
     finally:
         assert up.stop() == 0
 
     # Edited spec: the cluster comes up as it was, then moves to 4 members and fast. SIGKILL
     # graven up (its members die with it) once the carry-over has started.
-    up = start_up(tmp_path, "four.yaml", "--no-tls")
+    up = start_up(tmp_path, "four.yaml")
     try:
         wait_until(lambda: _step(up.data_dir) == "carry", 120, "the carry step")
         up.proc.send_signal(signal.SIGKILL)
@@ -64,7 +73,8 @@ def test_graven_up_again_reconfigures_and_resumes_after_sigkill(tmp_path: Path) 
         up.kill_everything()
     assert _step(up.data_dir) in ("carry", "retire")
 
-    again = start_up(tmp_path, "four.yaml", "--no-tls")
+    assert (up.data_dir / "tls" / "demo-3.crt").exists()  # issued before it started
+    again = start_up(tmp_path, "four.yaml")
     try:
         again.wait_ready()
         wait_until(lambda: "reconfigured to epoch 1" in again.stdout(), 180, "the transition")
@@ -75,6 +85,7 @@ def test_graven_up_again_reconfigures_and_resumes_after_sigkill(tmp_path: Path) 
         assert len(report["members"]) == 4 and report["members_up"] == 4
         url = again.discovery()["members"][3]["url"]  # the new member answers for old keys
         rivals = [{"key": k, "value": "late"} for k in decided]
-        assert {r["key"]: r["value"] for r in _batch(url, rivals)} == decided
+        replies = _batch(url, rivals, _client(again.data_dir))
+        assert {r["key"]: r["value"] for r in replies} == decided
     finally:
         assert again.stop() == 0
