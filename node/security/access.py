@@ -10,7 +10,9 @@
   ``admin`` role (the reconfiguration orchestrator: ``graven up``, the operator); nothing else
   of the peer API is open to an admin client.
 - The client API: ``read`` for GET decisions, ``:batchGet``, ``/v1/cluster`` and ``/metrics``;
-  ``write`` for PUT and ``:batch``; ``admin`` for anything else (cluster operations).
+  ``write`` for PUT and ``:batch``; ``admin`` for anything else (cluster operations). A member
+  certificate counts as ``admin`` only while its name is one of ``Policy.members``: a member of
+  a retired epoch keeps a valid certificate but gets 403 everywhere.
 - No credentials: 401 (with ``WWW-Authenticate``); credentials without the role: 403. The check
   runs before the body is read, so a refused request changes nothing.
 
@@ -116,6 +118,12 @@ def decide(request: web.Request, policy: Policy, ident: Identity | None) -> ApiE
         return None
     if ident is None:
         return _unauthenticated()
+    if ident.kind == MEMBER and not member_allowed(ident, policy.cluster, policy.members):
+        # a member of a retired epoch (or never of this one): its certificate stays valid
+        # until it expires, but it speaks for no one any more
+        return ApiError(
+            403, "forbidden", f"{_who(ident)} is not a member of a live epoch of {policy.cluster}"
+        )
     if not ident.has_role(role):
         return ApiError(
             403, "forbidden", f"{_who(ident)} has role {ident.role}; {request.method} "

@@ -137,12 +137,16 @@ class Up:
                 os.kill(pid, signal.SIGKILL)
 
 
-def start_up(cwd: Path, *args: str, data_dir: str = ".graven") -> Up:
+def start_up(
+    cwd: Path, *args: str, data_dir: str = ".graven", env: dict[str, str] | None = None
+) -> Up:
+    """``graven up ARGS`` in ``cwd``; ``env``: extra environment (the members inherit it)."""
     out, err = cwd / f"up-{time.monotonic_ns()}.out", cwd / f"up-{time.monotonic_ns()}.err"
     with open(out, "wb") as fo, open(err, "wb") as fe:
         proc = subprocess.Popen(
             [*graven_argv(), "up", *args, "--data-dir", data_dir],
             cwd=cwd,
+            env={**os.environ, **(env or {})},
             stdout=fo,
             stderr=fe,
             stdin=subprocess.DEVNULL,
