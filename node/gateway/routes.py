@@ -211,7 +211,9 @@ async def carry(request: web.Request) -> web.Response:
             return _error_item(k, exc)
         return {"key": k, "value": decided}
 
-    return json_response({"epoch": app[CLUSTER].epoch, "results": await _each(items, one)})
+    results = await _each(items, one)
+    app[METRICS].carried_keys.inc(sum("error" not in r for r in results))
+    return json_response({"epoch": app[CLUSTER].epoch, "results": results})
 
 
 def extension(options: GatewayOptions | None = None) -> Extension:

@@ -84,6 +84,12 @@ class NodeMetrics:
             "Epochs live in the configuration served (above 1: a reconfiguration is under way).",
             registry=r,
         ).set(1 + len(cfg.previous))
+        self.carried_keys = Counter(
+            "graven_carried_keys",
+            "Keys this node's proposer carried into its newest epoch for a reconfiguration "
+            "(POST /v1/admin/carry items answered with a decided value).",
+            registry=r,
+        )
         Gauge("graven_node_info", "Node identity.", ["node", "cluster"], registry=r).labels(
             node, cfg.cluster
         ).set(1)

@@ -36,6 +36,7 @@ METRIC_CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "graven_storage_bytes": ("gauge", ()),
     "graven_config_epoch": ("gauge", ()),
     "graven_config_live_epochs": ("gauge", ()),
+    "graven_carried_keys_total": ("counter", ()),
     "graven_node_info": ("gauge", ("node", "cluster")),
     "graven_store_failed": ("gauge", ()),
     # proposer / gateway

@@ -77,3 +77,22 @@ def test_status_says_when_a_reconfiguration_is_under_way():
     }
     assert "reconfiguring: live epochs 0, 1" in render_status(report, [])
     assert "reconfiguring" not in render_status({**report, "live_epochs": [1]}, [])
+
+
+def test_metrics_count_live_epochs(tmp_path) -> None:
+    """graven_config_live_epochs above 1 is how a dashboard sees a transition under way."""
+    from prometheus_client import generate_latest
+
+    from graven.node.server.metrics import NodeMetrics
+    from graven.node.storage import RegisterStore
+
+    store = RegisterStore.open(tmp_path / "d", cluster="demo", node="demo-0")
+    try:
+        during = generate_latest(
+            NodeMetrics(parse(doc(previous=PREVIOUS)), "demo-0", store).registry
+        )
+        after = generate_latest(NodeMetrics(parse(doc()), "demo-0", store).registry)
+    finally:
+        store.close()
+    assert b"graven_config_live_epochs 2.0" in during and b"graven_config_epoch 1.0" in during
+    assert b"graven_config_live_epochs 1.0" in after

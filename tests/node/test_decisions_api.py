@@ -139,6 +139,9 @@ async def test_carry_over_answers_the_decided_value_and_refuses_bad_input(solo: 
     conforms("/v1/admin/carry", "POST", status, body)
     status, body = await call(solo, "POST", "/v1/admin/carry", {"items": [{"key": "x"}]})
     assert status == 422 and "value" in body["error"]["message"]
+    # the transition's progress on the member: both accepted keys, nothing for the refusal
+    text = await (await solo.get("/metrics")).text()
+    assert "graven_carried_keys_total 2.0" in text
 
 
 BIG_KEY = "k" * 513
@@ -241,6 +244,8 @@ async def test_metrics_series_exist_from_the_start(solo: TestClient) -> None:
         "graven_proposals_in_flight 0.0",
         'graven_member_up{member="solo-0"} 1.0',
         "graven_quorum_margin 0.0",
+        "graven_carried_keys_total 0.0",
+        "graven_config_live_epochs 1.0",
     ):
         assert name in text, name
     await call(solo, "PUT", "/v1/decisions/m", {"value": "v"})
