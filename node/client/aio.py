@@ -5,7 +5,7 @@
 
 One ``aiohttp.ClientSession`` with a keep-alive pool serves every endpoint; the session is made
 on first use so the client can be built outside a running loop. Same failover and routing rules
-as the blocking client (they live in ``clientcore``).
+as the blocking client, and the same following of a newer epoch (they live in ``core``).
 """
 
 from __future__ import annotations
@@ -21,14 +21,18 @@ from yarl import URL
 from .core import (
     CLUSTER_REQUEST,
     DEFAULT_TIMEOUT,
+    EPOCH_HEADER,
     ClientError,
     Decision,
     Request,
     RequestPlan,
     Router,
+    UnavailableError,
+    follow_request,
     get_request,
     learning_failed,
     needs_learning,
+    parse_epoch,
     propose_request,
 )
 from .credentials import Credentials
@@ -56,6 +60,7 @@ class AsyncClient:
         self._pool = pool
         self._session: aiohttp.ClientSession | None = None
         self._learning: asyncio.Lock | None = None
+        self._following: asyncio.Lock | None = None
 
     async def propose(self, key: str, value: str, *, via: str | None = None) -> Decision:
         return await self._call(propose_request(key, value, via))
@@ -69,6 +74,11 @@ class AsyncClient:
         doc = await self._call(CLUSTER_REQUEST)
         self.router.learn(doc)
         return doc
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The URLs this client sends to now (they follow reconfigurations)."""
+        return [e.url for e in self.router.endpoints]
 
     async def close(self) -> None:
         if self._session is not None:
@@ -107,6 +117,34 @@ class AsyncClient:
     async def _call(self, request: Request) -> Any:
         if needs_learning(self.router, request, self.route):
             await self._learn()
+        try:
+            result = await self._run(request)
+        except UnavailableError:
+            if not await self._follow():
+                raise
+            return await self._run(request)  # once more, with the members of the newer epoch
+        if self.router.announced is not None:
+            await self._follow()
+        return result
+
+    async def _follow(self) -> bool:
+        """Fetch /v1/cluster from a member that announced a newer epoch (True: followed, here
+        or by a concurrent request)."""
+        if self._following is None:
+            self._following = asyncio.Lock()
+        generation = self.router.generation
+        async with self._following:  # many requests see the new epoch, one fetch follows it
+            request = follow_request(self.router)
+            if request is None:
+                return self.router.generation != generation
+            try:
+                self.router.learn(await self._run(request))
+            except ClientError:
+                self.router.announced = None  # gone meanwhile: the next newer reply retries
+                return False
+        return self.router.generation != generation
+
+    async def _run(self, request: Request) -> Any:
         session = self.session()
         plan = RequestPlan(self.router, request, self.route, self.timeout)
         timeout = aiohttp.ClientTimeout(total=plan.timeout)
@@ -114,7 +152,7 @@ class AsyncClient:
             # encoded=True: keep the quoted key exactly as sent (%2F must stay %2F)
             url = URL(endpoint.url + request.path, encoded=True)
             try:
-                status, data = await self._exchange(
+                status, data, epoch = await self._exchange(
                     session, request.method, url, request.body, timeout, self._ssl(url)
                 )
             except aiohttp.ClientConnectorError as exc:
@@ -125,7 +163,7 @@ class AsyncClient:
             except aiohttp.ClientError as exc:
                 plan.failed(index, str(exc) or type(exc).__name__)
                 continue
-            done, result = plan.answered(index, status, data)
+            done, result = plan.answered(index, status, data, epoch)
             if done:
                 return result
         raise plan.exhausted()
@@ -143,14 +181,15 @@ class AsyncClient:
         body: bytes | None,
         timeout: aiohttp.ClientTimeout,
         ssl_context: ssl.SSLContext | bool,
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, int | None]:
         headers = {**_JSON, **self._auth} if body is not None else self._auth
         for attempt in range(2):
             try:
                 async with session.request(
                     method, url, data=body, headers=headers, timeout=timeout, ssl=ssl_context
                 ) as resp:
-                    return resp.status, await resp.read()
+                    epoch = parse_epoch(resp.headers.get(EPOCH_HEADER))
+                    return resp.status, await resp.read(), epoch
             except aiohttp.ServerDisconnectedError:
                 # a pooled keep-alive connection closed by the server: one fresh try
                 if attempt:

@@ -5,6 +5,16 @@ rules. Routing: a key's *home* member owns its first register set and decides it
 trip (paxos-like presets); a request goes there first when that member is one of the client's
 endpoints, then to the other endpoints. Endpoints that just refused a connection are tried last
 for a short while so a dead first endpoint does not cost every request a failed connect.
+
+Following reconfigurations: every client-API reply names the live epochs of the configuration
+its member serves (``Graven-Epoch: 0, 1`` during a transition, ``Graven-Epoch: 1`` once epoch 0
+is retired). A reply with a newer configuration than the cluster document the client holds
+(a newer epoch, or an older epoch retired) makes
+the client fetch ``/v1/cluster`` from that member (``follow_request``) and continue with its
+members: the endpoints that were members of the old document are replaced by the live members
+of the new one (a retired member's URL goes, new members come); endpoints that were never
+members (a gateway, a Service, a port-forward) stay. A request that no endpoint could serve is
+tried once more after following.
 """
 
 from __future__ import annotations
@@ -181,6 +191,44 @@ def get_request(key: str, wait: float | None = None, via: str | None = None) -> 
 
 
 CLUSTER_REQUEST = Request("GET", "/v1/cluster", None, to_cluster)
+EPOCH_HEADER = "Graven-Epoch"
+
+
+def follow_request(router: Router) -> Request | None:
+    """The ``/v1/cluster`` fetch that follows a newer epoch a member announced, from that
+    member (it serves at least that epoch); None when nothing newer was announced."""
+    if router.announced is None:
+        return None
+    return Request("GET", "/v1/cluster", None, to_cluster, via=router.announced)
+
+
+# A configuration's place in time: (newest epoch, oldest live epoch). Each step of a
+# transition makes it larger: (0, 0) < (1, 0) publish < (1, 1) retire < (2, 1) < ...
+Version = tuple[int, int]
+
+
+def parse_epoch(text: str | None) -> Version | None:
+    """The ``Graven-Epoch`` header's live epochs (None: absent or unreadable)."""
+    if not text:
+        return None
+    try:
+        epochs = [int(part) for part in text.split(",")]
+    except ValueError:
+        return None
+    if min(epochs) < 0:
+        return None
+    return max(epochs), min(epochs)
+
+
+def doc_version(cluster: Mapping[str, Any]) -> Version | None:
+    """The version of a ``/v1/cluster`` document (None: unreadable)."""
+    try:
+        newest = int(cluster.get("epoch", 0))
+        previous = cluster.get("previous") or []
+        older = [int(p["epoch"]) for p in previous]
+    except (TypeError, ValueError, KeyError):
+        return None
+    return newest, min([newest, *older])
 
 
 def needs_learning(router: Router, request: Request, route: bool) -> bool:
@@ -231,10 +279,14 @@ class RequestPlan:
         url = self.router.endpoints[index].url
         return ClientError("timeout", f"{url} did not answer within {self.timeout:g} s")
 
-    def answered(self, index: int, status: int, body: bytes) -> tuple[bool, Any]:
-        """(True, result) when this reply settles the request; (False, None): try the next."""
+    def answered(
+        self, index: int, status: int, body: bytes, epoch: Version | None = None
+    ) -> tuple[bool, Any]:
+        """(True, result) when this reply settles the request; (False, None): try the next.
+        ``epoch``: the reply's ``Graven-Epoch`` (see ``Router.saw_epoch``)."""
         url = self.router.endpoints[index].url
         self.router.mark_up(index)
+        self.router.saw_epoch(index, epoch)
         if status in RETRY_ELSEWHERE:  # this node cannot serve now, another one may
             try:
                 decode(status, body, url)
@@ -263,14 +315,38 @@ class Router:
         self.layout: Layout | None = None
         self.home_endpoint: list[int | None] = []  # member index -> endpoint index
         self.learned = False  # /v1/cluster fetched (or found unusable) once
+        self.version: Version | None = None  # of the document held (or the first reply's)
+        self.announced: str | None = None  # an endpoint that answered with a newer version
+        self.generation = 0  # bumped when the endpoints change (clients drop connections)
+        self._member_urls: set[str] = set()  # endpoints that are members of ``version``
         self._down_until: dict[int, float] = {}
         self._clock = clock
 
+    def saw_epoch(self, index: int, version: Version | None) -> None:
+        """A reply named its member's live epochs: newer than ours means follow them."""
+        if version is None:
+            return
+        if self.version is None:
+            self.version = version  # nothing learned yet: this is where we start
+        elif version > self.version:
+            self.announced = self.endpoints[index].url
+
     def learn(self, cluster: Any) -> None:
-        """Remember the layout and which endpoints are which members (from /v1/cluster)."""
+        """Remember the layout and which endpoints are which members (from /v1/cluster); a
+        document of a newer epoch than the one held moves the member endpoints to its live
+        members."""
         self.learned = True
         if not isinstance(cluster, Mapping) or not isinstance(cluster.get("members"), list):
             return
+        self.announced = None  # followed, or the announcer went back: wait for the next one
+        version = doc_version(cluster)
+        if version is not None and self.version is not None:
+            if version < self.version and self.layout is not None:
+                return  # an older document than the one held (a member not yet restarted)
+            if version > self.version:
+                self._follow(cluster)
+        if version is not None and (self.version is None or version > self.version):
+            self.version = version
         members = [m for m in cluster["members"] if isinstance(m, Mapping)]
         try:
             layout = build(cluster.get("layout"), len(members), int(cluster.get("epoch", 0)))
@@ -284,6 +360,27 @@ class Router:
             except ValueError:
                 home.append(None)
         self.layout, self.home_endpoint = layout, home
+        self._member_urls = {self.endpoints[i].url for i in home if i is not None}
+
+    def _follow(self, cluster: Mapping[str, Any]) -> None:
+        """Endpoints for a newer epoch: its live members in place of the old members."""
+        live: list[Endpoint] = []
+        previous = cluster.get("previous")
+        for group in [cluster, *(previous if isinstance(previous, list) else ())]:
+            found = group.get("members") if isinstance(group, Mapping) else None
+            for member in found if isinstance(found, list) else ():
+                try:
+                    live.append(parse_endpoint(str(member.get("url"))))
+                except (ValueError, AttributeError):
+                    continue
+        # members: of the document held before, or of this one (a client that never learned)
+        members = self._member_urls | {e.url for e in live}
+        if not live or not any(e.url in members for e in self.endpoints):
+            return  # no endpoint is a member (a gateway, a Service): keep talking to it
+        others = [e for e in self.endpoints if e.url not in members]
+        self.endpoints = list(dict.fromkeys(live + others))
+        self._down_until.clear()
+        self.generation += 1
 
     def home_of(self, key: str) -> int | None:
         """Endpoint index of the key's home member, when known and among our endpoints."""

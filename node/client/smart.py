@@ -17,6 +17,11 @@ layout without a fast first set, a key or value over the cluster's limits. The g
 proposer then completes the key from whatever the fast attempt left (the decision table handles
 partly written fast sets), so falling back is always safe and always ends in the decided value.
 
+Reconfiguration: the gateway client follows a newer configuration (``core``); the smart client
+then rebuilds its fast path for the new members and layout. While older epochs are live (a
+transition under way) it takes no fast path at all: the new epoch's first set has earlier sets,
+so writing it without phase 1 would be unsafe; proposals go to the gateway until retirement.
+
 Why it never needs a slot: it stops before the proposer would move on to a client-restricted set
 (those are owned by the nodes' proposers and need durable floors, which a client does not keep).
 
@@ -75,11 +80,14 @@ class SmartClient:
         self._pump: Pump | None = None
         self._setup: asyncio.Lock | None = None
         self._ready = False
+        self._version: tuple[int, int] | None = None  # of the document the fast path is for
+        self._retiring: set[asyncio.Task[None]] = set()  # closing old fast paths after use
+        self._old: list[tuple[Pump, list[Channel]]] = []  # those old fast paths
 
     async def propose(self, key: str, value: str, *, via: str | None = None) -> Decision:
         """Like ``AsyncClient.propose``; ``via`` picks the member a gateway fallback goes to."""
         decision_path(key), proposal_body(value)  # the gateway's checks: ClientError early
-        if not self._ready:
+        if not self._ready or self._version != self.gateway.router.version:
             await self._prepare()
         silent: Mask = 0  # members that did not answer the fast attempt
         pump = self._pump
@@ -128,17 +136,41 @@ class SmartClient:
         if self._setup is None:
             self._setup = asyncio.Lock()
         async with self._setup:  # many concurrent first proposals, one /v1/cluster fetch
-            if self._ready:
+            if self._ready and self._version == self.gateway.router.version:
                 return
             try:
                 cluster = await self.gateway.cluster()
             except ClientError:
                 return  # nobody answers yet: the gateway path will say why; retry next time
+            self._retire_fast_path()
             self._ready = True
+            self._version = self.gateway.router.version
             layout = self.gateway.router.layout
             if layout is None or not layout.fast_first:
                 return  # no fast first set: every proposal goes to the key's home member
+            if cluster.get("previous"):
+                return  # a transition: no fast path until the older epochs are retired
             self._open_channels(layout, cluster)
+
+    def _retire_fast_path(self) -> None:
+        """Stop using the fast path of an older configuration; proposals still running on it
+        finish (or time out) before its channels close."""
+        pump, channels = self._pump, self._channels
+        self._pump, self._channels, self._layout, self._reach = None, [], None, None
+        if pump is None:
+            return
+        old = (pump, channels)
+        self._old.append(old)
+
+        async def close_later() -> None:
+            await asyncio.sleep(self.gateway.timeout)
+            if old in self._old:
+                self._old.remove(old)
+                await _close(*old)
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _open_channels(self, layout: Layout, cluster: dict) -> None:
         members = cluster["members"]
@@ -188,10 +220,12 @@ class SmartClient:
     # -- lifetime -------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        if self._pump is not None:
-            self._pump.close()
-        for channel in self._channels:
-            await channel.close()  # and its transport
+        for task in list(self._retiring):
+            task.cancel()
+        for old in self._old:
+            await _close(*old)
+        self._old.clear()
+        await _close(self._pump, self._channels)
         await self.gateway.close()
 
     async def __aenter__(self) -> SmartClient:
@@ -204,3 +238,10 @@ class SmartClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+async def _close(pump: Pump | None, channels: list[Channel]) -> None:
+    if pump is not None:
+        pump.close()
+    for channel in channels:
+        await channel.close()  # and its transport

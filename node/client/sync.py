@@ -12,7 +12,8 @@ Connection failures and 503/502 move on to the next endpoint; any other error re
 and sends each key to its home member first when that member is one of its endpoints.
 
 ``graven.node.client.smart.SmartClient`` (async) decides fast-layout keys in the client process.
-Not here yet: following a configuration change to a newer epoch.
+A reconfiguration is followed without user action: a reply from a newer epoch makes the client
+fetch ``/v1/cluster`` and move to the new members (``core``).
 """
 
 from __future__ import annotations
@@ -25,15 +26,19 @@ from typing import Any
 from .core import (
     CLUSTER_REQUEST,
     DEFAULT_TIMEOUT,
+    EPOCH_HEADER,
     ClientError,
     Decision,
     Endpoint,
     Request,
     RequestPlan,
     Router,
+    UnavailableError,
+    follow_request,
     get_request,
     learning_failed,
     needs_learning,
+    parse_epoch,
     propose_request,
 )
 from .credentials import Credentials
@@ -73,8 +78,13 @@ class Client:
     def cluster(self) -> dict[str, Any]:
         """``GET /v1/cluster``: cluster, epoch, members, layout, limits, node."""
         doc = self._call(CLUSTER_REQUEST)
-        self.router.learn(doc)
+        self._learn(doc)
         return doc
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The URLs this client sends to now (they follow reconfigurations)."""
+        return [e.url for e in self.router.endpoints]
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -100,10 +110,39 @@ class Client:
                 self.cluster()
             except ClientError as exc:
                 learning_failed(self.router, exc)
+        try:
+            result = self._run(request)
+        except UnavailableError:
+            if not self._follow():
+                raise
+            return self._run(request)  # once more, with the members of the newer epoch
+        self._follow()
+        return result
+
+    def _follow(self) -> bool:
+        """Fetch /v1/cluster from a member that announced a newer epoch (True: followed)."""
+        request = follow_request(self.router)
+        if request is None:
+            return False
+        generation = self.router.generation
+        try:
+            self._learn(self._run(request))
+        except ClientError:
+            self.router.announced = None  # gone meanwhile: the next newer reply tries again
+            return False
+        return self.router.generation != generation
+
+    def _learn(self, doc: Any) -> None:
+        generation = self.router.generation
+        self.router.learn(doc)
+        if self.router.generation != generation:
+            self.close()  # connections are kept by endpoint index, which changed
+
+    def _run(self, request: Request) -> Any:
         plan = RequestPlan(self.router, request, self.route, self.timeout)
         for index, _endpoint in plan.attempts():
             try:
-                status, data = self._exchange(index, request, plan.timeout)
+                status, data, epoch = self._exchange(index, request, plan.timeout)
             except _Unreachable as exc:
                 plan.failed(index, str(exc))
                 continue
@@ -112,12 +151,14 @@ class Client:
             except (OSError, http.client.HTTPException) as exc:
                 plan.failed(index, _reason(exc))
                 continue
-            done, result = plan.answered(index, status, data)
+            done, result = plan.answered(index, status, data, epoch)
             if done:
                 return result
         raise plan.exhausted()
 
-    def _exchange(self, index: int, request: Request, timeout: float) -> tuple[int, bytes]:
+    def _exchange(
+        self, index: int, request: Request, timeout: float
+    ) -> tuple[int, bytes, int | None]:
         method, path, body = request.method, request.path, request.body
         for attempt in range(2):
             conn = self._conns.get(index)
@@ -143,7 +184,7 @@ class Client:
                 raise
             if resp.will_close:
                 self._drop(index)
-            return resp.status, data
+            return resp.status, data, parse_epoch(resp.getheader(EPOCH_HEADER))
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _drop(self, index: int) -> None:

@@ -8,7 +8,7 @@ Routes owned here: ``/v1/registers/*`` (peer API), ``/v1/cluster``, ``/healthz``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
@@ -50,6 +50,27 @@ def create_app(
     registers.add_routes(app)
     info.add_routes(app)
     app.router.add_get("/metrics", metrics.handle)
+    app.on_response_prepare.append(_epoch_header(cfg))
     for extend in extensions:
         extend(app)
     return app
+
+
+EPOCH_HEADER = "Graven-Epoch"
+
+
+def _epoch_header(
+    cfg: ClusterConfig,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """Every client-API and ``/v1/cluster`` reply (errors and refusals too) names the live
+    epochs of the configuration this member serves, oldest first (``0, 1`` during a transition,
+    ``1`` once epoch 0 is retired): a client that holds an older cluster document refetches
+    ``/v1/cluster`` and follows the new members (``client.core``)."""
+    value = ", ".join(str(e) for e in sorted({p.epoch for p in cfg.previous} | {cfg.epoch}))
+
+    async def stamp(request: web.Request, response: web.StreamResponse) -> None:
+        path = request.path
+        if path == "/v1/cluster" or path.startswith(("/v1/decisions", "/v1/admin/")):
+            response.headers[EPOCH_HEADER] = value
+
+    return stamp

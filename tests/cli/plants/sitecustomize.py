@@ -1,4 +1,4 @@
-"""A planted weakness for tests/cli/test_up_retired_member.py, loaded into `graven up` and its
+"""A planted weakness for tests/cli/test_up_epochs.py, loaded into `graven up` and its
 members through PYTHONPATH: the peer API's allow-list is every member the cluster's CA ever
 certified (any member certificate of this cluster), not the members of the live epochs."""
 
