@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 from types import TracebackType
 from typing import Any
 
@@ -43,9 +44,16 @@ from .core import (
 )
 from .credentials import Credentials
 
-# A reused keep-alive connection the server has meanwhile closed fails like this; one fresh
-# connection to the same endpoint is worth a try before calling the endpoint down.
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+# A reused keep-alive connection the server has meanwhile closed fails like this (over TLS
+# also as an EOF, e.g. after the member restarted); one fresh connection to the same endpoint
+# is worth a try before calling the endpoint down.
+_STALE = (
+    http.client.RemoteDisconnected,
+    BrokenPipeError,
+    ConnectionResetError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
 
 
 class Client:

@@ -432,3 +432,65 @@ async def test_decided_cache_is_bounded_and_wakes_waiters() -> None:
     for key in "bcd":
         cache.put(key, "x")
     assert cache.get("a") is None and cache.get("d") == "x"  # least recently used went first
+
+
+BAD_ITEMS = [
+    ({}, "field"),  # not a list
+    ([{"key": "k", "value": "v"}, {"key": "k2"}], "value"),  # an item without a value
+    ([{"key": "", "value": "v"}], "key"),  # an empty key
+    ([{"key": "k", "value": "v", "ttl": 1}], "ttl"),  # an unknown field
+    ([{"key": "k", "value": 5}], "value"),  # not text
+    ([{"key": BIG_KEY, "value": "v"}], "key"),  # over the key limit
+    ([{"key": f"k{i}", "value": ""} for i in range(1001)], "at most 1000"),
+]
+
+
+@pytest.mark.parametrize(("items", "says"), BAD_ITEMS)
+async def test_batch_and_carry_refuse_bad_items_alike(
+    solo: TestClient, items: Any, says: str
+) -> None:
+    """`:batch` and the carry-over parse items with one parser: the same refusal, nothing
+    proposed."""
+    answers = []
+    for path, field in (("/v1/decisions:batch", "decisions"), ("/v1/admin/carry", "items")):
+        status, body = await call(solo, "POST", path, {field: items})
+        message = body["error"]["message"]
+        assert says.replace("field", field) in message, message
+        answers.append((status, body["error"]["code"], message.replace(field, "FIELD", 1)))
+    assert answers[0] == answers[1] and answers[0][0] == 422
+    keys = await (await solo.get("/v1/registers/keys")).json()
+    assert keys["keys"] == []
+
+
+async def test_client_replies_name_the_live_epochs(solo: TestClient) -> None:
+    """``Graven-Epoch`` on every client-API and /v1/cluster reply, errors too (documented)."""
+    doc = yaml.safe_load(OPENAPI.read_text())
+    documented = {
+        path
+        for path, ops in doc["paths"].items()
+        for op in ops.values()
+        if isinstance(op, dict)
+        and "Graven-Epoch" in op.get("responses", {}).get("200", {}).get("headers", {})
+    }
+    assert documented == {
+        "/v1/decisions/{key}",
+        "/v1/decisions:batch",
+        "/v1/decisions:batchGet",
+        "/v1/admin/carry",
+        "/v1/cluster",
+    }
+    calls = [
+        ("PUT", "/v1/decisions/e", {"value": "v"}, 200),
+        ("GET", "/v1/decisions/e", None, 200),
+        ("GET", "/v1/decisions/none", None, 404),
+        ("POST", "/v1/decisions:batch", {"decisions": [{"key": "e", "value": "w"}]}, 200),
+        ("POST", "/v1/decisions:batchGet", {"keys": ["e"]}, 200),
+        ("POST", "/v1/decisions:batch", {"decisions": {}}, 422),
+        ("POST", "/v1/admin/carry", {"items": [{"key": "e", "value": "w"}]}, 200),
+        ("GET", "/v1/cluster", None, 200),
+    ]
+    for method, path, body, status in calls:
+        resp = await solo.request(method, path, json=body)
+        assert (resp.status, resp.headers.get("Graven-Epoch")) == (status, "0"), path
+    for path in ("/healthz", "/v1/registers/keys"):  # probes and the peer API: not clients
+        assert "Graven-Epoch" not in (await solo.get(path)).headers

@@ -1,0 +1,69 @@
+"""How a client follows a newer configuration (``client.core``, no I/O): which replies make it
+refetch /v1/cluster, and which endpoints it keeps afterwards."""
+
+from __future__ import annotations
+
+from graven.node.client.core import Router, doc_version, follow_request, parse_epoch
+
+A, B, C, D = (f"http://127.0.0.1:{p}" for p in (7100, 7101, 7102, 7103))
+GATEWAY = "http://127.0.0.1:9000"
+
+
+def doc(epoch: int, urls: list[str], previous: list[str] | None = None) -> dict:
+    out = {
+        "cluster": "demo",
+        "epoch": epoch,
+        "members": [{"name": f"m{u[-1]}", "url": u} for u in urls],
+        "layout": {"preset": "paxos"},
+    }
+    if previous is not None:
+        out["previous"] = [
+            {"epoch": epoch - 1, "members": [{"name": f"m{u[-1]}", "url": u} for u in previous]}
+        ]
+    return out
+
+
+def test_the_header_orders_configurations() -> None:
+    assert parse_epoch("3") == (3, 3)
+    assert parse_epoch("0, 1") == (1, 0)
+    assert parse_epoch(None) is None and parse_epoch("x") is None and parse_epoch("-1") is None
+    # publish, retire, publish, retire: each step is newer
+    steps = [(0, 0), (1, 0), (1, 1), (2, 1), (2, 2)]
+    assert steps == sorted(steps)
+    assert doc_version(doc(1, [A], previous=[B])) == (1, 0)
+
+
+def test_a_newer_reply_makes_the_client_follow_the_live_members() -> None:
+    router = Router([A, B, C])
+    router.learn(doc(0, [A, B, C]))
+    router.saw_epoch(0, (0, 0))
+    assert follow_request(router) is None  # the same configuration: nothing to do
+    router.saw_epoch(1, (1, 0))  # B serves the transition to epoch 1
+    request = follow_request(router)
+    assert request is not None and request.via == B and request.path == "/v1/cluster"
+    router.learn(doc(1, [A, B, C, D], previous=[A, B, C]))
+    assert [e.url for e in router.endpoints] == [A, B, C, D]  # new member added
+    assert follow_request(router) is None
+    router.saw_epoch(3, (2, 1))
+    router.learn(doc(2, [A, D]))  # B and C retired
+    assert [e.url for e in router.endpoints] == [A, D]
+    assert router.home_of("k") is not None  # routing follows the new layout
+
+
+def test_an_older_document_changes_nothing() -> None:
+    router = Router([A, B])
+    router.learn(doc(2, [A, B]))
+    router.learn(doc(1, [A, B, C]))  # a member not yet restarted
+    assert [e.url for e in router.endpoints] == [A, B] and router.version == (2, 2)
+
+
+def test_a_client_behind_a_gateway_keeps_it() -> None:
+    router = Router([GATEWAY])
+    router.learn(doc(0, [A, B, C]))
+    router.saw_epoch(0, (1, 0))
+    router.learn(doc(1, [A, D], previous=[A, B, C]))
+    assert [e.url for e in router.endpoints] == [GATEWAY]  # member URLs may be unreachable
+    mixed = Router([A, GATEWAY])
+    mixed.learn(doc(0, [A, B]))
+    mixed.learn(doc(1, [C, D]))
+    assert [e.url for e in mixed.endpoints] == [C, D, GATEWAY]
