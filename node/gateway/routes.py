@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..cluster.config import Limits
 from ..http.appkeys import CLUSTER, METRICS, NODE, REACHABILITY, STORE, Extension
 from ..http.errors import ApiError, invalid
 from ..http.jsonio import json_response, read_json
@@ -129,19 +130,25 @@ def _error_item(k: str, exc: Exception) -> dict[str, Any]:
     return {"key": k, "error": {"code": err.code, "message": err.message}}
 
 
-async def batch_propose(request: web.Request) -> web.Response:
-    app = request.app
-    limits = app[CLUSTER].limits
-    body = fields(await read_json(request), "body", {"decisions"})
-    raw = array(body["decisions"], "decisions")
+def _key_values(doc: Any, field: str, limits: Limits) -> list[tuple[str, str]]:
+    """``{field: [{"key", "value"}, ...]}`` checked against the limits (at most ``MAX_BATCH``
+    items): the body of ``:batch`` (``decisions``) and of the carry-over (``items``)."""
+    raw = array(fields(doc, "body", {field})[field], field)
     if len(raw) > MAX_BATCH:
-        raise invalid("decisions", f"at most {MAX_BATCH} items per request, got {len(raw)}")
+        raise invalid(field, f"at most {MAX_BATCH} items per request, got {len(raw)}")
     items = []
     for i, entry in enumerate(raw):
-        where = f"decisions[{i}]"
+        where = f"{field}[{i}]"
         item = fields(entry, where, {"key", "value"})
         k = key(item["key"], f"{where}.key", limits)
         items.append((k, value_text(item["value"], f"{where}.value", limits)))
+    return items
+
+
+async def batch_propose(request: web.Request) -> web.Response:
+    app = request.app
+    limits = app[CLUSTER].limits
+    items = _key_values(await read_json(request), "decisions", limits)
     gw = app[GATEWAY]
     deadline = gw.deadline()
 
@@ -186,20 +193,7 @@ async def carry(request: web.Request) -> web.Response:
     orchestrator's carry-over step, run by this node's proposer in the newest epoch."""
     app = request.app
     limits = app[CLUSTER].limits
-    body = fields(await read_json(request), "body", {"items"})
-    raw = array(body["items"], "items")
-    if len(raw) > MAX_BATCH:
-        raise invalid("items", f"at most {MAX_BATCH} items per request, got {len(raw)}")
-    items = []
-    for i, entry in enumerate(raw):
-        where = f"items[{i}]"
-        item = fields(entry, where, {"key", "value"})
-        items.append(
-            (
-                key(item["key"], f"{where}.key", limits),
-                value_text(item["value"], f"{where}.value", limits),
-            )
-        )
+    items = _key_values(await read_json(request), "items", limits)
     gw = app[GATEWAY]
     deadline = gw.deadline()
 
