@@ -272,7 +272,7 @@ def run_status(args: argparse.Namespace) -> int:
         except ClientError as exc:
             problem = str(exc)
     if info is not None:
-        members = [(str(m.get("name")), str(m.get("url"))) for m in info.get("members", [])]
+        members = live_members(info)
     elif args.endpoint:
         members = [(url, url) for url in urls]
     else:
@@ -284,6 +284,17 @@ def run_status(args: argparse.Namespace) -> int:
     else:
         print(render_status(report, states))
     return 0 if report["members_up"] else EXIT_UNREACHABLE
+
+
+def live_members(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, URL) of every member of a live epoch: the newest epoch's, then the older epochs'
+    that are not in it (they serve until retired, so ``graven status`` probes them too)."""
+    members = [(str(m.get("name")), str(m.get("url"))) for m in info.get("members", [])]
+    for past in info.get("previous") or ():
+        for m in past.get("members", []):
+            if str(m.get("name")) not in {name for name, _ in members}:
+                members.append((str(m.get("name")), str(m.get("url"))))
+    return members
 
 
 def status_report(

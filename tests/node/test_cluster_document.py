@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from graven.node.cli.client import render_status
+from graven.node.cli.client import live_members, render_status
 from graven.node.cluster.config import ConfigError, dump, parse
 from graven.node.protocol.layout import set_id
 
@@ -96,3 +96,10 @@ def test_metrics_count_live_epochs(tmp_path) -> None:
         store.close()
     assert b"graven_config_live_epochs 2.0" in during and b"graven_config_epoch 1.0" in during
     assert b"graven_config_live_epochs 1.0" in after
+
+
+def test_status_probes_the_members_of_every_live_epoch() -> None:
+    info = doc(previous=PREVIOUS)
+    names = [name for name, _ in live_members(info)]
+    assert names == ["demo-0", "demo-1", "demo-2", "demo-3", "old-9"]  # old-9 serves until retired
+    assert [n for n, _ in live_members(doc())] == ["demo-0", "demo-1", "demo-2", "demo-3"]
