@@ -50,6 +50,7 @@ sim: install
 
 bench: install
 	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/tls.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
