@@ -43,3 +43,15 @@ def test_tls_cluster_is_measured() -> None:
         load = Workload(mode="unique", concurrency=2, seconds=0.3)
         row = tls.measure(tls.graven_adapter(cluster), cluster.endpoints, cluster.pids, load)
     assert row["ops_per_s"] > 0 and row["errors"] == 0
+
+
+def test_refreshing_the_docs_keeps_the_hand_written_sections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"old tables\n{compare.KEPT_MARKER}\n\n## What TLS costs\nrows\n")
+    monkeypatch.setattr(compare, "DOCS", docs)
+    monkeypatch.setattr(compare, "DOCS_PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(compare.report, "markdown", lambda *a: "new tables\n")
+    compare._write_docs([], {}, [])
+    assert docs.read_text() == f"new tables\n{compare.KEPT_MARKER}\n\n## What TLS costs\nrows\n"
