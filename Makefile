@@ -50,6 +50,8 @@ sim: install
 
 bench: install
 	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/tls.py
+	$(BIN)/python bench/reconfigure.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

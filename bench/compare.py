@@ -65,6 +65,7 @@ from stats import cdf_points
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
+KEPT_MARKER = "<!-- sections below are written by hand from other benchmarks: kept on refresh -->"
 DOCS = BENCH.parent / "docs" / "benchmarks.md"
 # The plots docs/benchmarks.md shows: the only results kept in git (bench/results/ is ignored).
 DOCS_PLOTS = DOCS.with_suffix("")
@@ -436,7 +437,9 @@ def _write_docs(
     for old in DOCS_PLOTS.glob("*.png"):
         old.unlink()
     shown = [Path(shutil.copy2(p, DOCS_PLOTS / p.name)) for p in pngs]
-    DOCS.write_text(report.markdown(records, meta, shown))
+    # sections from other benchmarks (bench/tls.py, bench/reconfigure.py) follow a marker
+    kept = DOCS.read_text().partition(KEPT_MARKER) if DOCS.exists() else ("", "", "")
+    DOCS.write_text(report.markdown(records, meta, shown) + "".join(kept[1:]))
     return [DOCS, *shown]
 
 

@@ -23,6 +23,7 @@ from types import TracebackType
 from ports import free_block
 
 from graven.node.local import cluster as lc
+from graven.node.local import security as local_security
 from graven.node.local.launcher import Launcher
 
 DEFAULT_BASE_PORT = 27100
@@ -47,13 +48,18 @@ class GravenCluster:
         base_port: int | None = None,
         prepare: Callable[[Path], None] | None = None,
         ready_timeout: float = READY_TIMEOUT_S,
+        tls: bool = False,
     ) -> None:
+        """``tls``: members talk mutual TLS as ``graven up`` runs them by default; off by
+        default so rows compare with etcd's plain-http defaults (bench/tls.py has both)."""
         self.spec = spec
+        self.tls = tls
         self.base_port = base_port
         self.prepare = prepare
         self.ready_timeout = ready_timeout
         self.data_dir: Path | None = None
         self.launcher: Launcher | None = None
+        self.security: local_security.LocalSecurity | None = None  # TLS files, when on
 
     @property
     def endpoints(self) -> list[str]:
@@ -83,13 +89,17 @@ class GravenCluster:
         self.data_dir = Path(tempfile.mkdtemp(prefix="graven-bench-"))
         base = self.base_port or pick_base_port()
         try:
-            cfg = lc.render(lc.load_spec(self.spec), base, self.spec)
+            manifest = lc.load_spec(self.spec)
+            cfg = lc.render(manifest, base, self.spec, scheme="https" if self.tls else "http")
         except lc.LocalClusterError as exc:
             raise GravenError(str(exc)) from None
         config_path = lc.write_config(cfg, self.data_dir)
+        if self.tls:
+            names = [m.name for m in cfg.members]
+            self.security = local_security.ensure(self.data_dir, cfg.cluster, names)
         if self.prepare is not None:
             self.prepare(self.data_dir)
-        self.launcher = Launcher(cfg, config_path, self.data_dir)
+        self.launcher = Launcher(cfg, config_path, self.data_dir, security=self.security)
         self.launcher.start(self.ready_timeout)
 
     def stop(self) -> None:

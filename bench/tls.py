@@ -27,14 +27,13 @@ from typing import Any
 import aiohttp
 from adapters import REQUEST_TIMEOUT_S, EtcdAdapter, GravenAdapter
 from etcd import HOST, EtcdCluster, EtcdError, ensure_etcd, etcd_version, pick_base_port
+from gravencluster import GravenCluster
 from load import run_loop, servers, with_cost
-from ports import free_block
 
 from graven.node.client.loadgen import Workload, run_load
-from graven.node.cluster.spec import parse as parse_spec
-from graven.node.local import security as local_security
-from graven.node.local.launcher import Launcher, render_local
 from graven.node.security import pki
+
+SPEC = Path(__file__).with_name("specs") / "paxos-3.yaml"
 
 
 def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
@@ -62,26 +61,13 @@ class TlsEtcd(_TlsSession, EtcdAdapter):
     pass
 
 
-class GravenTls:
-    def __init__(self, tls: bool) -> None:
-        self.tls = tls
-        self.root = Path(tempfile.mkdtemp(prefix="graven-bench-tls-"))
-        spec = parse_spec({"replicas": 3, "quorums": {"preset": "paxos"}})
-        base = free_block(7600, 3, 100)
-        cfg, path = render_local(
-            "demo", spec, self.root, range(base, base + 3), "https" if tls else "http"
-        )
-        self.security = (
-            local_security.ensure(self.root, "demo", [m.name for m in cfg.members]) if tls else None
-        )
-        self.launcher = Launcher(cfg, path, self.root, security=self.security)
-
-    def adapter(self) -> TlsGraven:
-        a = TlsGraven()
-        if self.security is not None:
-            d = self.security.discovery()
-            a.ctx = client_context(Path(d["ca"]), Path(d["cert"]), Path(d["key"]))
-        return a
+def graven_adapter(cluster: GravenCluster) -> TlsGraven:
+    """The gateway adapter, with the local CA and a client certificate when TLS is on."""
+    a = TlsGraven()
+    if cluster.security is not None:
+        d = cluster.security.discovery()
+        a.ctx = client_context(Path(d["ca"]), Path(d["cert"]), Path(d["key"]))
+    return a
 
 
 class EtcdTls(EtcdCluster):
@@ -184,13 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows: dict[tuple[str, bool, int], dict] = {}
     for tls in (False, True):
-        g = GravenTls(tls)
-        with g.launcher:
+        with GravenCluster(SPEC, tls=tls) as g:
             for c in args.concurrency:
                 load = Workload(mode="unique", concurrency=c, seconds=args.seconds)
-                rows[("graven", tls, c)] = measure(
-                    g.adapter(), g.launcher.urls, g.launcher.pids, load
-                )
+                rows[("graven", tls, c)] = measure(graven_adapter(g), g.endpoints, g.pids, load)
                 print("graven", "tls" if tls else "plain", c, rows[("graven", tls, c)], flush=True)
         cluster = EtcdTls() if tls else EtcdCluster()
         with cluster:

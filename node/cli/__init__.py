@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "status": "graven.node.cli.client",
     "bench": "graven.node.cli.bench",
     "token": "graven.node.cli.token",
+    "cert": "graven.node.cli.cert",
 }
 
 

@@ -191,3 +191,21 @@ def ensure(data_dir: Path, cluster: str, members: Iterable[str]) -> LocalSecurit
         entry = tokens.TokenEntry("local-admin", ADMIN, tokens.digest(token))
         _write(sec.tokens, tokens.dump([entry]).encode())
     return sec
+
+
+def local_ca(data_dir: Path) -> pki.Issued:
+    """The CA ``graven up`` signs with in ``data_dir`` (the new one during a rotation)."""
+    return _load_ca(LocalSecurity(data_dir / TLS_DIR))
+
+
+def issue_client_pair(
+    ca: pki.Issued, cluster: str, role: str, name: str, out: Path, days: int
+) -> tuple[Path, Path]:
+    """A client certificate for ``role`` signed by ``ca``, written as ``out``/NAME.crt/.key
+    (the key readable by its owner only); returns the two paths."""
+    leaf = pki.issue_client(ca, cluster, role, name, days=days)
+    out.mkdir(parents=True, exist_ok=True)
+    cert, key = out / f"{name}.crt", out / f"{name}.key"
+    _write(key, leaf.key_pem, private=True)
+    _write(cert, leaf.cert_pem)
+    return cert, key

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jsonschema
 import orjson
 import pytest
 import yaml
@@ -33,9 +32,9 @@ from graven.node.protocol.runtime import Runtime
 from graven.node.server.app import create_app
 from graven.node.sim.plants import plant
 from graven.node.storage import RegisterStore
+from tests.support.openapi import OPENAPI, check_against_openapi
 
 VALUE_LIMIT = 2048
-OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 DOC = {
     "apiVersion": "graven.dev/v1alpha1",
     "kind": "ClusterConfig",
@@ -66,26 +65,6 @@ async def test_the_gateway_runs_the_proposer_runtime_the_simulator_runs(solo: Te
     assert (resp.status, (await resp.json())["value"]) == (200, "v")
 
 
-def _json_schema(node: Any) -> Any:
-    if isinstance(node, dict):
-        out = {k: _json_schema(v) for k, v in node.items() if k != "nullable"}
-        if node.get("nullable") and "type" in node:
-            out["type"] = [node["type"], "null"]
-        return out
-    if isinstance(node, list):
-        return [_json_schema(v) for v in node]
-    return node
-
-
-def conforms(path: str, method: str, status: int, body: Any) -> None:
-    doc = yaml.safe_load(OPENAPI.read_text())
-    response = doc["paths"][path][method.lower()]["responses"][str(status)]
-    if "$ref" in response:
-        response = doc["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
-    schema = response["content"]["application/json"]["schema"]
-    jsonschema.validate(body, _json_schema({**schema, "components": doc["components"]}))
-
-
 async def call(client: TestClient, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
     resp = await client.request(method, path, data=data)
@@ -96,15 +75,15 @@ async def test_shapes_match_the_openapi_document(solo: TestClient) -> None:
     template = "/v1/decisions/{key}"
     status, body = await call(solo, "PUT", "/v1/decisions/colour", {"value": "blue"})
     assert (status, body) == (200, {"key": "colour", "value": "blue", "won": True})
-    conforms(template, "PUT", status, body)
+    check_against_openapi(template, "PUT", status, body)
     status, body = await call(solo, "PUT", "/v1/decisions/colour", {"value": "red"})
     assert (status, body) == (200, {"key": "colour", "value": "blue", "won": False})
     status, body = await call(solo, "GET", "/v1/decisions/colour")
     assert (status, body) == (200, {"key": "colour", "value": "blue"})
-    conforms(template, "GET", status, body)
+    check_against_openapi(template, "GET", status, body)
     status, body = await call(solo, "GET", "/v1/decisions/unknown")
     assert status == 404 and body["error"]["code"] == "not_decided"
-    conforms(template, "GET", status, body)
+    check_against_openapi(template, "GET", status, body)
     status, body = await call(solo, "GET", "/v1/decisions/a%2Fb%20c")  # any UTF-8 key
     assert status == 404 and "'a/b c'" in body["error"]["message"]
 
@@ -116,11 +95,11 @@ async def test_shapes_match_the_openapi_document(solo: TestClient) -> None:
             {"key": "colour", "value": "blue", "won": False},
         ]
     }
-    conforms("/v1/decisions:batch", "POST", status, body)
+    check_against_openapi("/v1/decisions:batch", "POST", status, body)
     status, body = await call(solo, "POST", "/v1/decisions:batchGet", {"keys": ["x", "nope"]})
     assert body["results"][0] == {"key": "x", "value": "1"}
     assert body["results"][1]["error"]["code"] == "not_decided"
-    conforms("/v1/decisions:batchGet", "POST", status, body)
+    check_against_openapi("/v1/decisions:batchGet", "POST", status, body)
 
     status, body = await call(solo, "GET", "/v1/cluster")
     assert body["members"][0]["up"] is True and body["quorumMargin"] == 0
@@ -136,7 +115,7 @@ async def test_carry_over_answers_the_decided_value_and_refuses_bad_input(solo: 
     assert status == 200 and body["epoch"] == 0
     # a decided key keeps its value; an undecided one gets the value it holds
     assert body["results"] == [{"key": "kept", "value": "first"}, {"key": "fresh", "value": "held"}]
-    conforms("/v1/admin/carry", "POST", status, body)
+    check_against_openapi("/v1/admin/carry", "POST", status, body)
     status, body = await call(solo, "POST", "/v1/admin/carry", {"items": [{"key": "x"}]})
     assert status == 422 and "value" in body["error"]["message"]
     # the transition's progress on the member: both accepted keys, nothing for the refusal

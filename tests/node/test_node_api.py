@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import orjson
 import pytest
 import yaml
@@ -23,6 +22,7 @@ from graven.node.cluster.config import ClusterConfig, ConfigError, Limits, dump,
 from graven.node.server.app import create_app
 from graven.node.storage import RegisterStore
 from graven.node.storage.schema import DB_NAME, connect
+from tests.support.openapi import OPENAPI, check_against_openapi
 
 VALUE_LIMIT = 2048
 BODY_LIMIT = 64 * 1024
@@ -559,34 +559,6 @@ def test_node_still_ready_after_random_bodies(threaded_node: ThreadedNode) -> No
 
 
 # -- the OpenAPI document describes what the node really sends --------------------------------
-
-OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
-
-
-def _json_schema(node: Any) -> Any:
-    """OpenAPI 3.0 schema -> JSON Schema: the only difference used here is ``nullable``."""
-    if isinstance(node, dict):
-        out = {k: _json_schema(v) for k, v in node.items() if k != "nullable"}
-        if node.get("nullable") and "type" in node:
-            out["type"] = [node["type"], "null"]
-        return out
-    if isinstance(node, list):
-        return [_json_schema(v) for v in node]
-    return node
-
-
-def check_against_openapi(path: str, method: str, status: int, body: Any) -> None:
-    doc = yaml.safe_load(OPENAPI.read_text())
-    operation = doc["paths"][path].get(method.lower())
-    if operation is None:  # a method the path does not have: the generic error body
-        schema = {"$ref": "#/components/schemas/Error"}
-    else:
-        response = operation["responses"][str(status)]
-        if "$ref" in response:
-            response = doc["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
-        schema = response["content"]["application/json"]["schema"]
-    root = _json_schema({**schema, "components": doc["components"]})
-    jsonschema.validate(body, root)
 
 
 async def test_replies_match_the_openapi_document(node: tuple[TestClient, RegisterStore]) -> None:

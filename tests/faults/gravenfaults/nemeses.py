@@ -67,135 +67,105 @@ class Nemesis:
 
 # -- network ---------------------------------------------------------------------------------
 
+Rule = tuple[str, ...]  # (namespace, chain, match..., "-j", target)
+
 
 @dataclass
-class Partition(Nemesis):
+class Firewall(Nemesis):
+    """A network fault made of iptables rules: ``rules(h)`` names them; ``stop`` removes
+    exactly those."""
+
+    added: Rules | None = None
+
+    def rules(self, h: Harness) -> list[Rule]:
+        raise NotImplementedError
+
+    async def start(self, h: Harness) -> None:
+        self.added = Rules(h.topo)
+        for ns, *spec in self.rules(h):
+            self.added.add(ns, *spec)
+
+    async def stop(self, h: Harness) -> None:
+        if self.added:
+            self.added.clear()
+
+
+@dataclass
+class Partition(Firewall):
     """Members in different groups cannot exchange packets (both directions); clients reach all.
     A member in no group sees every group: with two groups, that makes a bridge."""
 
     groups: list[set[int]] = field(default_factory=list)
-    rules: Rules | None = None
+    partition: bool = True
 
-    async def start(self, h: Harness) -> None:
-        self.partition = True
-        self.rules = Rules(h.topo)
-        for a, ga in enumerate(self.groups):
-            for b, gb in enumerate(self.groups):
-                if a == b:
-                    continue
-                for i in ga:
-                    for j in gb:
-                        self.rules.add(
-                            h.topo.member_ns(i), "INPUT", "-s", h.topo.member_addr(j), "-j", "DROP"
-                        )
-
-    async def stop(self, h: Harness) -> None:
-        if self.rules:
-            self.rules.clear()
+    def rules(self, h: Harness) -> list[Rule]:
+        t = h.topo
+        return [
+            (t.member_ns(i), "INPUT", "-s", t.member_addr(j), "-j", "DROP")
+            for a, ga in enumerate(self.groups)
+            for b, gb in enumerate(self.groups)
+            if a != b
+            for i in ga
+            for j in gb
+        ]
 
 
 @dataclass
-class OneWay(Nemesis):
+class OneWay(Firewall):
     """Member ``src`` cannot send requests to the others; they still reach it (TCP needs both
     directions, so the cut is on connections to the others' service port, not on packets)."""
 
     src: int = 0
-    rules: Rules | None = None
+    partition: bool = True
 
-    async def start(self, h: Harness) -> None:
-        self.partition = True
-        self.rules = Rules(h.topo)
-        for j in range(h.topo.members):
-            if j != self.src:
-                self.rules.add(
-                    h.topo.member_ns(j),
-                    "INPUT",
-                    "-s",
-                    h.topo.member_addr(self.src),
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    str(PROXY_PORT),
-                    "-j",
-                    "DROP",
-                )
-
-    async def stop(self, h: Harness) -> None:
-        if self.rules:
-            self.rules.clear()
+    def rules(self, h: Harness) -> list[Rule]:
+        t, port = h.topo, str(PROXY_PORT)
+        source = t.member_addr(self.src)
+        return [
+            (t.member_ns(j), "INPUT", "-s", source, "-p", "tcp", "--dport", port, "-j", "DROP")
+            for j in range(t.members)
+            if j != self.src
+        ]
 
 
 @dataclass
-class Isolate(Nemesis):
+class Isolate(Firewall):
     """One member loses every packet from anyone (members and clients)."""
 
     member: int = 0
-    rules: Rules | None = None
+    partition: bool = True
 
-    async def start(self, h: Harness) -> None:
-        self.partition = True
-        self.rules = Rules(h.topo)
-        self.rules.add(h.topo.member_ns(self.member), "INPUT", "-s", f"{SUBNET}.0/24", "-j", "DROP")
-
-    async def stop(self, h: Harness) -> None:
-        if self.rules:
-            self.rules.clear()
+    def rules(self, h: Harness) -> list[Rule]:
+        return [(h.topo.member_ns(self.member), "INPUT", "-s", f"{SUBNET}.0/24", "-j", "DROP")]
 
 
 @dataclass
-class ClientCut(Nemesis):
+class ClientCut(Firewall):
     """The workload's clients cannot reach these members (the members reach each other)."""
 
     members: set[int] = field(default_factory=set)
-    rules: Rules | None = None
 
-    async def start(self, h: Harness) -> None:
-        self.rules = Rules(h.topo)
-        for i in self.members:
-            self.rules.add(
-                h.topo.client,
-                "OUTPUT",
-                "-s",
-                CLIENT_ADDR,
-                "-d",
-                h.topo.member_addr(i),
-                "-j",
-                "DROP",
-            )
-
-    async def stop(self, h: Harness) -> None:
-        if self.rules:
-            self.rules.clear()
+    def rules(self, h: Harness) -> list[Rule]:
+        t = h.topo
+        return [
+            (t.client, "OUTPUT", "-s", CLIENT_ADDR, "-d", t.member_addr(i), "-j", "DROP")
+            for i in self.members
+        ]
 
 
 @dataclass
-class Loss(Nemesis):
+class Loss(Firewall):
     """Every member drops this share of the packets it receives from the subnet."""
 
     probability: float = 0.2
-    rules: Rules | None = None
 
-    async def start(self, h: Harness) -> None:
-        self.rules = Rules(h.topo)
-        for i in range(h.topo.members):
-            self.rules.add(
-                h.topo.member_ns(i),
-                "INPUT",
-                "-s",
-                f"{SUBNET}.0/24",
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                f"{self.probability:.3f}",
-                "-j",
-                "DROP",
-            )
-
-    async def stop(self, h: Harness) -> None:
-        if self.rules:
-            self.rules.clear()
+    def rules(self, h: Harness) -> list[Rule]:
+        share = f"{self.probability:.3f}"
+        random_match = ("-m", "statistic", "--mode", "random", "--probability", share)
+        return [
+            (h.topo.member_ns(i), "INPUT", "-s", f"{SUBNET}.0/24", *random_match, "-j", "DROP")
+            for i in range(h.topo.members)
+        ]
 
 
 @dataclass

@@ -120,92 +120,40 @@ class Workload:
 
     async def put(self, session: aiohttp.ClientSession, c: int, m: int, k: str, v: str) -> Op:
         url = f"{self.urls[m]}/v1/decisions/{k}"
-        t0 = time.monotonic()
+        base: dict[str, Any] = {"client": c, "kind": "put", "key": k, "member": self.names[m]}
+        base.update(proposed=v, invoke=time.monotonic())
         try:
             async with session.put(
                 url, json={"value": v}, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
             ) as r:
                 body = await r.json(content_type=None)
-                t1 = time.monotonic()
+                base["complete"] = time.monotonic()
                 if r.status == 200:
-                    return self._record(
-                        client=c,
-                        kind="put",
-                        key=k,
-                        invoke=t0,
-                        complete=t1,
-                        outcome="ok",
-                        proposed=v,
-                        value=body["value"],
-                        won=body.get("won"),
-                        member=self.names[m],
-                    )
-                outcome = "fail" if r.status in FAIL_STATUSES else "info"
-                err = f"{r.status} {_code(body)}"
+                    won = body.get("won")
+                    return self._record(**base, outcome="ok", value=body["value"], won=won)
+                return self._record(**base, **_refused(r.status, body))
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
-            t1 = time.monotonic()
-            outcome, err = "info", type(exc).__name__
-        return self._record(
-            client=c,
-            kind="put",
-            key=k,
-            invoke=t0,
-            complete=t1,
-            outcome=outcome,
-            proposed=v,
-            member=self.names[m],
-            error=err,
-        )
+            base["complete"] = time.monotonic()
+            return self._record(**base, outcome="info", error=type(exc).__name__)
 
     async def get(
         self, session: aiohttp.ClientSession, c: int, m: int, k: str, final: bool = False
     ) -> Op:
         url = f"{self.urls[m]}/v1/decisions/{k}"
-        t0 = time.monotonic()
+        base: dict[str, Any] = {"client": c, "kind": "get", "key": k, "member": self.names[m]}
+        base.update(final=final, invoke=time.monotonic())
         try:
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as r:
                 body = await r.json(content_type=None)
-                t1 = time.monotonic()
+                base["complete"] = time.monotonic()
                 if r.status == 200:
-                    return self._record(
-                        client=c,
-                        kind="get",
-                        key=k,
-                        invoke=t0,
-                        complete=t1,
-                        outcome="ok",
-                        value=body["value"],
-                        member=self.names[m],
-                        final=final,
-                    )
+                    return self._record(**base, outcome="ok", value=body["value"])
                 if r.status == 404 and _code(body) == "not_decided":
-                    return self._record(
-                        client=c,
-                        kind="get",
-                        key=k,
-                        invoke=t0,
-                        complete=t1,
-                        outcome="ok",
-                        value=None,
-                        member=self.names[m],
-                        final=final,
-                    )
-                outcome = "fail" if r.status in FAIL_STATUSES else "info"
-                err = f"{r.status} {_code(body)}"
+                    return self._record(**base, outcome="ok", value=None)
+                return self._record(**base, **_refused(r.status, body))
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
-            t1 = time.monotonic()
-            outcome, err = "info", type(exc).__name__
-        return self._record(
-            client=c,
-            kind="get",
-            key=k,
-            invoke=t0,
-            complete=t1,
-            outcome=outcome,
-            member=self.names[m],
-            error=err,
-            final=final,
-        )
+            base["complete"] = time.monotonic()
+            return self._record(**base, outcome="info", error=type(exc).__name__)
 
     async def final_reads(
         self, session: aiohttp.ClientSession, tries: int = 5, batch: int = 100
@@ -269,6 +217,12 @@ class Workload:
                 self._record(**base, outcome="info", error=item["error"]["code"] if item else err)
                 again.append(k)
         return again
+
+
+def _refused(status: int, body: Any) -> dict[str, str]:
+    """A non-success answer: ``fail`` when the status says nothing happened, else ``info``."""
+    outcome = "fail" if status in FAIL_STATUSES else "info"
+    return {"outcome": outcome, "error": f"{status} {_code(body)}"}
 
 
 def _code(body: Any) -> str:
