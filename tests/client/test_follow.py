@@ -67,3 +67,32 @@ def test_a_client_behind_a_gateway_keeps_it() -> None:
     mixed.learn(doc(0, [A, B]))
     mixed.learn(doc(1, [C, D]))
     assert [e.url for e in mixed.endpoints] == [C, D, GATEWAY]
+
+
+async def test_smart_client_takes_no_fast_path_while_older_epochs_are_live() -> None:
+    """During a transition the new epoch's first set has earlier sets: writing it without
+    phase 1 is unsafe, so the smart client sends everything to the gateway until retirement,
+    then builds the fast path for the new members."""
+    from graven.node.client.smart import SmartClient
+
+    urls = [f"http://127.0.0.1:{p}" for p in (7100, 7101, 7102, 7103)]
+    transition = doc(1, urls, previous=urls[:3]) | {"layout": {"preset": "fast"}}
+    retired = doc(1, urls) | {"layout": {"preset": "fast"}}
+    smart = SmartClient(urls[:3])
+    served = [transition]
+
+    async def cluster() -> dict:  # what /v1/cluster would answer (nothing listens there)
+        smart.gateway.router.learn(served[-1])
+        return served[-1]
+
+    smart.gateway.cluster = cluster  # type: ignore[method-assign]
+    try:
+        await smart._prepare()
+        assert smart._ready and smart._pump is None  # gateway only
+        served.append(retired)
+        smart.gateway.router.saw_epoch(0, (1, 1))  # a reply announces the retirement
+        smart.gateway.router.learn(retired)  # the gateway client follows it
+        await smart._prepare()
+        assert smart._pump is not None and len(smart._channels) == 4  # fast path, 4 members
+    finally:
+        await smart.close()
