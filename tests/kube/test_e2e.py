@@ -309,9 +309,7 @@ def test_a_deleted_member_comes_back_and_no_decision_is_lost(
 
 
 @pytest.fixture(scope="module")
-def prometheus(
-    kubectl: Kubectl, demo: str, access: Access, tmp_path_factory: pytest.TempPathFactory
-):
+def prometheus(kubectl: Kubectl, demo: str, tmp_path_factory: pytest.TempPathFactory):
     sys.path.insert(0, str(REPO / "tests" / "chart"))
     import test_dashboard_live as live  # the same dashboard checks as on a local cluster
 
@@ -324,24 +322,29 @@ def prometheus(
         "cert_file": str(pki / "admin.crt"),
         "key_file": str(pki / "admin.key"),
     }
-    # The members' side as the chart's ServiceMonitor has it: https, the cluster's CA, the
-    # operator's read-only metrics certificate, and the client Service's name (every member
-    # certificate carries it; the targets are pod IPs).
-    issued = secret_data(kubectl, names.tls_secret(demo))
-    (root / "metrics.crt").write_bytes(issued["metrics.crt"])
-    (root / "metrics.key").write_bytes(issued["metrics.key"])
+    # The members' side exactly as the ServiceMonitor the operator renders for this cluster
+    # has it: scheme https, the CA from NAME-ca, its read-only metrics certificate from
+    # NAME-tls, and its serverName (every member certificate carries it; targets are pod IPs).
+    endpoint = render.service_monitor(demo, NS, parse(example()["spec"]))["spec"]["endpoints"][0]
+    wanted = endpoint["tlsConfig"]
+
+    def from_secret(ref: dict, file: str) -> str:
+        (root / file).write_bytes(secret_data(kubectl, ref["name"])[ref["key"]])
+        return str(root / file)
+
     members_tls = {
-        "ca_file": str(access.ca),
-        "cert_file": str(root / "metrics.crt"),
-        "key_file": str(root / "metrics.key"),
-        "server_name": f"{demo}.{NS}.svc",
+        "ca_file": from_secret(wanted["ca"]["secret"], "ca.crt"),
+        "cert_file": from_secret(wanted["cert"]["secret"], "metrics.crt"),
+        "key_file": from_secret(wanted["keySecret"], "metrics.key"),
+        "server_name": wanted["serverName"],
     }
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
             {
                 "job_name": "graven",
-                "scheme": "https",
+                "scheme": endpoint["scheme"],
+                "metrics_path": endpoint["path"],
                 "tls_config": members_tls,
                 # Members found through this apiserver: every pod of a ConsensusCluster, on
                 # its "http" port, labelled with its namespace and pod like a ServiceMonitor.
@@ -366,7 +369,7 @@ def prometheus(
                     },
                     {
                         "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                        "regex": "http",
+                        "regex": endpoint["port"],
                         "action": "keep",
                     },
                     {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
