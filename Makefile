@@ -40,10 +40,11 @@ kube-down:
 	bash tools/kube/down.sh
 
 # End-to-end tests against the cluster `make kube` started (not part of `make test`). pytest
-# runs inside the cluster's network namespace: the node's view of the apiserver and services.
+# runs inside the cluster's network namespace with the cluster's DNS (tools/kube/test.sh): the
+# node's view of the apiserver, services and member names.
 test-kube: install tools
 	@test -e /run/netns/graven-kube || { echo "no cluster: run 'make kube' first"; exit 1; }
-	GRAVEN_KUBE=1 nsenter --net=/run/netns/graven-kube $(BIN)/python -m pytest tests/kube $(PYTEST_ARGS)
+	GRAVEN_KUBE=1 bash tools/kube/test.sh $(BIN)/python -m pytest tests/kube $(PYTEST_ARGS)
 
 sim: install
 	$(BIN)/graven simulate --preset paxos --members 3

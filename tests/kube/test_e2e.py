@@ -7,35 +7,48 @@ file order and share one operator release and one example cluster.
 
 from __future__ import annotations
 
+import base64
+import datetime
+import http.client
 import json
+import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from kubeenv import ENV, NS, REPO, Kubectl, wait_for
 
-from graven.operator import status
+from graven.node.client import Client
+from graven.node.client.credentials import Credentials
+from graven.node.cluster.spec import parse
+from graven.node.security import pki
+from graven.node.security import tokens as tokenlib
+from graven.node.security.identity import ADMIN, READ, WRITE
+from graven.operator import names, render, status
+from graven.operator import pki as opki
 
 EXAMPLE = REPO / "examples" / "cluster.yaml"
 GRAVEN = Path(sys.executable).with_name("graven")
 IMAGE = "graven:0.1.0"  # the chart's and the example's default, loaded by `make kube`
 READY_TIMEOUT = 240  # seconds for a fresh cluster to become Ready on 2 shared cores
+TOKENS = "e2e-tokens"  # the Secret every cluster here names in spec.security.clientTokensSecret
 
 
-# These tests reach members over plain http from the node's network namespace (pod and service
-# IPs, which no member certificate names): they run the clusters with TLS off. TLS, the
-# operator's Secrets and the NetworkPolicy have not run on this real cluster yet
-# (docs/security.md, "Not done").
-PLAIN = {"tls": False}
-
-
+# Every cluster here runs with the default security (TLS between members and to clients,
+# tokens, the operator's CA). The tests run on the node with the cluster's DNS
+# (tools/kube/test.sh), so they reach members by the names their certificates carry and
+# verify them with the cluster's CA, as a client in a pod does.
 def example() -> dict:
     doc = yaml.safe_load(EXAMPLE.read_text())
-    doc["spec"]["security"] = dict(PLAIN)
+    doc["spec"]["security"] = {"clientTokensSecret": TOKENS}
     return doc
 
 
@@ -62,17 +75,42 @@ def graven(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     )
 
 
-def service_url(kubectl: Kubectl, name: str) -> str:
-    ip = kubectl.json("get", "service", name, "-n", NS)["spec"]["clusterIP"]
-    return f"http://{ip}:7100"
+def service_url(name: str) -> str:
+    """The client Service, by the name every member certificate carries."""
+    return f"https://{name}.{NS}.svc:{names.PORT}"
 
 
-def propose(endpoint: str, key: str, value: str, attempts: int = 5) -> str:
+def member_url(name: str, index: int) -> str:
+    return names.member_url(name, NS, index, "https")
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a client outside the pods holds: the cluster's trust bundle (from the CA Secret)
+    and bearer tokens by role (the Secret the spec names holds only their digests)."""
+
+    ca: Path
+    tokens: dict[str, str]
+    dir: Path
+
+    def flags(self, role: str = WRITE) -> list[str]:
+        token = self.dir / f"{role}.token"
+        token.write_text(self.tokens[role] + "\n")
+        return ["--ca", str(self.ca), "--token-file", str(token)]
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+def propose(access: Access, endpoint: str, key: str, value: str, attempts: int = 5) -> str:
     """Propose through the client Service from the node; returns the decided value. A few
     attempts: the Service may still route one request to a member that is going away."""
     last = None
     for _ in range(attempts):
-        last = graven("propose", "--json", "--timeout", "5", "--endpoint", endpoint, key, value)
+        last = graven(
+            *("propose", "--json", "--timeout", "5", "--endpoint", endpoint),
+            *(*access.flags(), key, value),
+        )
         if last.returncode == 0:
             return json.loads(last.stdout)["value"]
     raise AssertionError(
@@ -80,10 +118,31 @@ def propose(endpoint: str, key: str, value: str, attempts: int = 5) -> str:
     )
 
 
-def read(endpoint: str, key: str) -> str:
-    done = graven("get", "--json", "--endpoint", endpoint, key)
+def read(access: Access, endpoint: str, key: str) -> str:
+    done = graven("get", "--json", "--endpoint", endpoint, *access.flags(READ), key)
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout)["value"]
+
+
+def secret_data(kubectl: Kubectl, name: str) -> dict[str, bytes]:
+    data = kubectl.json("get", "secret", name, "-n", NS)["data"]
+    return {k: base64.b64decode(v) for k, v in data.items()}
+
+
+@pytest.fixture(scope="module")
+def tokens(kubectl: Kubectl, operator: str) -> dict[str, str]:
+    """One token per role, in the Secret the clusters name (before any cluster exists: the
+    members mount it)."""
+    by_role = {role: tokenlib.new_token() for role in (READ, WRITE, ADMIN)}
+    entries = [tokenlib.TokenEntry(f"e2e-{r}", r, tokenlib.digest(t)) for r, t in by_role.items()]
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": TOKENS},
+        "stringData": {"tokens.yaml": tokenlib.dump(entries)},
+    }
+    kubectl.apply(secret)
+    return by_role
 
 
 # --- the operator ------------------------------------------------------------------------
@@ -137,9 +196,21 @@ def test_one_operator_replica_works_and_the_other_waits(kubectl: Kubectl, operat
 
 
 @pytest.fixture(scope="module")
-def demo(kubectl: Kubectl, operator: str) -> str:
+def demo(kubectl: Kubectl, operator: str, tokens: dict[str, str]) -> str:
     kubectl.apply(example())
     return example()["metadata"]["name"]
+
+
+@pytest.fixture(scope="module")
+def access(
+    kubectl: Kubectl, demo: str, tokens: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Access:
+    root = tmp_path_factory.mktemp("access")
+    ca = wait_for(
+        lambda: kubectl.get("secret", names.ca_secret(demo), "-n", NS), 120, "the CA Secret"
+    )
+    (root / "ca.crt").write_bytes(base64.b64decode(ca["data"]["ca.crt"]))
+    return Access(root / "ca.crt", tokens, root)
 
 
 def test_kubectl_wait_for_condition_ready(kubectl: Kubectl, demo: str) -> None:
@@ -186,49 +257,34 @@ def test_get_gcc_shows_the_printer_columns(kubectl: Kubectl, demo: str) -> None:
 
 
 def test_decisions_through_the_client_service_from_a_pod_and_from_the_node(
-    kubectl: Kubectl, demo: str
+    kubectl: Kubectl, demo: str, access: Access
 ) -> None:
-    in_cluster = f"http://{demo}.{NS}.svc:7100"  # cluster DNS (CoreDNS) from inside a pod
+    # In a pod: cluster DNS, the trust bundle the pod mounts, a token of the Secret.
+    in_pod = ["--endpoint", service_url(demo), "--ca", f"{names.CA_DIR}/ca.crt"]
     done = kubectl(
-        "exec",
-        "-n",
-        NS,
-        f"{demo}-0",
-        "--",
-        "graven",
-        "propose",
-        "--json",
-        "--endpoint",
-        in_cluster,
-        "from-pod",
-        "pod-value",
+        *("exec", "-n", NS, f"{demo}-0", "--", "graven", "propose", "--json", *in_pod),
+        *("--token", access.tokens[WRITE], "from-pod", "pod-value"),
     )
     assert json.loads(done.stdout) == {"key": "from-pod", "value": "pod-value", "won": True}
-    node = service_url(kubectl, demo)
-    assert read(node, "from-pod") == "pod-value"
-    assert propose(node, "from-node", "node-value") == "node-value"
+    node = service_url(demo)
+    assert read(access, node, "from-pod") == "pod-value"
+    assert propose(access, node, "from-node", "node-value") == "node-value"
     done = kubectl(
-        "exec",
-        "-n",
-        NS,
-        f"{demo}-2",
-        "--",
-        "graven",
-        "get",
-        "--endpoint",
-        in_cluster,
-        "from-node",
+        *("exec", "-n", NS, f"{demo}-2", "--", "graven", "get", *in_pod),
+        *("--token", access.tokens[READ], "from-node"),
     )
     assert done.stdout.strip() == "node-value"
 
 
-def test_a_deleted_member_comes_back_and_no_decision_is_lost(kubectl: Kubectl, demo: str) -> None:
-    node = service_url(kubectl, demo)
-    decided = {f"before/{i}": propose(node, f"before/{i}", f"v{i}") for i in range(10)}
+def test_a_deleted_member_comes_back_and_no_decision_is_lost(
+    kubectl: Kubectl, demo: str, access: Access
+) -> None:
+    node = service_url(demo)
+    decided = {f"before/{i}": propose(access, node, f"before/{i}", f"v{i}") for i in range(10)}
     old_uid = kubectl.json("get", "pod", f"{demo}-1", "-n", NS)["metadata"]["uid"]
     kubectl("delete", "pod", f"{demo}-1", "-n", NS, "--wait=false")
     # One member of three is gone: the other two still form quorums.
-    decided |= {f"during/{i}": propose(node, f"during/{i}", f"w{i}") for i in range(10)}
+    decided |= {f"during/{i}": propose(access, node, f"during/{i}", f"w{i}") for i in range(10)}
 
     def back() -> bool:
         pod = kubectl.get("pod", f"{demo}-1", "-n", NS)
@@ -243,10 +299,10 @@ def test_a_deleted_member_comes_back_and_no_decision_is_lost(kubectl: Kubectl, d
     )
     assert "condition met" in done.stdout
     # Every decision is still there, read through the member that was replaced.
-    member = kubectl.json("get", "pod", f"{demo}-1", "-n", NS)["status"]["podIP"]
+    member = member_url(demo, 1)  # by its DNS name, as its certificate names it
     for key, value in decided.items():
-        assert read(f"http://{member}:7100", key) == value, key
-        assert propose(node, key, "a later value") == value, key  # write-once
+        assert read(access, member, key) == value, key
+        assert propose(access, node, key, "a later value") == value, key  # write-once
 
 
 # --- monitoring: the dashboard against a Prometheus using Kubernetes service discovery -----
@@ -266,11 +322,30 @@ def prometheus(kubectl: Kubectl, demo: str, tmp_path_factory: pytest.TempPathFac
         "cert_file": str(pki / "admin.crt"),
         "key_file": str(pki / "admin.key"),
     }
+    # The members' side exactly as the ServiceMonitor the operator renders for this cluster
+    # has it: scheme https, the CA from NAME-ca, its read-only metrics certificate from
+    # NAME-tls, and its serverName (every member certificate carries it; targets are pod IPs).
+    endpoint = render.service_monitor(demo, NS, parse(example()["spec"]))["spec"]["endpoints"][0]
+    wanted = endpoint["tlsConfig"]
+
+    def from_secret(ref: dict, file: str) -> str:
+        (root / file).write_bytes(secret_data(kubectl, ref["name"])[ref["key"]])
+        return str(root / file)
+
+    members_tls = {
+        "ca_file": from_secret(wanted["ca"]["secret"], "ca.crt"),
+        "cert_file": from_secret(wanted["cert"]["secret"], "metrics.crt"),
+        "key_file": from_secret(wanted["keySecret"], "metrics.key"),
+        "server_name": wanted["serverName"],
+    }
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
             {
                 "job_name": "graven",
+                "scheme": endpoint["scheme"],
+                "metrics_path": endpoint["path"],
+                "tls_config": members_tls,
                 # Members found through this apiserver: every pod of a ConsensusCluster, on
                 # its "http" port, labelled with its namespace and pod like a ServiceMonitor.
                 "kubernetes_sd_configs": [
@@ -287,9 +362,14 @@ def prometheus(kubectl: Kubectl, demo: str, tmp_path_factory: pytest.TempPathFac
                         "regex": "graven",
                         "action": "keep",
                     },
+                    {  # one cluster per scrape config, as one ServiceMonitor per cluster
+                        "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+                        "regex": demo,
+                        "action": "keep",
+                    },
                     {
                         "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                        "regex": "http",
+                        "regex": endpoint["port"],
                         "action": "keep",
                     },
                     {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
@@ -335,14 +415,14 @@ def _ready(url: str, proc: subprocess.Popen, log: Path) -> bool:
         return False
 
 
-def test_every_dashboard_panel_shows_data(kubectl: Kubectl, demo: str, prometheus) -> None:
+def test_every_dashboard_panel_shows_data(
+    kubectl: Kubectl, demo: str, access: Access, prometheus
+) -> None:
     live, prom = prometheus
     wait_for(lambda: len(prom.query('up{job="graven"} == 1')) == 3, 60, "the 3 members scraped")
-    pods = kubectl.json("get", "pods", "-n", NS, "-l", f"app.kubernetes.io/instance={demo}")
-    for pod in pods["items"]:  # every member proposes, so every member counts decisions
-        url = f"http://{pod['status']['podIP']}:7100"
+    for i in range(3):  # every member proposes, so every member counts decisions
         for n in range(5):
-            assert propose(url, f"dash/{pod['metadata']['name']}/{n}", "v") == "v"
+            assert propose(access, member_url(demo, i), f"dash/{demo}-{i}/{n}", "v") == "v"
     deciding = 'sum by (pod) (rate(graven_decisions_total{job="graven"}[1m])) > 0'
     wait_for(lambda: len(prom.query(deciding)) == 3, 60, "a decision rate on every member")
 
@@ -368,6 +448,212 @@ def test_every_dashboard_panel_shows_data(kubectl: Kubectl, demo: str, prometheu
         wait_for(all_show_data, 30, "every panel to show data")
     except AssertionError:
         pytest.fail(f"panels without data on a healthy cluster: {empty}")
+
+
+# --- security: TLS, tokens, member certificates, NetworkPolicy, renewal -------------------
+
+
+def call(
+    url: str,
+    method: str,
+    path: str,
+    ctx: ssl.SSLContext,
+    body: dict | None = None,
+    token: str | None = None,
+) -> tuple[int, dict, dict] | str:
+    """One request: (status, JSON body, headers), or why the TLS handshake was refused."""
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers=headers)
+        rsp = conn.getresponse()
+        raw = rsp.read()
+        return rsp.status, (json.loads(raw) if raw else {}), dict(rsp.getheaders())
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as exc:
+        return f"refused: {type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+
+
+def test_the_client_service_needs_a_token_with_the_role(
+    kubectl: Kubectl, demo: str, access: Access
+) -> None:
+    url, ctx = service_url(demo), access.context()
+    path = "/v1/decisions/role-check"
+    no_token = call(url, "GET", path, ctx)
+    assert not isinstance(no_token, str), no_token
+    assert no_token[0] == 401, no_token
+    assert no_token[1]["error"]["code"] == "unauthenticated"
+    assert no_token[2].get("WWW-Authenticate", "").startswith("Bearer")
+    put = call(url, "PUT", path, ctx, {"value": "from a reader"}, access.tokens[READ])
+    assert not isinstance(put, str), put
+    assert put[0] == 403, put
+    assert put[1]["error"]["code"] == "forbidden"
+    # The refused PUT decided nothing: the key is still open for a writer.
+    assert propose(access, url, "role-check", "from a writer") == "from a writer"
+    # The CLI says the same to a user without a token, in one line.
+    done = graven("get", "--endpoint", url, "--ca", str(access.ca), "role-check")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "401" in done.stderr or "unauthenticated" in done.stderr, done.stderr
+
+
+def _signer(kubectl: Kubectl, demo: str) -> pki.Issued:
+    """The cluster's CA, as the operator keeps it (only the test, as an admin, reads its key)."""
+    ca = secret_data(kubectl, names.ca_secret(demo))
+    return pki.Issued(ca["tls.key"], ca["tls.crt"])
+
+
+def _context(access: Access, root: Path, name: str, issued: pki.Issued) -> ssl.SSLContext:
+    ctx = access.context()
+    (root / f"{name}.crt").write_bytes(issued.cert_pem)
+    (root / f"{name}.key").write_bytes(issued.key_pem)
+    ctx.load_cert_chain(root / f"{name}.crt", root / f"{name}.key")
+    return ctx
+
+
+def test_only_members_write_registers(
+    kubectl: Kubectl, demo: str, access: Access, tmp_path: Path
+) -> None:
+    signer = _signer(kubectl, demo)
+    hosts = opki.member_hosts(demo, NS, 0)
+    foreign = pki.new_ca(demo)  # same cluster name, another CA
+    strangers = {
+        "no certificate": access.context(),
+        "member certificate from another CA": _context(
+            access, tmp_path, "foreign", pki.issue_member(foreign, demo, f"{demo}-0", hosts)
+        ),
+        "right CA, a name that is no member": _context(
+            access, tmp_path, "demo-9", pki.issue_member(signer, demo, f"{demo}-9", hosts)
+        ),
+        "right CA, a read client": _context(
+            access, tmp_path, "reader", pki.issue_client(signer, demo, READ, "eve")
+        ),
+    }
+    member = _context(
+        access, tmp_path, "member", pki.issue_member(signer, demo, f"{demo}-1", hosts)
+    )
+    target = member_url(demo, 0)
+
+    def written(key: str) -> bool:
+        reply = call(
+            target, "POST", "/v1/registers/read", member, {"reads": [{"key": key, "rs": 0}]}
+        )
+        assert not isinstance(reply, str) and reply[0] == 200, reply
+        return "intruder" in json.dumps(reply[1])
+
+    # rs 5 of the paxos layout is a client-restricted set: one owner, whose writes safety
+    # rests on. A member certificate writes it (so the refusals below are about who asks).
+    write = {"writes": [{"key": "peer-check/member", "rs": 5, "value": "intruder"}]}
+    assert call(target, "POST", "/v1/registers/write", member, write)[0] == 200
+    assert written("peer-check/member")
+    refused = {}
+    for who, ctx in strangers.items():
+        key = f"peer-check/{who}"
+        write = {"writes": [{"key": key, "rs": 5, "value": "intruder"}]}
+        outcome = call(target, "POST", "/v1/registers/write", ctx, write)
+        refused[who] = outcome if isinstance(outcome, str) else outcome[0]
+        assert not written(key), who
+    assert refused["no certificate"] == 401
+    assert str(refused["member certificate from another CA"]).startswith("refused"), refused
+    assert refused["right CA, a name that is no member"] == 403
+    assert refused["right CA, a read client"] == 403
+
+
+def test_the_apiserver_accepts_the_network_policies_the_operator_renders(
+    kubectl: Kubectl, demo: str
+) -> None:
+    spec = parse(example()["spec"])
+    rendered = render.network_policy(demo, NS, spec)
+    live = kubectl.json("get", "networkpolicy", demo, "-n", NS)
+    assert live["spec"] == rendered["spec"]  # nothing dropped or defaulted away
+    owner = live["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"]) == ("ConsensusCluster", demo)
+    # Other shapes a spec allows: clients from labelled namespaces and an address range,
+    # metrics from another namespace. Server-side dry run: the real apiserver's validation.
+    variant = parse(
+        {
+            **example()["spec"],
+            "security": {
+                "networkPolicy": {
+                    "clients": [
+                        {
+                            "namespaceSelector": {"matchLabels": {"team": "a"}},
+                            "podSelector": {"matchLabels": {"role": "api"}},
+                        },
+                        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+                    ],
+                    "metricsNamespace": "observability",
+                }
+            },
+        }
+    )
+    for policy in (rendered, render.network_policy("variant", NS, variant)):
+        done = kubectl(
+            *("apply", "--dry-run=server", "-n", NS, "-f", "-"),
+            input=json.dumps(policy),
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    broken = json.loads(json.dumps(rendered))  # the same check refuses a broken one
+    broken["spec"]["ingress"][0]["ports"][0]["port"] = 0
+    done = kubectl(
+        "apply", "--dry-run=server", "-n", NS, "-f", "-", input=json.dumps(broken), check=False
+    )
+    assert done.returncode != 0 and "Invalid" in done.stderr, done.stderr
+
+
+def _served(url: str, ctx: ssl.SSLContext) -> bytes:
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        return tls.getpeercert(binary_form=True) or b""
+
+
+def test_the_operator_renews_an_expiring_member_certificate_while_serving(
+    kubectl: Kubectl, demo: str, access: Access
+) -> None:
+    # A certificate of member 0 that expires tomorrow (from the cluster's CA), as if it had
+    # served a year: the operator must renew it, the kubelet must update the mounted Secret,
+    # and the member must serve the new one, with no request failing meanwhile.
+    signer = _signer(kubectl, demo)
+    member = f"{demo}-0"
+    short = pki.issue_member(signer, demo, member, opki.member_hosts(demo, NS, 0), days=1)
+    patch = {"data": opki.encode({f"{member}.crt": short.cert_pem, f"{member}.key": short.key_pem})}
+    secret = names.tls_secret(demo)
+    kubectl("patch", "secret", secret, "-n", NS, "--type=merge", "-p", json.dumps(patch))
+
+    def renewed() -> x509.Certificate | None:
+        cert = x509.load_pem_x509_certificate(secret_data(kubectl, secret)[f"{member}.crt"])
+        left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+        return cert if left > datetime.timedelta(days=300) else None
+
+    fresh = wait_for(renewed, 60, "the operator to renew the certificate")
+    fresh_der = fresh.public_bytes(serialization.Encoding.DER)
+    creds = Credentials(ca=str(access.ca), token=access.tokens[WRITE])
+    failures: list[str] = []
+    n = 0
+
+    def serving_the_new_one() -> bool:
+        nonlocal n
+        n += 1
+        try:  # the cluster keeps deciding, through the Service and through member 0
+            with Client([service_url(demo)], credentials=creds, timeout=5) as c:
+                c.propose(f"renewal/{n}", "v")
+            with Client([member_url(demo, 0)], credentials=creds, timeout=5, route=False) as c:
+                c.propose(f"renewal/{n}/direct", "v")
+        except Exception as exc:  # any failure is what this test counts
+            failures.append(f"{type(exc).__name__}: {exc}")
+        return _served(member_url(demo, 0), access.context()) == fresh_der
+
+    # The kubelet refreshes Secret volumes about once a minute (plus its cache TTL).
+    wait_for(serving_the_new_one, 180, f"{member} to serve the renewed certificate", 2)
+    assert failures == [], f"{len(failures)} of {n} rounds failed"
 
 
 # --- refusals and what the real apiserver does with what the operator writes -------------

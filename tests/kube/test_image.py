@@ -101,6 +101,8 @@ def test_a_member_runs_from_the_image_and_decides(container: str, tmp_path: Path
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(config))
     tmp_path.chmod(0o755)
     (tmp_path / "cluster.yaml").chmod(0o644)
+    # Plain http on purpose: this checks the image's entry point and storage, with a config
+    # written here and no operator; the operator's members from this image run TLS (test_e2e).
     # The member shares this network namespace (the cluster's, under `make test-kube`) and
     # stops by itself after a minute if this test dies before stopping it.
     command = run_in(

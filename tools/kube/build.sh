@@ -3,17 +3,28 @@
 # CoreDNS and Prometheus from the Go modules pinned in tools/kube/gomod/ into $KUBE_BIN. Each
 # group is skipped when its binaries for these pins and this Go are already there, so a second
 # run takes a second. Cold on 2 cores: see README ("Running on a real Kubernetes").
+#   build.sh --check   builds nothing; exits 1 (naming what is missing) unless every binary of
+#                      these pins is cached (.ci/run runs the real-cluster suite only then)
 set -euo pipefail
+check=0; [ "${1:-}" = --check ] && check=1
 . "$(dirname "$0")/env.sh"
-. "$TOOLS_KUBE/goenv.sh"
-mkdir -p "$KUBE_BIN"
+if [ $check = 1 ]; then
+  # the stamps name the Go that built the binaries: no Go here, nothing counts as cached
+  command -v go >/dev/null || { echo "no go on PATH: nothing counts as cached" >&2; exit 1; }
+  KUBE_COMMANDS=$(sed -n 's/^KUBE_COMMANDS="\(.*\)"/\1/p' "$TOOLS_KUBE/goenv.sh")
+else
+  . "$TOOLS_KUBE/goenv.sh"
+fi
+[ $check = 1 ] || mkdir -p "$KUBE_BIN"
 gov=$(go version)
 built=0
+missing=()
 group() { # name module-dir ldflags output-dir-or-file packages...: go build unless cached
   local name=$1 dir=$TOOLS_KUBE/gomod/$2 ldflags=$3 out=$4; shift 4
   local stamp=$KUBE_BIN/.$name.stamp want
   want=$(cat "$dir/go.mod" "$dir/go.sum" <(echo "$gov $ldflags $*") | sha256sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
+  if [ $check = 1 ]; then missing+=("$name"); return 0; fi
   local t0; t0=$(date +%s)
   echo "building $name (cold: many minutes on 2 cores)"
   (cd "$dir" && go build -mod=readonly -ldflags "$ldflags" -o "$out" "$@")
@@ -32,4 +43,9 @@ group "coredns-$COREDNS_VERSION" coredns "-s -w" "$KUBE_BIN/coredns" github.com/
 group "prometheus-$PROMETHEUS_RELEASE" prometheus \
   "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_RELEASE" \
   "$KUBE_BIN/prometheus" github.com/prometheus/prometheus/cmd/prometheus
+if [ $check = 1 ]; then
+  [ ${#missing[@]} = 0 ] || { echo "not cached in $KUBE_BIN: ${missing[*]}" >&2; exit 1; }
+  echo "kube binaries $KUBE_VERSION cached in $KUBE_BIN"
+  exit 0
+fi
 [ $built = 1 ] || echo "kube binaries $KUBE_VERSION cached in $KUBE_BIN"
