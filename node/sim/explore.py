@@ -1,36 +1,77 @@
 """Exhaustive small-scope check: every interleaving of a tiny system, message loss included.
 
-Two proposers with different inputs, the acceptors of a layout, one key. From every reachable
-state, every enabled event is tried: deliver any in-flight message or time a proposer out
-(bounded number of attempts). Message loss needs no transition of its own: safety is checked in
-every reachable state, and an execution that loses a message reaches exactly the acceptor and
-proposer states of one that simply never delivers it. States are deduplicated by a fingerprint,
-so the search is a complete enumeration of reachable states for the bound. In every state: at
-most one value is chosen by the acceptors' registers (some phase-2 quorum of some set holds it),
-and every proposer output equals it.
+Proposer nodes run the proposer runtime (``protocol.runtime.Runtime``, the class a node's
+gateway drives) over the acceptors of a layout, one key. From every reachable state, every
+enabled event is tried: deliver any in-flight message, or fire a node's next timer (attempt
+timeout, backoff, the end of a forward; a bounded number of times per node). Message loss needs
+no transition of its own: safety is checked in every reachable state, and an execution that
+loses a message reaches exactly the acceptor and runtime states of one that simply never
+delivers it. A forward to the key's leader is never answered (the leader is down), so a lost
+fast attempt goes on here with what it learnt (the hand-over). Floors are durable at once (no
+crash here: when a floor becomes durable only delays messages, and delays are explored anyway).
+
+States are deduplicated by a fingerprint (acceptors renamed when the layout allows), so the
+search is a complete enumeration of reachable states for the bound. In every state: at most one
+value is chosen by the acceptors' registers (some phase-2 quorum of some set holds it, judged by
+the set's own epoch), and every output is some node's input and equals it.
+
+``explore_epochs.py`` adds one reconfiguration to this scope, on the same host.
 """
 
 from __future__ import annotations
 
 import copy
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import permutations
 
 from ..protocol import acceptor as acc
+from ..protocol.effects import DECIDED, Done, Forward, PersistFloor, Send, Timing
 from ..protocol.layout import Layout
-from ..protocol.proposer import Backoff, Decide, Persist, Proposer, Read, Send, Write
+from ..protocol.proposer import Proposer, Read, Write
 from ..protocol.quorums import Counting, mask_of
+from ..protocol.runtime import Request, Runtime
+from .plants import plant as make_plant
 
 KEY = "k"
+# Abstract time: a node's clock only moves when one of its timers fires. Backoffs (always the
+# longest jitter, so time stays a function of the path) end well before an attempt timer.
+TIMING = Timing(attempt_timeout=1.0, backoff_first=0.01, backoff_max=0.01, candidate_grace=0.5)
+DEADLINE = 1000.0  # never reached within the bounds explored
+BACKOFF_HORIZON = 0.02  # a timer due sooner than this is a backoff, not an attempt timer
+
+
+class _LongestJitter(random.Random):
+    """Backoff jitter without state: every interleaving that backs off waits as long."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@dataclass
+class Node:
+    """One proposer node: a runtime and what its host keeps (floors on disk, its clock)."""
+
+    rt: Runtime
+    input: str
+    ticks: int  # timer firings left (the bound of the search)
+    now: float = 0.0
+    floors: dict[str, int] = field(default_factory=dict)
+    tid: int = 0
+    gen: int = 0  # runtimes this node has run (a new view starts a new one)
+
+
+# In flight: ("req", node, gen, tid, member, message) and ("rep", node, gen, tid, member, reply);
+# a host may add kinds of its own (the reconfiguration's fences, listings and carry-overs).
+Item = tuple
 
 
 @dataclass
 class State:
     acceptors: list[acc.KeyState]
-    proposers: list[Proposer]
-    attempts_left: list[int]
-    timeouts: list[bool]  # a timeout/backoff is pending for the proposer
-    in_flight: list[tuple] = field(default_factory=list)  # ("req", p, server, msg) / ("rep", ...)
+    nodes: list[Node]
+    fences: list[int]  # each acceptor's global fence (a reconfiguration's)
+    in_flight: list[Item] = field(default_factory=list)
     outputs: dict[int, str] = field(default_factory=dict)
 
 
@@ -42,101 +83,150 @@ class ExploreResult:
     complete: bool
 
 
-def _apply(state: State, p: int, actions: list) -> None:
-    queue = list(actions)
-    while queue:
-        action = queue.pop(0)
-        if isinstance(action, Send):
-            state.in_flight.append(("req", p, action.server, action.message))
-        elif isinstance(action, Persist):
-            queue.extend(state.proposers[p].on_persisted(action.rs))
-        elif isinstance(action, Backoff):
-            state.timeouts[p] = True
-        elif isinstance(action, Decide):
-            state.outputs[p] = action.value
-
-
-def _fingerprint(state: State, perm: tuple[int, ...]) -> tuple:
-    """A state's identity with acceptor ``i`` renamed ``perm[i]``."""
-    n = len(perm)
-
-    def by_new_index(items: list) -> tuple:
-        out: list = [None] * n
-        for i, item in enumerate(items):
-            out[perm[i]] = item
-        return tuple(out)
-
-    accs = by_new_index([(a.fence, tuple(sorted(a.values.items()))) for a in state.acceptors])
-    props = tuple(
-        (
-            pr.phase,
-            pr.rs,
-            pr.value,
-            pr.attempt,
-            pr.used_floor,
-            sum(1 << perm[i] for i in range(n) if pr.knowledge.replied >> i & 1),
-            by_new_index(pr.knowledge.fences),
-            by_new_index([tuple(sorted(h.items())) for h in pr.knowledge.held]),
-        )
-        for pr in state.proposers
+def new_runtime(
+    cls: type[Runtime], layout: Layout, index: int, node: Node | None = None
+) -> Runtime:
+    """A node's runtime (member ``index`` proposes as slot ``index``)."""
+    floors: dict[str, int] = node.floors if node is not None else {}
+    rt = cls(
+        layout,
+        index=index,
+        slot=index if index < layout.proposers else None,
+        timing=TIMING,
+        rng=_LongestJitter(0),
+        floors=lambda key: floors.get(key, -1),
     )
-    flight = tuple(
-        sorted(repr((kind, p, perm[server], msg)) for kind, p, server, msg in state.in_flight)
-    )
+    rt.up = layout.members  # nothing fails here: a message is delivered or not (yet)
+    return rt
+
+
+def propose(
+    state: State, p: int, value: str, forward: bool = False, carry: bool = False, key: str = KEY
+) -> int:
+    """Node ``p`` starts a proposal; returns its request id."""
+    node = state.nodes[p]
+    node.tid += 1
+    node.rt.propose(node.tid, key, value, node.now, node.now + DEADLINE, forward, carry)
+    return node.tid
+
+
+def drain(state: State, p: int, on_done: Callable[[State, int, Done], None]) -> None:
+    """Carry out node ``p``'s effects: sends go in flight, floors are durable at once (which
+    releases the held sends), forwards are never answered (the runtime's timer ends them)."""
+    node = state.nodes[p]
+    rt = node.rt
+    for _ in range(1000):  # a bound only: each round handles what the last one made
+        effects = rt.take()
+        if not effects:
+            return
+        for effect in effects:
+            if isinstance(effect, Send):
+                state.in_flight.append(
+                    ("req", p, node.gen, effect.tid, effect.member, effect.message)
+                )
+            elif isinstance(effect, PersistFloor):
+                node.floors[effect.key] = max(node.floors.get(effect.key, -1), effect.rs)
+                rt.on_floor_durable(effect.tid, effect.rs, node.now)
+            elif isinstance(effect, Done):
+                on_done(state, p, effect)
+            elif isinstance(effect, Forward):
+                pass  # the leader is down: T_FORWARD_END brings the request back here
+    raise AssertionError("the runtime kept producing effects")
+
+
+def record_output(state: State, p: int, done: Done) -> None:
+    if done.outcome.status == DECIDED:
+        assert done.outcome.value is not None
+        state.outputs[p] = done.outcome.value
+
+
+# -- transitions -----------------------------------------------------------------------------
+
+
+def deliver(state: State, index: int, on_done: Callable[[State, int, Done], None]) -> None:
+    """Deliver in-flight item ``index`` of a proposal (a request to an acceptor, or a reply)."""
+    kind, p, gen, tid, member, payload = state.in_flight.pop(index)
+    if kind == "req":
+        a = state.acceptors[member]
+        if isinstance(payload, Read):
+            change, reply = acc.read(a, payload.rs, state.fences[member])
+        else:
+            assert isinstance(payload, Write)
+            change, reply = acc.write(a, payload.rs, payload.value, state.fences[member])
+        if change is not None:
+            acc.apply(a, change)
+        state.in_flight.append(("rep", p, gen, tid, member, reply))
+        return
+    node = state.nodes[p]
+    if node.gen != gen:
+        return  # the runtime that sent it is gone (the node runs a newer view)
+    node.rt.on_reply(tid, member, payload, node.now)
+    drain(state, p, on_done)
+
+
+def can_tick(node: Node, anytime: bool) -> bool:
+    if node.ticks <= 0:
+        return False
+    wake = node.rt.next_wake()
+    if wake is None:
+        return False
+    return anytime or wake - node.now < BACKOFF_HORIZON
+
+
+def tick(state: State, p: int, on_done: Callable[[State, int, Done], None]) -> None:
+    """Fire node ``p``'s next timer (its clock jumps there)."""
+    node = state.nodes[p]
+    wake = node.rt.next_wake()
+    assert wake is not None
+    node.ticks -= 1
+    node.now = max(node.now, wake)
+    node.rt.tick(node.now)
+    drain(state, p, on_done)
+
+
+def message_items(state: State) -> list[int]:
+    """Indices of the distinct proposal items in flight (a duplicate leads to the same
+    successor, so it is tried once)."""
+    out, seen = [], set()
+    for i, item in enumerate(state.in_flight):
+        if item[0] not in ("req", "rep"):
+            continue
+        label = item_print(item, None)
+        if label not in seen:
+            seen.add(label)
+            out.append(i)
+    return out
+
+
+def item_print(item: Item, perm: tuple[int, ...] | None) -> tuple:
+    """A proposal item as plain tuples (``perm``: acceptor renaming, None for none)."""
+    if item[0] not in ("req", "rep"):
+        return ("~", *item)  # a host's own item: plain hashable values (no acceptor index)
+    kind, p, gen, tid, member, payload = item
+    if perm is not None:
+        member = perm[member]
+    if kind == "req":
+        return (kind, p, gen, tid, member, payload.rs, _value(payload))
     return (
-        accs,
-        props,
-        flight,
-        tuple(state.attempts_left),
-        tuple(state.timeouts),
-        tuple(sorted(state.outputs.items())),
+        kind,
+        p,
+        gen,
+        tid,
+        member,
+        payload.ok,
+        payload.fence,
+        tuple(sorted(payload.values.items())),
     )
 
 
-def _symmetries(layout: Layout) -> list[tuple[int, ...]]:
-    """Acceptor renamings that preserve the layout: all of them when every quorum system counts
-    over all members (acceptors are then interchangeable), else only the identity."""
-    everyone = layout.members
-    symmetric = all(
-        isinstance(q, Counting) and q.members == everyone
-        for seg in layout.segments
-        for q in (seg.phase1, seg.phase2)
-    )
-    identity = tuple(range(layout.n))
-    return list(permutations(identity)) if symmetric else [identity]
+def _value(message: Read | Write) -> str:
+    return message.value if isinstance(message, Write) else ""
 
 
-def _canonical(state: State, perms: list[tuple[int, ...]]) -> tuple:
-    return min(_fingerprint(state, perm) for perm in perms)
+# -- cloning ---------------------------------------------------------------------------------
 
 
-def _chosen(layout: Layout, state: State) -> set[str]:
-    holders: dict[tuple[int, str], list[int]] = {}
-    for i, a in enumerate(state.acceptors):
-        for rs, value in a.values.items():
-            holders.setdefault((rs, value), []).append(i)
-    return {
-        value
-        for (rs, value), who in holders.items()
-        if layout.segment_of(rs).phase2.is_quorum(mask_of(who))
-    }
-
-
-def _check(layout: Layout, state: State, inputs: list[str]) -> str | None:
-    chosen = _chosen(layout, state)
-    if len(chosen) > 1:
-        return f"two values chosen by the acceptors: {sorted(chosen)}"
-    for p, value in state.outputs.items():
-        if value not in inputs:
-            return f"proposer {p} output {value!r}, nobody's input"
-        if chosen and value not in chosen:
-            return f"proposer {p} output {value!r} but the acceptors chose {sorted(chosen)}"
-    if len(set(state.outputs.values())) > 1:
-        return f"proposers output different values: {state.outputs}"
-    return None
-
-
-def _clone_proposer(pr: Proposer) -> Proposer:
+def clone_proposer(pr: Proposer) -> Proposer:
     twin = copy.copy(pr)
     k = copy.copy(pr.knowledge)
     k.fences = list(k.fences)
@@ -146,51 +236,190 @@ def _clone_proposer(pr: Proposer) -> Proposer:
     return twin
 
 
-def _clone(state: State) -> State:
+_REQUEST_SLOTS = Request.__slots__
+
+
+def _clone_request(req: Request) -> Request:
+    twin = Request.__new__(Request)
+    for name in _REQUEST_SLOTS:
+        setattr(twin, name, getattr(req, name))
+    if req.proposer is not None:
+        twin.proposer = clone_proposer(req.proposer)
+    twin.held = list(req.held)
+    assert req.knowledge is None, "the explorer runs no reads"
+    return twin
+
+
+def clone_node(node: Node) -> Node:
+    twin = copy.copy(node)
+    twin.floors = dict(node.floors)
+    rt = copy.copy(node.rt)
+    rt._requests = {tid: _clone_request(r) for tid, r in node.rt._requests.items()}
+    rt._keys = {k: copy.copy(q) for k, q in node.rt._keys.items()}
+    rt._timers = list(node.rt._timers)
+    rt._out = []  # empty between events, but never shared with the original
+    floors = twin.floors
+    rt._floors = lambda key: floors.get(key, -1)
+    twin.rt = rt
+    return twin
+
+
+def clone(state: State) -> State:
     return State(
         [a.copy() for a in state.acceptors],
-        [_clone_proposer(p) for p in state.proposers],
-        list(state.attempts_left),
-        list(state.timeouts),
+        [clone_node(n) for n in state.nodes],
+        list(state.fences),
         list(state.in_flight),
         dict(state.outputs),
     )
 
 
+# -- fingerprints ----------------------------------------------------------------------------
+# A state's identity is a part that names no acceptor plus one column per acceptor: what the
+# acceptor holds, the messages to and from it, and what every node knows of it. When the
+# acceptors are interchangeable (``symmetric``) the columns are sorted: states that differ by a
+# renaming of acceptors get one identity, found without trying every renaming.
+
+
+def _request_print(r: Request) -> tuple:
+    p = r.proposer
+    core = None if p is None else (p.phase, p.rs, p.value, p.attempt, p.used_floor)
+    return (
+        r.tid,
+        r.stage,
+        r.value,
+        r.held_rs,
+        r.armed,
+        r.backoffs,
+        r.waiting,
+        r.lost,
+        r.holds,
+        core,
+    )
+
+
+def _request_column(r: Request, i: int) -> tuple:
+    bit = 1 << i
+    p = r.proposer
+    known = None
+    if p is not None:
+        k = p.knowledge
+        known = (bool(k.replied & bit), k.fences[i], tuple(sorted(k.held[i].items())))
+    held = tuple(sorted((s.message.rs, _value(s.message)) for s in r.held if s.server == i))
+    return (held, bool(r.failed & bit), bool(r.answered & bit), known)
+
+
+def _node_print(node: Node) -> tuple:
+    """What a node will do from here, but for what it knows of each acceptor: its requests and
+    live timers (relative to its clock)."""
+    rt = node.rt
+    requests = rt._requests
+    timers = tuple(
+        sorted(
+            (kind, attempt, tid, round(when - node.now, 6))
+            for when, _, tid, kind, attempt in rt._timers
+            if tid in requests and not rt._stale(requests[tid], kind, attempt)
+        )
+    )
+    return (
+        node.ticks,
+        node.gen,
+        tuple(sorted(node.floors.items())),
+        tuple(_request_print(r) for _, r in sorted(requests.items())),
+        timers,
+        tuple(sorted((k, tuple(q)) for k, q in rt._keys.items())),
+    )
+
+
+def fingerprint(state: State, symmetric: bool) -> tuple:
+    n = len(state.acceptors)
+    flights: list[list[tuple]] = [[] for _ in range(n)]
+    others = []
+    for item in state.in_flight:
+        if item[0] in ("req", "rep"):
+            label = item_print(item, None)
+            flights[item[4]].append(label[:4] + label[5:])  # the acceptor is the column
+        else:
+            others.append(item_print(item, None))
+    requests = [sorted(node.rt._requests.items()) for node in state.nodes]
+    columns = [
+        (
+            a.fence,
+            state.fences[i],
+            tuple(sorted(a.values.items())),
+            tuple(sorted(flights[i])),
+            tuple(tuple(_request_column(r, i) for _, r in reqs) for reqs in requests),
+        )
+        for i, a in enumerate(state.acceptors)
+    ]
+    if symmetric:
+        columns.sort()
+    return (
+        tuple(_node_print(node) for node in state.nodes),
+        tuple(sorted(others)),
+        tuple(sorted(state.outputs.items())),
+        tuple(columns),
+    )
+
+
+def symmetric(layout: Layout) -> bool:
+    """Are the acceptors interchangeable: does every quorum system count over all members?"""
+    everyone = layout.members
+    return all(
+        isinstance(q, Counting) and q.members == everyone
+        for seg in layout.segments
+        for q in (seg.phase1, seg.phase2)
+    )
+
+
+# -- safety ----------------------------------------------------------------------------------
+
+
+def chosen(layouts: Callable[[int], Layout], acceptors: list[acc.KeyState]) -> set[str]:
+    """Values some phase-2 quorum of some set holds (``layouts(rs)``: the set's own layout)."""
+    holders: dict[tuple[int, str], list[int]] = {}
+    for i, a in enumerate(acceptors):
+        for rs, value in a.values.items():
+            holders.setdefault((rs, value), []).append(i)
+    return {
+        value
+        for (rs, value), who in holders.items()
+        if layouts(rs).segment_of(rs).phase2.is_quorum(mask_of(who))
+    }
+
+
+def check(
+    layouts: Callable[[int], Layout], state: State, inputs: set[str], extra: dict[str, str]
+) -> str | None:
+    """``extra``: outputs other than the nodes' own (a reconfiguration's carry-overs)."""
+    values = chosen(layouts, state.acceptors)
+    if len(values) > 1:
+        return f"two values chosen by the acceptors: {sorted(values)}"
+    outputs = {f"node {p}": v for p, v in state.outputs.items()} | extra
+    for who, value in outputs.items():
+        if value not in inputs:
+            return f"{who} output {value!r}, nobody's input"
+        if values and value not in values:
+            return f"{who} output {value!r} but the acceptors chose {sorted(values)}"
+    if len(set(outputs.values())) > 1:
+        return f"nodes output different values: {outputs}"
+    return None
+
+
+# -- the plain scope -------------------------------------------------------------------------
+
+
 def _successors(state: State, anytime: bool) -> list[State]:
     out = []
-    seen_items = set()
-    for i, item in enumerate(state.in_flight):
-        label = repr(item)
-        if label in seen_items:
-            continue  # a duplicate of a message already tried from this state
-        seen_items.add(label)
-        nxt = _clone(state)
-        kind, p, server, payload = nxt.in_flight.pop(i)
-        if kind == "req":
-            a = nxt.acceptors[server]
-            if isinstance(payload, Read):
-                change, reply = acc.read(a, payload.rs)
-            else:
-                assert isinstance(payload, Write)
-                change, reply = acc.write(a, payload.rs, payload.value)
-            if change is not None:
-                acc.apply(a, change)
-            nxt.in_flight.append(("rep", p, server, reply))
-        else:
-            _apply(nxt, p, nxt.proposers[p].on_reply(server, payload))
+    for i in message_items(state):
+        nxt = clone(state)
+        deliver(nxt, i, record_output)
         out.append(nxt)
-    for p, prop in enumerate(state.proposers):
-        if prop.phase == "done" or state.attempts_left[p] <= 0:
-            continue
-        if not anytime and not state.timeouts[p]:
-            continue  # retries only after a refusal asked for a backoff
-        nxt = _clone(state)
-        nxt.attempts_left[p] -= 1
-        nxt.timeouts[p] = False
-        pr = nxt.proposers[p]
-        _apply(nxt, p, pr.on_timeout(pr.attempt))
-        out.append(nxt)
+    for p, node in enumerate(state.nodes):
+        if can_tick(node, anytime):
+            nxt = clone(state)
+            tick(nxt, p, record_output)
+            out.append(nxt)
     return out
 
 
@@ -199,29 +428,57 @@ def explore(
     retries: tuple[int, int] = (1, 0),
     anytime: bool = True,
     max_states: int = 2_000_000,
+    forward: bool = False,
+    plant: str | None = None,
 ) -> ExploreResult:
-    """Enumerate every reachable state of 2 proposers on one key, proposer i retrying at most
-    ``retries[i]`` times: at any moment (a timeout) when ``anytime``, else only after a refusal
-    asked for a backoff."""
+    """Enumerate every reachable state of 2 nodes (slots 0 and 1, each with the in-process
+    acceptor of its member index) proposing inputs A and B for one key; node i fires a timer
+    at most ``retries[i]`` times: at any moment when ``anytime``, else only a backoff that a
+    refusal asked for. ``forward``: the requests may go to the key's leader (on a fast layout:
+    a fast attempt first, then the hand-over here). ``plant``: a runtime bug of the simulator
+    (``plants.py``)."""
+    cls = make_plant(plant).runtime
     inputs = ["A", "B"]
-    proposers = [Proposer(layout, slot, KEY) for slot in range(2)]
-    state = State(
-        [acc.KeyState() for _ in range(layout.n)], proposers, list(retries), [False, False]
+    state = State([acc.KeyState() for _ in range(layout.n)], [], [0] * layout.n)
+    for p in range(2):
+        node = Node(new_runtime(cls, layout, p), inputs[p], retries[p])
+        state.nodes.append(node)
+    for p in range(2):
+        propose(state, p, inputs[p], forward)
+        drain(state, p, record_output)
+    same = symmetric(layout)
+    return search(
+        state,
+        lambda s: _successors(s, anytime),
+        check_one(layout, set(inputs)),
+        lambda s: fingerprint(s, same),
+        max_states,
     )
-    for p, prop in enumerate(proposers):
-        _apply(state, p, prop.start(inputs[p]))
-    perms = _symmetries(layout)
-    seen = {_canonical(state, perms)}
-    stack = [state]
+
+
+def check_one(layout: Layout, inputs: set[str]) -> Callable[[State], str | None]:
+    return lambda state: check(lambda rs: layout, state, inputs, {})
+
+
+def search(
+    start: State,
+    successors: Callable[[State], list[State]],
+    problem: Callable[[State], str | None],
+    key: Callable[[State], tuple],
+    max_states: int,
+) -> ExploreResult:
+    """Depth-first over every state reachable from ``start``; stops at the first violation."""
+    seen = {key(start)}
+    stack = [start]
     transitions = 0
     while stack:
         current = stack.pop()
-        problem = _check(layout, current, inputs)
-        if problem:
-            return ExploreResult(len(seen), transitions, problem, False)
-        for nxt in _successors(current, anytime):
+        why = problem(current)
+        if why:
+            return ExploreResult(len(seen), transitions, why, False)
+        for nxt in successors(current):
             transitions += 1
-            fp = _canonical(nxt, perms)
+            fp = key(nxt)
             if fp in seen:
                 continue
             seen.add(fp)

@@ -1,4 +1,5 @@
-"""Exhaustive small-scope check: every interleaving of 2 proposers, 3 acceptors and 1 key."""
+"""Exhaustive small-scope check: every interleaving of 2 proposer nodes (each running the proposer
+runtime, protocol.runtime.Runtime, the class the gateway drives), 3 acceptors and 1 key."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import os
 import pytest
 
 from graven.node.protocol.presets import build
+from graven.node.protocol.runtime import Runtime
 from graven.node.sim.explore import explore
+from graven.node.sim.plants import plant as make_plant
 
 SLOW = os.environ.get("GRAVEN_SLOW") == "1"
 
 
 @pytest.mark.parametrize("preset", ["paxos", "fast"])
 def test_every_interleaving_is_safe_without_retries(preset):
+    # The nodes run the runtime, not a bare Proposer (the code that serves users).
+    assert make_plant(None).runtime is Runtime
     # paxos: the home proposer writes set 0 directly while the other runs phase 1 in its own
     # set; fast: both write set 0 directly. Timeouts and loss at any point, every order.
     result = explore(build({"preset": preset}, 3), retries=(0, 0), anytime=True)
