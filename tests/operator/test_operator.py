@@ -371,6 +371,9 @@ def test_metrics_endpoint_reports_availability_until_the_cluster_is_deleted(
         assert scraped(runner.metrics_url) == {
             "graven_cluster_available": 1.0,
             "graven_cluster_reconfiguring": 0.0,
+            "graven_cluster_reconfiguration_step": 0.0,
+            "graven_cluster_reconfiguration_keys_carried": 0.0,
+            "graven_cluster_reconfiguration_keys_total": 0.0,
             "graven_cluster_members_ready": 3.0,
         }
         kubelet.set_ready(1, False)
