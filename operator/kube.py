@@ -30,6 +30,7 @@ PLURALS: dict[str, str] = {
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "Secret": "secrets",
     "NetworkPolicy": "networkpolicies",
+    "Event": "events",
     names.KIND: names.PLURAL,
 }
 API_VERSIONS: dict[str, str] = {
@@ -43,6 +44,7 @@ API_VERSIONS: dict[str, str] = {
     "PrometheusRule": "monitoring.coreos.com/v1",
     "Secret": "v1",
     "NetworkPolicy": "networking.k8s.io/v1",
+    "Event": "v1",
     names.KIND: names.API_VERSION,
 }
 MERGE_PATCH = "application/merge-patch+json"

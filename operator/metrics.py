@@ -3,6 +3,9 @@
     graven_cluster_available{namespace, cluster}      1 while the Available condition is True
     graven_cluster_reconfiguring{namespace, cluster}  1 while the phase is Reconfiguring
     graven_cluster_members_ready{namespace, cluster}  status.readyReplicas
+    graven_cluster_reconfiguration_step{namespace, cluster}         1..4 (publish..retire), 0
+    graven_cluster_reconfiguration_keys_carried{namespace, cluster} status.reconfiguration
+    graven_cluster_reconfiguration_keys_total{namespace, cluster}   (keysCarried, keysTotal)
 
 The names and labels are a contract with monitoring/rules.yaml (GravenClusterNotAvailable,
 GravenConfigChangeStuck) and the chart's ServiceMonitor (honorLabels keeps `namespace` as the
@@ -24,6 +27,7 @@ from . import status
 
 log = logging.getLogger("graven.operator")
 LABELS = ("namespace", "cluster")
+STEPS = {"publish": 1, "fence": 2, "carry": 3, "retire": 4}  # reconfigure.STEP_NUMBER
 
 
 class ClusterMetrics:
@@ -41,6 +45,25 @@ class ClusterMetrics:
             LABELS,
             registry=self.registry,
         )
+        self.step = Gauge(
+            "graven_cluster_reconfiguration_step",
+            "Step of the reconfiguration under way: 1 publish, 2 fence, 3 carry, 4 retire; "
+            "0 when none.",
+            LABELS,
+            registry=self.registry,
+        )
+        self.keys_carried = Gauge(
+            "graven_cluster_reconfiguration_keys_carried",
+            "Keys carried over into the new epoch in this run of the carry step.",
+            LABELS,
+            registry=self.registry,
+        )
+        self.keys_total = Gauge(
+            "graven_cluster_reconfiguration_keys_total",
+            "Keys the carry step has to carry over in this run (0 before it has listed them).",
+            LABELS,
+            registry=self.registry,
+        )
         self.members_ready = Gauge(
             "graven_cluster_members_ready",
             "Members the operator reports ready.",
@@ -49,7 +72,14 @@ class ClusterMetrics:
         )
         # Only the operator's event loop writes (no locking needed); the scrape thread reads,
         # and prometheus_client's metrics are thread-safe for that.
-        self._gauges = (self.available, self.reconfiguring, self.members_ready)
+        self._gauges = (
+            self.available,
+            self.reconfiguring,
+            self.step,
+            self.keys_carried,
+            self.keys_total,
+            self.members_ready,
+        )
 
     def record(self, namespace: str, name: str, st: Mapping[str, Any]) -> None:
         """Set the cluster's gauges from the status just computed for it."""
@@ -58,6 +88,10 @@ class ClusterMetrics:
         self.available.labels(namespace, name).set(available.get("status") == "True")
         self.reconfiguring.labels(namespace, name).set(st.get("phase") == status.RECONFIGURING)
         self.members_ready.labels(namespace, name).set(int(st.get("readyReplicas") or 0))
+        rec = st.get("reconfiguration") or {}
+        self.step.labels(namespace, name).set(STEPS.get(rec.get("step", ""), 0))
+        self.keys_carried.labels(namespace, name).set(int(rec.get("keysCarried") or 0))
+        self.keys_total.labels(namespace, name).set(int(rec.get("keysTotal") or 0))
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted cluster's series: a stale 0 would keep GravenClusterNotAvailable

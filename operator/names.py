@@ -59,6 +59,11 @@ def member_url(name: str, namespace: str, index: int, scheme: str = "http") -> s
     return f"{scheme}://{member(name, index)}.{peers_service(name)}.{namespace}.svc:{PORT}"
 
 
+def record_config_map(name: str) -> str:
+    """The configuration master's record of a reconfiguration (see reconfigure.py)."""
+    return f"{name}-reconfiguration"
+
+
 def ca_secret(name: str) -> str:
     """The cluster's CA (``tls.crt``/``tls.key``) and trust bundle (``ca.crt``)."""
     return f"{name}-ca"

@@ -9,6 +9,7 @@ topology compared BEFORE any child is touched, so a refused spec leaves the clus
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import functools
 import logging
@@ -20,9 +21,12 @@ from typing import Any
 import aiohttp
 import kopf
 
+from graven.node.cluster.config import ConfigError
 from graven.node.cluster.spec import ClusterSpec, SpecError, check_name, parse
+from graven.node.protocol import reconfig as rc
 
-from . import drift, health, identity, names, pki, render, status, topology
+from . import drift, health, identity, names, pki, reconfigure, render, status, topology
+from . import transitions as tr
 from .kube import ApiError, Kube, object_path, path
 from .layout import LayoutVerdict, check_layout, summary
 from .metrics import ClusterMetrics
@@ -52,6 +56,10 @@ class Options:
     capabilities_ttl: float = 60.0
     # time between the steps of a CA rotation (kubelet Secret sync and member reload)
     ca_settle: datetime.timedelta = pki.DEFAULT_SETTLE
+    # (cluster, namespace, member name) -> the base URL the operator calls a member at for a
+    # reconfiguration; default: its in-cluster URL. Tests map members to 127.0.0.1 ports.
+    member_address: Callable[[str, str, str], str] | None = None
+    carry_batch: int = rc.DEFAULT_BATCH  # keys carried over per member request
 
 
 def default_probe_url(name: str, namespace: str, member: health.MemberHealth) -> str | None:
@@ -123,11 +131,13 @@ class Operator:
         self._probe_session: aiohttp.ClientSession | None = None
         # object URL -> paths the apiserver drops from it (see _learn_dropped)
         self._dropped: dict[str, frozenset[str]] = {}
+        self.transitions = tr.Transitions(self)
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault(f"{namespace}/{name}", asyncio.Lock())
 
     async def close(self) -> None:
+        await self.transitions.close()
         await self.kube.close()
         if self._probe_session is not None:
             await self._probe_session.close()
@@ -153,6 +163,7 @@ class Operator:
     ) -> dict[tuple[str, str], dict | None]:
         wanted = [
             ("ConfigMap", names.config_map(name)),
+            ("ConfigMap", names.record_config_map(name)),
             ("Service", names.peers_service(name)),
             ("Service", name),
             ("StatefulSet", name),
@@ -215,19 +226,26 @@ class Operator:
                 return status.Outcome(
                     generation, layout_valid, status.Cond(False, reason, message)
                 ), [Event("Warning", reason, _short(message), sticky=True)]
-            refusal = _refusal(running, spec)
-            if refusal:
-                return status.Outcome(
-                    generation, layout_valid, status.Cond(False, status.REFUSED, refusal)
-                ), [Event("Warning", status.REFUSED, _short(refusal), sticky=True)]
+            plan = await self._transition(body, spec, live, running, incarnation)
+            if plan.held is not None:
+                return status.Outcome(generation, layout_valid, plan.held), plan.events
 
             epoch = running.epoch if running else 0
-            tolerates = verdict.tolerates or 0
-            desired = render.render_all(name, namespace, spec, tolerates, caps, epoch, incarnation)
+            tolerates = plan.tolerates if plan.tolerates is not None else verdict.tolerates or 0
+            desired = render.render_all(
+                name, namespace, plan.spec, tolerates, caps, epoch, incarnation, plan.served
+            )
             kopf.adopt(desired, owner=dict(body))
-            pki_events = await self.certificates(body, spec) if spec.security.tls else []
+            pods = plan.served.replicas if plan.served else plan.spec.replicas
+            if running is not None:  # members still running beyond the spec keep their certs
+                pods = max(pods, int((live[("StatefulSet", name)] or {}).get("spec", {}).get(
+                    "replicas", 0) or 0))  # fmt: skip
+            sized = dataclasses.replace(spec, replicas=pods)
+            pki_events = await self.certificates(body, sized) if spec.security.tls else []
             report = await self.apply(desired, live, uid)
             await self._prune(spec, caps, live, uid, report)
+            if plan.start:
+                self.transitions.ensure(namespace, name)
         except ApiError as exc:
             if exc.retryable or exc.status == 0:
                 raise  # the caller retries later
@@ -238,7 +256,164 @@ class Operator:
                 generation, layout_valid, status.Cond(False, status.APPLY_FAILED, message)
             ), [Event("Warning", status.APPLY_FAILED, _short(message), sticky=True)]
         outcome, events = self._outcome(generation, layout_valid, report, running is None)
-        return outcome, pki_events + events
+        if plan.refused is not None and outcome.progressing is None:
+            outcome = status.Outcome(generation, layout_valid, plan.refused)
+        return outcome, plan.events + pki_events + events
+
+    async def _transition(
+        self,
+        body: Mapping[str, Any],
+        spec: ClusterSpec,
+        live: Mapping[tuple[str, str], dict | None],
+        running: topology.Topology | None,
+        incarnation: str,
+    ) -> TransitionPlan:
+        """What a reconfiguration means for this reconcile: go on with one, start one, refuse
+        one (and render the rest of the spec over the running members), or nothing."""
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        record_cm = live[("ConfigMap", names.record_config_map(name))]
+        try:
+            active = reconfigure.load(record_cm)
+        except (ValueError, KeyError, TypeError, ConfigError) as exc:
+            message = (
+                f"the reconfiguration record {names.record_config_map(name)} cannot be read "
+                f"({exc}); nothing was changed. Restore it (it is written by the operator only)"
+            )
+            cond = status.Cond(False, status.RECORD_INVALID, message)
+            return TransitionPlan(spec, held=cond, events=[
+                Event("Warning", status.RECORD_INVALID, _short(message), sticky=True)])  # fmt: skip
+        if active is not None:
+            return TransitionPlan(
+                spec, reconfigure.served(active), start=True, tolerates=_tolerates(active)
+            )
+        if running is None:
+            return TransitionPlan(spec)
+        old = reconfigure.running_config(name, namespace, spec, running, incarnation)
+        target = reconfigure.config_for(name, namespace, spec, running.epoch + 1, incarnation)
+        if reconfigure.same_shape(old, target):
+            return TransitionPlan(spec)
+        shaped = dataclasses.replace(spec, replicas=running.members, quorums=dict(running.quorums))
+        why = reconfigure.refusal(old, target)
+        live_doc = topology.document(live[("ConfigMap", names.config_map(name))])
+        if why is None and live_doc is not None and live_doc.get("previous"):
+            why = (
+                "the members serve several live epochs but the reconfiguration record "
+                f"{names.record_config_map(name)} is missing; the operator will not guess "
+                "which keys were carried over"
+            )
+        if why is not None:
+            message = (
+                f"{_change(old, target)}: refused, the running members are left as they are "
+                f"(other changes are applied): {why}"
+            )
+            cond = status.Cond(False, status.REFUSED, message)
+            return TransitionPlan(
+                shaped,
+                refused=cond,
+                tolerates=running_verdict(running).tolerates,
+                events=[Event("Warning", status.REFUSED, _short(message), sticky=True)],
+            )
+        started = reconfigure.Transition(rc.Record(old.epoch, target.epoch), old, target, _now())
+        await tr.save_record(self, body, reconfigure.initial_state(old, target), _now())
+        message = f"{_change(old, target)}: epoch {old.epoch} -> {target.epoch}"
+        return TransitionPlan(
+            spec,
+            reconfigure.served(started),
+            start=True,
+            tolerates=_tolerates(started),
+            events=[Event("Normal", "ReconfigurationStarted", _short(message))],
+        )
+
+    async def publish_document(self, namespace: str, name: str, doc: Mapping[str, Any]) -> None:
+        """The Driver's publish, API half: render the children from the record (which holds
+        ``doc``) and apply the ConfigMap and StatefulSet. Idempotent."""
+        async with self.lock(namespace, name):
+            body = await self.current(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                raise tr.Stopped("the cluster is being deleted")
+            outcome, events = await self.reconcile(body)
+            for event in events:
+                if not event.sticky:
+                    await self.post_event(body, event.type, event.reason, event.message)
+            cm = await self.kube.get(path("ConfigMap", namespace, names.config_map(name)))
+            served = topology.document(cm)
+            if served is None or reconfigure.served_live_epochs(
+                served
+            ) != reconfigure.served_live_epochs(doc):
+                raise RuntimeError(
+                    "the cluster ConfigMap does not hold the published epochs yet "
+                    f"({outcome.progressing.message if outcome.progressing else 'no reason'})"
+                )
+
+    async def finish_transition(self, namespace: str, name: str) -> None:
+        """After retirement: the steady render (scale down, topology of the new epoch), the
+        claims' record of what wrote them, the status; a queued spec change starts next."""
+        async with self.lock(namespace, name):
+            body = await self.current(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            record = reconfigure.finished(
+                await self.kube.get(path("ConfigMap", namespace, names.record_config_map(name)))
+            )
+            if record is not None:
+                await self.post_event(
+                    body, "Normal", "Reconfigured", reconfigure.step_message(record)
+                )
+            outcome, events = await self.reconcile(body)
+            for event in events:
+                await self.post_event(body, event.type, event.reason, event.message)
+            sts = await self.kube.get(path("StatefulSet", namespace, name))
+            running = topology.from_statefulset(sts)
+            if running is not None:
+                await self._mark_claims(namespace, name, running)
+            await self.write_status(namespace, name, outcome)
+
+    async def _mark_claims(self, namespace: str, name: str, running: topology.Topology) -> None:
+        """Claims say which members and layout wrote them (identity.py's adoption check)."""
+        marks = topology.annotations(running.members, running.quorums, running.epoch)
+        found = await self.kube.list(path("PersistentVolumeClaim", namespace), names.selector(name))
+        for claim in identity.member_claims(name, found):
+            if claim.ordinal >= running.members:
+                continue  # a removed member's claim keeps what it was written with
+            live = next(c for c in found if c["metadata"]["name"] == claim.name)
+            have = (live.get("metadata") or {}).get("annotations") or {}
+            if any(have.get(k) != v for k, v in marks.items()):
+                url = path("PersistentVolumeClaim", namespace, claim.name)
+                await self.kube.patch(url, {"metadata": {"annotations": marks}})
+
+    async def post_event(
+        self, body: Mapping[str, Any], type_: str, reason: str, message: str
+    ) -> None:
+        """An event about the cluster, written directly (workers run outside kopf handlers)."""
+        meta = body["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", names.API_VERSION),
+                "kind": body.get("kind", names.KIND),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "reason": reason,
+            "message": _short(message),
+            "type": type_,
+            "source": {"component": names.MANAGER},
+            "reportingComponent": names.MANAGER,
+            "firstTimestamp": now[:19] + "Z",
+            "lastTimestamp": now[:19] + "Z",
+            "count": 1,
+        }
+        level = logging.WARNING if type_ == "Warning" else logging.INFO
+        log.log(level, "%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
+        try:
+            await self.kube.create(path("Event", meta["namespace"]), event)
+        except ApiError as exc:  # an event is worth a log line, never a failed step
+            log.warning("could not post event %s: %s", reason, exc)
 
     async def certificates(self, body: Mapping[str, Any], spec: ClusterSpec) -> list[Event]:
         """Create, renew or rotate the cluster's CA and certificate Secrets (see ``pki``);
@@ -460,23 +635,45 @@ class Operator:
         cm = await self.kube.get(path("ConfigMap", namespace, names.config_map(name)))
         sts = await self.kube.get(path("StatefulSet", namespace, name))
         running = topology.running(cm, sts)
+        selector = ",".join(f"{k}={v}" for k, v in sorted(names.selector(name).items()))
         obs = status.Observed(
             spec_replicas=replicas if isinstance(replicas, int) else 0,
             spec_layout=summary(spec.get("quorums") if isinstance(spec, Mapping) else None),
             running=running,
             statefulset=sts,
+            selector=selector,
         )
         if running is None:
             return obs
+        rec_cm = await self.kube.get(path("ConfigMap", namespace, names.record_config_map(name)))
+        try:
+            active = reconfigure.load(rec_cm)
+        except (ValueError, KeyError, TypeError, ConfigError):
+            active = None  # the reconcile reports it
+        reconfiguration = None
+        count = running.members
+        if active is not None:
+            error = self.transitions.errors.get(f"{namespace}/{name}")
+            reconfiguration = reconfigure.status_of(active, error)
+            count = max(count, active.replicas)  # new members show while they join
         pods = await self.kube.list(path("Pod", namespace), names.selector(name))
-        members = health.members(name, running.members, pods)
+        members = health.members(name, count, pods)
         if self.options.probe_members:
             sec = spec.get("security") if isinstance(spec, Mapping) else None
             tls = not isinstance(sec, Mapping) or sec.get("tls", True) is not False
             probes = await self.probe(name, namespace, members, tls)
-            members = health.members(name, running.members, pods, probes)
+            members = health.members(name, count, pods, probes)
         verdict = running_verdict(running)
-        return status.Observed(obs.spec_replicas, obs.spec_layout, running, verdict, members, sts)
+        return status.Observed(
+            obs.spec_replicas,
+            obs.spec_layout,
+            running,
+            verdict,
+            members,
+            sts,
+            reconfiguration,
+            selector,
+        )
 
     async def refresh(
         self, namespace: str, name: str, outcome: status.Outcome | None = None
@@ -499,6 +696,12 @@ class Operator:
         new = status.build(old, observed, outcome, _now())
         if new != old:
             patch = {"status": {**dict.fromkeys(old), **new}}  # null drops stale keys
+            if isinstance(old.get("reconfiguration"), dict) and "reconfiguration" in new:
+                # a merge patch merges nested objects too: drop a lastError that is over
+                patch["status"]["reconfiguration"] = {
+                    **dict.fromkeys(old["reconfiguration"]),
+                    **new["reconfiguration"],
+                }
             await self.kube.patch(f"{url}/status", patch)
         self.metrics.record(namespace, name, new)
         return new
@@ -554,18 +757,34 @@ class Operator:
         return events
 
 
-def _refusal(running: topology.Topology | None, spec: ClusterSpec) -> str | None:
-    if running is None:
-        return None
-    changes = []
-    if running.members != spec.replicas:
-        changes.append(f"spec.replicas {running.members} -> {spec.replicas}")
-    if running.quorums_key != spec.quorums_key:
-        changes.append(f"spec.quorums {running.quorums_key} -> {spec.quorums_key}")
-    if not changes:
-        return None
-    return (
-        f"{'; '.join(changes)}: changing the members or the quorum layout of a running cluster "
-        "needs a reconfiguration, which the operator does not implement yet. The running "
-        "members are left untouched; revert the change to clear this condition."
-    )
+@dataclass
+class TransitionPlan:
+    spec: ClusterSpec  # what to render (the running members and layout when refused)
+    served: render.Served | None = None  # the record's document and pods, mid-transition
+    start: bool = False  # make sure the cluster's worker runs
+    tolerates: int | None = None
+    refused: status.Cond | None = None  # a lasting refusal; the rest of the spec applies
+    held: status.Cond | None = None  # nothing may be applied
+    events: list[Event] = field(default_factory=list)
+
+
+def _tolerates(t: reconfigure.Transition) -> int:
+    """Evictions allowed mid-transition: what both epochs tolerate."""
+    counts = []
+    for cfg in (t.old, t.target):
+        verdict = _cached_verdict(
+            topology.canonical(cfg.layout.to_spec()), len(cfg.members), cfg.epoch
+        )
+        counts.append(verdict.tolerates or 0)
+    return min(counts)
+
+
+def _change(old: Any, target: Any) -> str:
+    parts = []
+    if len(old.members) != len(target.members):
+        parts.append(f"spec.replicas {len(old.members)} -> {len(target.members)}")
+    a = topology.canonical(old.layout.to_spec())
+    b = topology.canonical(target.layout.to_spec())
+    if a != b:
+        parts.append(f"spec.quorums {a} -> {b}")
+    return "; ".join(parts) or "members"

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from graven.node.cluster.config import dump, parse
 from graven.node.cluster.render import member_config
 from graven.node.cluster.spec import ClusterSpec
 
@@ -81,7 +82,9 @@ def cluster_config(
 def config_text(
     name: str, namespace: str, spec: ClusterSpec, epoch: int = 0, incarnation: str | None = None
 ) -> str:
-    doc = cluster_config(name, namespace, spec, epoch, incarnation)
+    # Canonical form (parse, dump): the same text a reconfiguration publishes for this
+    # configuration, so finishing one restarts no member again.
+    doc = dump(parse(cluster_config(name, namespace, spec, epoch, incarnation)))
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
@@ -89,15 +92,33 @@ def config_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Served:
+    """During a reconfiguration: the document the members serve and the pods to run, both
+    from the transition's record rather than the spec (reconfigure.py)."""
+
+    text: str
+    replicas: int
+    members: int  # topology annotations: the epoch that stays valid if the record is lost
+    quorums: Mapping[str, Any]
+    epoch: int
+
+
 def config_map(
-    name: str, namespace: str, spec: ClusterSpec, epoch: int = 0, incarnation: str | None = None
+    name: str,
+    namespace: str,
+    spec: ClusterSpec,
+    epoch: int = 0,
+    incarnation: str | None = None,
+    served: Served | None = None,
 ) -> dict:
     meta = _meta(names.config_map(name), name, namespace, "config")
+    text = served.text if served else config_text(name, namespace, spec, epoch, incarnation)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta,
-        "data": {names.CONFIG_FILE: config_text(name, namespace, spec, epoch, incarnation)},
+        "data": {names.CONFIG_FILE: text},
     }
 
 
@@ -332,16 +353,22 @@ def statefulset(
     cfg_hash: str,
     epoch: int = 0,
     incarnation: str | None = None,
+    served: Served | None = None,
 ) -> dict:
     meta = _meta(name, name, namespace, "member", spec)
     # The running layout, readable even if the ConfigMap is lost (see topology.py).
-    meta["annotations"] = topology.annotations(spec.replicas, spec.quorums, epoch, incarnation)
+    if served is None:
+        meta["annotations"] = topology.annotations(spec.replicas, spec.quorums, epoch, incarnation)
+    else:
+        meta["annotations"] = topology.annotations(
+            served.members, served.quorums, served.epoch, incarnation
+        )
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": meta,
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": served.replicas if served else spec.replicas,
             "serviceName": names.peers_service(name),
             # Members of a consensus cluster have no start order; Parallel lets a fresh
             # cluster reach a quorum without waiting for member 0 to become ready.
@@ -465,15 +492,16 @@ def render_all(
     caps: Capabilities = Capabilities(),
     epoch: int = 0,
     incarnation: str | None = None,
+    served: Served | None = None,
 ) -> list[dict]:
     """Every child object, in apply order (configuration and services before the pods)."""
-    cm = config_map(name, namespace, spec, epoch, incarnation)
+    cm = config_map(name, namespace, spec, epoch, incarnation, served)
     cfg_hash = config_hash(cm["data"][names.CONFIG_FILE])
     objs = [
         cm,
         peers_service(name, namespace),
         client_service(name, namespace),
-        statefulset(name, namespace, spec, cfg_hash, epoch, incarnation),
+        statefulset(name, namespace, spec, cfg_hash, epoch, incarnation, served),
         pod_disruption_budget(name, namespace, tolerates),
     ]
     if spec.security.network_policy:

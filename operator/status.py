@@ -31,12 +31,16 @@ PENDING, READY, DEGRADED_PHASE, RECONFIGURING, FAILED = (
     "Pending",
     "Ready",
     "Degraded",
-    "Reconfiguring",  # reserved: declarative reconfiguration is not implemented yet
+    "Reconfiguring",  # a reconfiguration (members or quorums) is under way
     "Failed",
 )
 
 # Progressing reasons set by a reconcile; they stay until the next reconcile replaces them.
-REFUSED = "ReconfigurationNotSupported"
+# A reconfiguration that cannot be done safely now (the rest of the spec is applied).
+REFUSED = "ReconfigurationRefused"
+RECONFIGURING = "Reconfiguring"
+# The record of a transition cannot be read: nothing is applied until it is restored.
+RECORD_INVALID = "ReconfigurationRecordInvalid"
 LAYOUT_REJECTED = "LayoutRejected"
 PAUSED = "Paused"
 INVALID_SPEC = "InvalidSpec"
@@ -48,6 +52,7 @@ RETAINED_VOLUMES = "RetainedVolumes"
 INCARNATION_MISMATCH = "IncarnationMismatch"
 STICKY = {
     REFUSED,
+    RECORD_INVALID,
     LAYOUT_REJECTED,
     PAUSED,
     INVALID_SPEC,
@@ -92,6 +97,9 @@ class Observed:
     verdict: LayoutVerdict | None = None  # of the running layout
     members: list[MemberHealth] = field(default_factory=list)
     statefulset: Mapping[str, Any] | None = None
+    # status.reconfiguration of a transition under way (None: none)
+    reconfiguration: Mapping[str, Any] | None = None
+    selector: str = ""
 
 
 def _status_text(value: bool | None) -> str:
@@ -238,7 +246,17 @@ def build(
         generation = outcome.generation
         conditions = set_condition(conditions, LAYOUT_VALID, outcome.layout_valid, generation, now)
     progressing = find(conditions, PROGRESSING)
-    if outcome is not None and outcome.progressing is not None:
+    if obs.reconfiguration is not None:
+        rec = obs.reconfiguration
+        text = (
+            f"reconfiguring from epoch {rec['fromEpoch']} to {rec['toEpoch']}: step "
+            f"{rec['step']}, {rec['keysCarried']} key(s) carried"
+            + (f" of {rec['keysTotal']}" if "keysTotal" in rec else "")
+            + (f"; last error: {rec['lastError']}" if rec.get("lastError") else "")
+        )
+        cond = Cond(True, RECONFIGURING, text)
+        conditions = set_condition(conditions, PROGRESSING, cond, generation, now)
+    elif outcome is not None and outcome.progressing is not None:
         conditions = set_condition(conditions, PROGRESSING, outcome.progressing, generation, now)
     elif outcome is not None or progressing is None or progressing.get("reason") not in STICKY:
         derived = rollout(obs.statefulset)
@@ -249,9 +267,12 @@ def build(
     conditions = set_condition(conditions, DEGRADED, degraded, generation, now)
     conditions = set_condition(conditions, READY, _ready(conditions), generation, now)
 
+    phase = _phase(conditions, obs.running is not None)
+    if obs.reconfiguration is not None:
+        phase = RECONFIGURING
     status: dict[str, Any] = {
         "observedGeneration": generation,
-        "phase": _phase(conditions, obs.running is not None),
+        "phase": phase,
         "replicas": total,
         "readyReplicas": ready,
         "readyMembers": f"{ready}/{total}",
@@ -261,6 +282,10 @@ def build(
     }
     if obs.running is not None:
         status["epoch"] = obs.running.epoch
+    if obs.reconfiguration is not None:
+        status["reconfiguration"] = dict(obs.reconfiguration)
+    if obs.selector:
+        status["selector"] = obs.selector  # the scale subresource's labelSelectorPath
     if obs.verdict is not None and obs.verdict.tolerates is not None:
         status["tolerates"] = obs.verdict.tolerates
         status["layoutDetail"] = list(obs.verdict.detail)

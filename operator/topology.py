@@ -69,6 +69,20 @@ def from_config_map(cm: Mapping[str, Any] | None) -> Topology | None:
     return Topology(len(members), dict(quorums or {"preset": "paxos"}), epoch, incarnation)
 
 
+def canonical(quorums: Mapping[str, Any] | None) -> str:
+    return canonical_quorums(quorums)
+
+
+def document(cm: Mapping[str, Any] | None) -> dict | None:
+    """The members' cluster document a ConfigMap holds (None: none or unreadable)."""
+    text = ((cm or {}).get("data") or {}).get(names.CONFIG_FILE)
+    try:
+        doc = yaml.safe_load(text) if isinstance(text, str) else None
+    except yaml.YAMLError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def from_statefulset(sts: Mapping[str, Any] | None) -> Topology | None:
     if not sts:
         return None

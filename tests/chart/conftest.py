@@ -53,6 +53,9 @@ METRIC_CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     # operator (labels name the ConsensusCluster; scraped with honorLabels)
     "graven_cluster_available": ("gauge", ("namespace", "cluster")),
     "graven_cluster_reconfiguring": ("gauge", ("namespace", "cluster")),
+    "graven_cluster_reconfiguration_step": ("gauge", ("namespace", "cluster")),
+    "graven_cluster_reconfiguration_keys_carried": ("gauge", ("namespace", "cluster")),
+    "graven_cluster_reconfiguration_keys_total": ("gauge", ("namespace", "cluster")),
     "graven_cluster_members_ready": ("gauge", ("namespace", "cluster")),
 }
 

@@ -149,9 +149,12 @@ class ProcessKubelet(FakeKubelet):
         cm = self.api.get("ConfigMap", self.namespace, cm_name)
         assert cm is not None, "the pods' ConfigMap does not exist"
         doc = yaml.safe_load(cm["data"]["cluster.yaml"])
-        for i, member in enumerate(doc["members"]):
-            scheme = member["url"].split("://", 1)[0]  # https when the cluster runs TLS
-            member["url"] = f"{scheme}://127.0.0.1:{self.ports[i]}"
+        # member NAME-i is pod ordinal i, in every live epoch (older ones under `previous`)
+        for members in [doc["members"], *(p["members"] for p in doc.get("previous", []))]:
+            for member in members:
+                scheme = member["url"].split("://", 1)[0]  # https when the cluster runs TLS
+                ordinal = int(member["name"].rsplit("-", 1)[1])
+                member["url"] = f"{scheme}://127.0.0.1:{self.ports[ordinal]}"
         return yaml.safe_dump(doc)
 
     def start(self, index: int) -> None:
@@ -264,3 +267,110 @@ class ProcessKubelet(FakeKubelet):
             ]
         }
         self.api.patch("Pod", self.namespace, self.pod_name(index), {"status": status}, True)
+
+
+class ProcessStatefulSet(ProcessKubelet):
+    """ProcessKubelet plus the StatefulSet controller's part, one ``step()`` at a time: pods
+    for new ordinals (started at once, as podManagementPolicy Parallel does), removal of the
+    highest ordinals on scale-down, and a rolling update when the pod template changes (the
+    highest outdated ordinal first, one at a time, only while every member is ready)."""
+
+    HASH = "graven.dev/config-hash"
+
+    def __init__(self, api: Api, namespace: str, name: str, root: Path, ports: list[int]) -> None:
+        super().__init__(api, namespace, name, root, ports)
+        self.revision: dict[int, str] = {}  # ordinal -> the template hash it was started with
+        self.restarts = 0
+        self._sts: dict | None = None
+
+    def statefulset(self) -> dict:
+        # one read per step: the emulator records every request, and scans them on each one
+        if self._sts is None:
+            self._sts = super().statefulset()
+        return self._sts
+
+    def _template_hash(self, sts: dict) -> str:
+        return sts["spec"]["template"]["metadata"]["annotations"][self.HASH]
+
+    def start(self, index: int) -> None:
+        sts = self.statefulset()
+        self.revision[index] = self._template_hash(sts)
+        super().start(index)
+
+    def step(self) -> None:
+        self._sts = None
+        sts = self.statefulset()
+        replicas = sts["spec"]["replicas"]
+        want = self._template_hash(sts)
+        for i in sorted(set(self.procs) | set(self.revision), reverse=True):
+            if i >= replicas:  # scaled down: the pod goes, its claim stays (Retain)
+                if i in self.procs:
+                    self.kill(i)
+                self.revision.pop(i, None)
+                self.ready.pop(i, None)
+                if self.api.get("Pod", self.namespace, self.pod_name(i)) is not None:
+                    self.api.delete("Pod", self.namespace, self.pod_name(i))
+        template = sts["spec"]["template"]
+        for i in range(replicas):
+            proc = self.procs.get(i)
+            if proc is not None and proc.poll() is not None:  # the kubelet restarts it
+                self.procs.pop(i)
+            if i not in self.procs:
+                self._ensure_claims(sts, i)
+                if self.api.get("Pod", self.namespace, self.pod_name(i)) is None:
+                    self.api.create(self._pod(sts, template, i))
+                    self.set_ready(i, False)
+                self.start(i)
+        ready = self.sync()
+        outdated = [i for i in range(replicas) if self.revision.get(i) != want]
+        if outdated and all(ready.get(i) for i in range(replicas)):
+            i = max(outdated)
+            self.kill(i)
+            self.set_ready(i, False)
+            self.ready[i] = False
+            self.start(i)
+            self.restarts += 1
+            outdated.remove(i)
+        updated = replicas - len(outdated)
+        revision = f"{self.name}-{want}"
+        status = {
+            "observedGeneration": sts["metadata"]["generation"],
+            "replicas": replicas,
+            "readyReplicas": sum(1 for i in range(replicas) if self.ready.get(i)),
+            "updatedReplicas": updated,
+            "currentRevision": revision if not outdated else f"{self.name}-old",
+            "updateRevision": revision,
+        }
+        if sts.get("status") != {**(sts.get("status") or {}), **status}:
+            self.api.patch("StatefulSet", self.namespace, self.name, {"status": status}, True)
+
+
+class Controller:
+    """Runs ``ProcessStatefulSet.step`` in a thread until stopped (bounded in steps)."""
+
+    def __init__(self, kubelet: ProcessStatefulSet, interval: float = 0.25) -> None:
+        import threading
+
+        self.kubelet = kubelet
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="statefulset", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        for _ in range(100_000):
+            if self._stop.wait(self.interval):
+                return
+            try:
+                self.kubelet.step()
+            except Exception as exc:  # the apiserver may be slow; a later step retries
+                self.error = exc
+
+    def __enter__(self) -> Controller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.kubelet.stop_all()

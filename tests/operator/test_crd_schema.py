@@ -37,7 +37,15 @@ def test_crd_is_a_valid_custom_resource_definition() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["gcc"]
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["storage"] is True
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {
+        "status": {},
+        # kubectl scale: the replicas paths and the members' selector the status publishes
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
     assert columns == ["Phase", "Ready", "Layout", "Epoch", "Tolerates", "Age"]
 

@@ -7,6 +7,7 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
+import yaml
 
 from tests.operator.apiclient import Api, ApiError, condition, wait_for
 from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo, monitoring_crd
@@ -217,48 +218,87 @@ def test_unsafe_change_leaves_the_running_cluster_untouched(
     assert versions(api) == before
 
 
-def test_changing_members_is_refused_once_and_reverting_clears_it(
+def test_too_many_removals_are_refused_and_other_edits_still_apply(
     apiserver: Cluster, operator: OperatorRunner
 ) -> None:
+    """5 -> 2 members at once would let the fence depend on members being removed: refused,
+    with the reason in status and one event; the image edit made with it still rolls out."""
     api = apiserver.api
-    api.create(demo())
+    api.create(demo(replicas=5))
     running(api)
-    before = versions(api)
-    mark = len(apiserver.server.requests())
-    api.patch("ConsensusCluster", NS, "demo", {"spec": {"replicas": 5}})
+    api.patch("ConsensusCluster", NS, "demo", {"spec": {"replicas": 2, "image": "graven:9.9"}})
     obj = wait_cluster(
-        api, has_condition("Progressing", "False", "ReconfigurationNotSupported"), "refusal"
+        api, has_condition("Progressing", "False", "ReconfigurationRefused"), "refusal"
     )
-    assert "spec.replicas 3 -> 5" in condition(obj, "Progressing")["message"]
+    message = condition(obj, "Progressing")["message"]
+    assert "spec.replicas 5 -> 2: refused" in message
+    assert "removing demo-2, demo-3, demo-4 at once is more than epoch 0 tolerates" in message
     assert obj["status"]["observedGeneration"] == 2
-    assert obj["status"]["readyMembers"] == "3/3"
+    assert condition(obj, "Ready")["reason"] == "ReconfigurationRefused"
+    sts = api.get("StatefulSet", NS, "demo")
+    assert sts is not None
+    assert sts["spec"]["replicas"] == 5  # the members are left as they are
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "graven:9.9"
+    assert api.get("ConfigMap", NS, "demo-reconfiguration") is None  # nothing started
     operator.wait_reconciles()
-    assert child_writes(apiserver, mark) == []
-    assert versions(api) == before
-    (event,) = events(api, "ReconfigurationNotSupported")  # not repeated by the drift timer
+    (event,) = events(api, "ReconfigurationRefused")  # not repeated by the drift timer
     assert event["type"] == "Warning"
 
-    api.patch("ConsensusCluster", NS, "demo", {"spec": {"replicas": 3}})
+    api.patch("ConsensusCluster", NS, "demo", {"spec": {"replicas": 5}})
     obj = wait_cluster(
         api,
-        lambda o: condition(o, "Progressing").get("reason") != "ReconfigurationNotSupported",
+        lambda o: condition(o, "Progressing").get("reason") != "ReconfigurationRefused",
         "refusal cleared",
     )
     assert obj["status"]["observedGeneration"] == 3
 
 
-def test_changing_the_layout_of_a_running_cluster_is_refused(
+def test_a_layout_change_is_recorded_and_published_before_any_member_is_asked(
     apiserver: Cluster, operator: OperatorRunner
 ) -> None:
+    """paxos -> fast: the master's record first, then both epochs in the members' document;
+    status, phase and events say so. The members here are not real, so the transition waits
+    (and says why) at publish: a member that does not serve the epochs yet."""
     api = apiserver.api
-    api.create(demo(replicas=5))
+    api.create(demo())
     running(api)
-    before = versions(api)
+    before = api.get("StatefulSet", NS, "demo")
+    assert before is not None
     api.patch("ConsensusCluster", NS, "demo", {"spec": {"quorums": {"preset": "fast"}}})
-    wait_cluster(
-        api, has_condition("Progressing", "False", "ReconfigurationNotSupported"), "refused"
+    obj = wait_cluster(api, lambda o: o["status"].get("phase") == "Reconfiguring", "phase")
+    progressing = condition(obj, "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("True", "Reconfiguring")
+    assert condition(obj, "Ready")["status"] == "False"
+    rec = obj["status"]["reconfiguration"]
+    assert (rec["fromEpoch"], rec["toEpoch"], rec["step"]) == (0, 1, "publish")
+    assert rec["startTime"].endswith("Z")
+    record = api.get("ConfigMap", NS, "demo-reconfiguration")
+    assert record is not None
+    assert record["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    cm = api.get("ConfigMap", NS, "demo-config")
+    assert cm is not None
+    doc = yaml.safe_load(cm["data"]["cluster.yaml"])
+    assert (doc["epoch"], doc["quorums"]) == (1, {"preset": "fast"})
+    assert [p["epoch"] for p in doc["previous"]] == [0]
+    sts = api.get("StatefulSet", NS, "demo")
+    assert sts is not None
+    hash_key = "graven.dev/config-hash"
+    meta = sts["spec"]["template"]["metadata"]["annotations"]
+    assert meta[hash_key] != before["spec"]["template"]["metadata"]["annotations"][hash_key]
+    # the StatefulSet keeps naming the epoch that stays valid until retirement
+    assert sts["metadata"]["annotations"]["graven.dev/epoch"] == "0"
+    obj = wait_cluster(
+        api,
+        lambda o: (
+            "waiting for members to serve epochs [0, 1]"
+            in o["status"]["reconfiguration"].get("lastError", "")
+        ),
+        "the reason it waits",
+        timeout=30,
     )
-    assert versions(api) == before
+    assert obj["status"]["epoch"] == 0
+    (event,) = events(api, "ReconfigurationStarted")
+    assert 'spec.quorums {"preset":"paxos"} -> {"preset":"fast"}: epoch 0 -> 1' in event["message"]
 
 
 def test_drift_is_repaired(apiserver: Cluster, operator: OperatorRunner) -> None:
@@ -331,6 +371,9 @@ def test_metrics_endpoint_reports_availability_until_the_cluster_is_deleted(
         assert scraped(runner.metrics_url) == {
             "graven_cluster_available": 1.0,
             "graven_cluster_reconfiguring": 0.0,
+            "graven_cluster_reconfiguration_step": 0.0,
+            "graven_cluster_reconfiguration_keys_carried": 0.0,
+            "graven_cluster_reconfiguration_keys_total": 0.0,
             "graven_cluster_members_ready": 3.0,
         }
         kubelet.set_ready(1, False)

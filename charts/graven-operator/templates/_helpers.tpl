@@ -97,7 +97,7 @@ RBAC rules for the namespaced objects the operator reads and writes. Used by the
   verbs: ["list"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["list", "delete"]
+  verbs: ["list", "patch", "delete"]
 # Events for every action the operator takes (kopf posts core/v1 events).
 - apiGroups: [""]
   resources: ["events"]
