@@ -819,6 +819,58 @@ def test_a_label_the_operator_no_longer_renders_is_removed(kubectl: Kubectl, ope
 # --- deletion ----------------------------------------------------------------------------
 
 
+def _settled(kubectl: Kubectl, demo: str, epoch: int, members: int) -> bool:
+    """The cluster serves ``epoch`` alone with ``members`` ready members, and says Ready."""
+    obj = kubectl.json("get", "gcc", demo, "-n", NS)
+    st = obj.get("status") or {}
+    pods = kubectl.json("get", "pods", "-n", NS, "-l", f"app.kubernetes.io/instance={demo}")
+    ready = [
+        p
+        for p in pods["items"]
+        if all(c["ready"] for c in p["status"].get("containerStatuses") or [{"ready": False}])
+    ]
+    return (
+        st.get("epoch") == epoch
+        and not st.get("reconfiguration")
+        and len(pods["items"]) == members == len(ready)
+        and condition(obj, "Ready").get("status") == "True"
+    )
+
+
+def test_kubectl_scale_reconfigures_live_and_loses_nothing(
+    kubectl: Kubectl, demo: str, access: Access
+) -> None:
+    """3 -> 5 by `kubectl scale` (the scale subresource), then back to 3 by an edit of
+    spec.replicas: live transitions over mTLS (the operator fences and carries as an admin
+    client), decisions made before and during both stay decided, retired pods go."""
+    node = service_url(demo)
+    decided = {f"scale/{i}": propose(access, node, f"scale/{i}", f"v{i}") for i in range(10)}
+    epoch = kubectl.json("get", "gcc", demo, "-n", NS)["status"]["epoch"]
+    kubectl("scale", f"gcc/{demo}", "-n", NS, "--replicas=5")
+    seen: set[str] = set()
+
+    def grown() -> bool:
+        st = kubectl.json("get", "gcc", demo, "-n", NS).get("status") or {}
+        seen.add(st.get("phase", ""))
+        key = f"during-grow/{len(decided)}"
+        decided[key] = propose(access, node, key, "w")  # the service keeps deciding
+        return _settled(kubectl, demo, epoch + 1, 5)
+
+    wait_for(grown, 900, "5 members serving epoch " + str(epoch + 1), interval=5)
+    assert "Reconfiguring" in seen, seen
+    reasons = {e["reason"] for e in events(kubectl, demo)}
+    assert {"ReconfigurationStarted", "Reconfigured"} <= reasons, reasons
+    newest = member_url(demo, 4)  # a member that did not exist before: it holds carried keys
+    for key, value in decided.items():
+        assert read(access, newest, key) == value, key
+
+    kubectl("patch", "gcc", demo, "-n", NS, "--type=merge", "-p", '{"spec":{"replicas":3}}')
+    wait_for(lambda: _settled(kubectl, demo, epoch + 2, 3), 900, "back to 3 members", interval=5)
+    for key, value in decided.items():
+        assert read(access, node, key) == value, key
+        assert propose(access, node, key, "a later value") == value, key  # write-once
+
+
 def test_deleting_a_retain_cluster_keeps_its_volumes(kubectl: Kubectl, demo: str) -> None:
     assert example()["spec"]["storage"]["retention"]["whenDeleted"] == "Retain"
     kubectl("delete", "gcc", demo, "-n", NS, "--wait=true", "--timeout=120s", timeout=150)
