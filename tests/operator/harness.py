@@ -136,9 +136,10 @@ class OperatorRunner:
             assert not self._thread.is_alive(), "the operator did not stop"
 
 
-def demo(**spec: object) -> dict:
+def demo(namespace: str = NAMESPACE, **spec: object) -> dict:
+    """examples/cluster.yaml in ``namespace`` with these spec fields replaced."""
     doc = yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())
-    doc["metadata"]["namespace"] = NAMESPACE
+    doc["metadata"]["namespace"] = namespace
     doc["spec"].update(copy.deepcopy(spec))
     return doc
 

@@ -18,7 +18,7 @@ import yaml
 
 from graven.operator.identity import ANNOTATION_ADOPT, LABEL_INCARNATION
 from tests.operator.apiclient import Api, condition, wait_for
-from tests.operator.harness import EXAMPLES, NAMESPACE, Cluster, OperatorRunner
+from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo
 from tests.operator.kubelet import ProcessKubelet
 from tests.operator.test_e2e_nodes import MISSING, free_ports
 
@@ -28,13 +28,9 @@ KEYS = [f"key-{i}" for i in range(8)]
 
 
 def manifest(**spec: object) -> dict:
-    doc = yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())
-    doc["metadata"]["namespace"] = NAMESPACE
     # about data identity, not security: members reached over plain http (TLS end to end with
     # the operator's certificates: test_e2e_nodes.py)
-    doc["spec"]["security"] = {"tls": False}
-    doc["spec"].update(spec)
-    return doc
+    return demo(NAMESPACE, **{"security": {"tls": False}, **spec})
 
 
 def cluster(api: Api) -> dict:

@@ -17,10 +17,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.operator.apiclient import condition, wait_for
-from tests.operator.harness import EXAMPLES, NAMESPACE, Cluster, OperatorRunner
+from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo
 from tests.operator.kubelet import Controller, ProcessStatefulSet
 from tests.operator.test_e2e_nodes import MISSING, free_ports
 
@@ -42,11 +41,7 @@ MAX_WRITES = 80
 
 
 def manifest(**spec: object) -> dict:
-    doc = yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())
-    doc["metadata"]["namespace"] = NAMESPACE
-    doc["spec"]["security"] = {"tls": False}
-    doc["spec"].update(spec)
-    return doc
+    return demo(NAMESPACE, **{"security": {"tls": False}, **spec})
 
 
 def http(method: str, url: str, body: dict | None = None, timeout: float = 5) -> dict:
