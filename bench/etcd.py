@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -63,9 +64,13 @@ def pick_base_port(members: int) -> int:
 class EtcdCluster:
     """Context manager: start N etcd members, wait until all report healthy, stop them."""
 
-    def __init__(self, members: int = 3, base_port: int | None = None) -> None:
+    def __init__(self, members: int = 3, base_port: int | None = None, tls: bool = False) -> None:
+        """``tls``: client and peer URLs over TLS with client-certificate checks, certificates
+        from a CA of its own; ``ssl_context`` is then a client's (bench/tls.py)."""
         self.members = members
         self.base_port = base_port
+        self.tls = tls
+        self.ssl_context: ssl.SSLContext | None = None
         self.binary = ""
         self.version = ""
         self.data_dir: Path | None = None
@@ -96,17 +101,19 @@ class EtcdCluster:
         self.binary = ensure_etcd()
         self.version = etcd_version(self.binary)
         base = self.base_port or pick_base_port(self.members)
-        self.data_dir = Path(tempfile.mkdtemp(prefix="graven-bench-etcd-"))
+        self.data_dir = d = Path(tempfile.mkdtemp(prefix="graven-bench-etcd-"))
+        scheme = "https" if self.tls else "http"
         names = [f"e{i}" for i in range(self.members)]
-        peers = [f"http://{HOST}:{base + 10 * i + 1}" for i in range(self.members)]
-        self.endpoints = [f"http://{HOST}:{base + 10 * i}" for i in range(self.members)]
+        peers = [f"{scheme}://{HOST}:{base + 10 * i + 1}" for i in range(self.members)]
+        self.endpoints = [f"{scheme}://{HOST}:{base + 10 * i}" for i in range(self.members)]
         initial = ",".join(f"{n}={u}" for n, u in zip(names, peers, strict=True))
         token = f"graven-bench-{os.getpid()}-{int(time.time())}"
+        tls = self._certificates(d) if self.tls else []
         for name, client, peer in zip(names, self.endpoints, peers, strict=True):
             cmd = [
                 self.binary,
                 f"--name={name}",
-                f"--data-dir={self.data_dir / name}",
+                f"--data-dir={d / name}",
                 f"--listen-client-urls={client}",
                 f"--advertise-client-urls={client}",
                 f"--listen-peer-urls={peer}",
@@ -117,8 +124,9 @@ class EtcdCluster:
                 "--logger=zap",
                 "--log-outputs=stderr",
                 "--log-level=warn",
+                *tls,
             ]
-            log = open(self.data_dir / f"{name}.log", "wb")  # noqa: SIM115 (child owns it)
+            log = open(d / f"{name}.log", "wb")  # noqa: SIM115 (child owns it)
             with log:
                 self.procs.append(
                     subprocess.Popen(
@@ -131,6 +139,31 @@ class EtcdCluster:
                 )
         self.wait_healthy()
 
+    def _certificates(self, d: Path) -> list[str]:
+        """A CA, one server/peer certificate for every member and a client's; the flags."""
+        from graven.node.security import pki
+
+        ca = pki.new_ca("etcd")
+        leaf = pki.issue(ca, "etcd", "graven://etcd/member/e", [HOST, "localhost"])
+        client = pki.issue(ca, "client", "graven://etcd/client/admin/bench")
+        files = {
+            "ca.crt": ca.cert_pem,
+            "server.crt": leaf.cert_pem,
+            "server.key": leaf.key_pem,
+            "client.crt": client.cert_pem,
+            "client.key": client.key_pem,
+        }
+        for name, data in files.items():
+            (d / name).write_bytes(data)
+        self.ssl_context = ssl.create_default_context(cafile=str(d / "ca.crt"))
+        self.ssl_context.load_cert_chain(d / "client.crt", d / "client.key")
+        return [
+            f"--cert-file={d / 'server.crt'}", f"--key-file={d / 'server.key'}",
+            f"--trusted-ca-file={d / 'ca.crt'}", "--client-cert-auth",
+            f"--peer-cert-file={d / 'server.crt'}", f"--peer-key-file={d / 'server.key'}",
+            f"--peer-trusted-ca-file={d / 'ca.crt'}", "--peer-client-cert-auth",
+        ]  # fmt: skip
+
     def wait_healthy(self, timeout: float = HEALTH_TIMEOUT_S) -> None:
         """Poll each member's /health until every one reports a leader."""
         deadline = time.monotonic() + timeout
@@ -139,7 +172,7 @@ class EtcdCluster:
             for proc in self.procs:
                 if proc.poll() is not None:
                     raise EtcdError(f"etcd pid {proc.pid} exited early: {self.log_tail()}")
-            pending = {ep for ep in pending if not _healthy(ep)}
+            pending = {ep for ep in pending if not _healthy(ep, self.ssl_context)}
             if pending:
                 time.sleep(0.2)
         if pending:
@@ -162,9 +195,9 @@ class EtcdCluster:
             self.data_dir = None
 
 
-def _healthy(endpoint: str) -> bool:
+def _healthy(endpoint: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(endpoint + "/health", timeout=2) as resp:
+        with urllib.request.urlopen(endpoint + "/health", timeout=2, context=context) as resp:
             return json.loads(resp.read()).get("health") == "true"
     except (OSError, urllib.error.URLError, ValueError):
         return False

@@ -13,25 +13,19 @@ then the ratios TLS-on / TLS-off and Graven / etcd with TLS on for both.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import ssl
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from adapters import REQUEST_TIMEOUT_S, EtcdAdapter, GravenAdapter
-from etcd import HOST, EtcdCluster, EtcdError, ensure_etcd, etcd_version, pick_base_port
+from etcd import EtcdCluster
 from gravencluster import GravenCluster
 from load import run_loop, servers, with_cost
 
 from graven.node.client.loadgen import Workload, run_load
-from graven.node.security import pki
 
 SPEC = Path(__file__).with_name("specs") / "paxos-3.yaml"
 
@@ -70,79 +64,6 @@ def graven_adapter(cluster: GravenCluster) -> TlsGraven:
     return a
 
 
-class EtcdTls(EtcdCluster):
-    """etcd with TLS on the client and the peer URLs (certificates from our own CA)."""
-
-    def start(self) -> None:
-        self.binary = ensure_etcd()
-        self.version = etcd_version(self.binary)
-        base = self.base_port or pick_base_port(self.members)
-        self.data_dir = Path(tempfile.mkdtemp(prefix="graven-bench-etcd-tls-"))
-        ca = pki.new_ca("etcd")
-        (self.data_dir / "ca.crt").write_bytes(ca.cert_pem)
-        leaf = pki.issue(ca, "etcd", "graven://etcd/member/e", [HOST, "localhost"])
-        for name, data in (("server.crt", leaf.cert_pem), ("server.key", leaf.key_pem)):
-            (self.data_dir / name).write_bytes(data)
-        client = pki.issue(ca, "client", "graven://etcd/client/admin/bench")
-        (self.data_dir / "client.crt").write_bytes(client.cert_pem)
-        (self.data_dir / "client.key").write_bytes(client.key_pem)
-        d = self.data_dir
-        names = [f"e{i}" for i in range(self.members)]
-        peers = [f"https://{HOST}:{base + 10 * i + 1}" for i in range(self.members)]
-        self.endpoints = [f"https://{HOST}:{base + 10 * i}" for i in range(self.members)]
-        initial = ",".join(f"{n}={u}" for n, u in zip(names, peers, strict=True))
-        tls = [
-            f"--cert-file={d / 'server.crt'}", f"--key-file={d / 'server.key'}",
-            f"--trusted-ca-file={d / 'ca.crt'}", "--client-cert-auth",
-            f"--peer-cert-file={d / 'server.crt'}", f"--peer-key-file={d / 'server.key'}",
-            f"--peer-trusted-ca-file={d / 'ca.crt'}", "--peer-client-cert-auth",
-        ]  # fmt: skip
-        for name, url, peer in zip(names, self.endpoints, peers, strict=True):
-            cmd = [
-                self.binary, f"--name={name}", f"--data-dir={d / name}",
-                f"--listen-client-urls={url}", f"--advertise-client-urls={url}",
-                f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster={initial}", f"--initial-cluster-token=tls-{os.getpid()}",
-                "--initial-cluster-state=new", "--logger=zap", "--log-outputs=stderr",
-                "--log-level=warn", *tls,
-            ]  # fmt: skip
-            with open(d / f"{name}.log", "wb") as log:
-                self.procs.append(
-                    subprocess.Popen(
-                        cmd,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=log,
-                        start_new_session=True,
-                    )
-                )
-        self.ctx = client_context(d / "ca.crt", d / "client.crt", d / "client.key")
-        self._wait(self.ctx)
-
-    def _wait(self, ctx: ssl.SSLContext, timeout: float = 30.0) -> None:
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        pending = set(self.endpoints)
-        while pending and time.monotonic() < deadline:
-            for proc in self.procs:
-                if proc.poll() is not None:
-                    raise EtcdError(f"etcd exited early: {self.log_tail()}")
-            done = set()
-            for ep in pending:
-                try:
-                    with urllib.request.urlopen(ep + "/health", timeout=2, context=ctx) as r:
-                        if json.loads(r.read()).get("health") == "true":
-                            done.add(ep)
-                except (OSError, ValueError):
-                    pass
-            pending -= done
-            if pending:
-                time.sleep(0.2)
-        if pending:
-            raise EtcdError(f"etcd (TLS) not healthy: {sorted(pending)}")
-
-
 def measure(adapter: Any, endpoints: list[str], pids: list[int], load: Workload) -> dict:
     from contextlib import asynccontextmanager
 
@@ -175,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                 load = Workload(mode="unique", concurrency=c, seconds=args.seconds)
                 rows[("graven", tls, c)] = measure(graven_adapter(g), g.endpoints, g.pids, load)
                 print("graven", "tls" if tls else "plain", c, rows[("graven", tls, c)], flush=True)
-        cluster = EtcdTls() if tls else EtcdCluster()
+        cluster = EtcdCluster(tls=tls)
         with cluster:
             for c in args.concurrency:
                 a = TlsEtcd()
-                a.ctx = getattr(cluster, "ctx", None)
+                a.ctx = cluster.ssl_context
                 load = Workload(mode="unique", concurrency=c, seconds=args.seconds)
                 rows[("etcd", tls, c)] = measure(a, cluster.endpoints, cluster.pids, load)
                 print("etcd", "tls" if tls else "plain", c, rows[("etcd", tls, c)], flush=True)
