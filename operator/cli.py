@@ -12,6 +12,7 @@ kopf is imported only when the command runs, so `graven --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import re
 import secrets
@@ -99,6 +100,17 @@ def add_parser(subparsers: Any) -> None:
         help="seconds between comparisons of live children with the spec (default 30)",
     )
     parser.add_argument(
+        "--ca-rotation-settle",
+        type=float,
+        default=180.0,
+        metavar="S",
+        help=(
+            "seconds between the steps of a CA rotation; must exceed the time the kubelet "
+            "takes to update a mounted Secret (its syncFrequency, one minute by default) "
+            "(default 180)"
+        ),
+    )
+    parser.add_argument(
         "--probe-members",
         action="store_true",
         help="also GET each member's /readyz directly (needs pod network access)",
@@ -125,8 +137,10 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from graven.node.cli.errors import UsageError
 
-    if args.health_interval <= 0 or args.drift_interval <= 0:
-        raise UsageError("--health-interval and --drift-interval must be positive")
+    if min(args.health_interval, args.drift_interval, args.ca_rotation_settle) <= 0:
+        raise UsageError(
+            "--health-interval, --drift-interval and --ca-rotation-settle must be positive"
+        )
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UsageError("--metrics-port must be between 0 and 65535")
 
@@ -150,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
             health_interval=args.health_interval,
             drift_interval=args.drift_interval,
             probe_members=args.probe_members,
+            ca_settle=datetime.timedelta(seconds=args.ca_rotation_settle),
         ),
         metrics=metrics,
     )
