@@ -1,28 +1,53 @@
-"""Exhaustive small scope with one reconfiguration: every interleaving of proposals with the
-steps of the real orchestrator (``protocol.reconfig``) moving the cluster to a new epoch.
+"""Exhaustive small scope with one reconfiguration: every interleaving of two proposers' messages
+with the steps of the real orchestrator (``protocol.reconfig.Orchestrator``, the state machine
+that ``cluster.transition.Driver`` runs for ``graven up`` and the operator) moving one key's
+cluster from epoch 0 to epoch 1.
 
-The scope of ``explore.py`` (one key, acceptors of the layout, nodes running the proposer
-runtime) plus: the orchestrator moves the cluster from epoch 0 to epoch 1 (same members, the
-target's layout). Its publishes are at once (the configuration master is durable and local);
-everything else it asks is in flight, delivered in any order or never: the fence on each
-member, the listing of a member's keys, each carry-over, which a carrier node (the last
-member) runs as a proposal on the live view it then reads from the master. Every node may
-adopt the master's current live view once it has nothing in flight (``wide``: at any moment,
-dropping what it had in flight); it then runs a new runtime and asks again, as a node that
-learns a newer epoch does. Node 0 asks for A once, from the start, in epoch 0 (it owns the
-key's first set); node 1 asks for B once the reconfiguration is over. ``wide`` (the slow
-scope): node 0 asks again on every newer view until it has an answer, and node 1 as soon as
-it runs the transition's view, so its proposal meets the old epoch's while both are live.
+The scope, and why it is this small
+-----------------------------------
+* Shapes (``SHAPES``), as the design note names them: 3 -> 3 members with a new layout
+  (``paxos`` -> ``fast``; ``paxos`` -> ``flexible q1=3 q2=1``) and 3 -> 4 members with one new
+  member (``paxos`` on both sides). One key, chosen so that node 0 owns the key's first set of
+  epoch 0 (it decides in one round trip) and, in 3 -> 4, node 1 owns the first set of epoch 1
+  (so a phase-1 skip there is possible at all).
+* Node 0 (input A) asks once, in epoch 0, on the old view: it writes epoch 0's first set and
+  never retries (no timer fires). It is the proposer whose value the reconfiguration must keep.
+* Node 1 (input B) is a node of the new epoch. Its client asks once, at any moment after the
+  publish: while both epochs are live (the transition view), or after retirement (the new epoch
+  alone); a request that ends undecided is asked again on the newest view. It also hosts the
+  orchestrator's carry-overs (``carrier``), so its client request and the carry-over queue on
+  one runtime as they do on a real node. The wide scope puts the carry-over on a third node.
+* The orchestrator's steps are atomic actions: the publishes happen at once (the configuration
+  master is durable and local); a fence, a key listing and a carry-over are each one item in
+  flight, delivered in any order relative to every proposal message, or never. Its crash and
+  resume are not in this scope (the random simulator covers them: ``tests/sim/
+  test_reconfiguration.py``).
+* Every proposal message is delivered in any order or never (loss needs no transition: a state
+  where a message was lost is one where it is still in flight); ``dups`` messages may be
+  delivered twice. Node 1 fires at most ``ticks[1]`` timers (by default only backoffs a refusal
+  asked for: its attempt timer would only start another identical attempt at a higher set).
+* Acceptors that play the same role in both epochs (every quorum counts over the epoch's
+  members) are interchangeable: states that differ by renaming them are one state.
 
-In every state: at most one value chosen by the registers across both epochs (each set judged
-by its own epoch's quorums), every output (carry-overs included) some node's input and the
-chosen one.
+Why that is enough for the bugs it targets: each reconfiguration bug of the design note needs a
+value chosen in epoch 0 (node 0's A, racing the fence on each member) and a proposal in epoch 1
+that either runs while the old epoch is live (ignoring it, or skipping phase 1 / taking the
+fast path) or runs after retirement (with A not carried: retired too early, or the fence met too
+few members so the listing missed A). Node 1 asking at any moment after the publish covers
+both; one value per proposer and one key keep the space small enough to enumerate. Duels
+inside one epoch are the plain explorer's scope (``explore.py``).
+
+In every state: at most one value chosen by the registers across both epochs (each set judged by
+its own epoch's quorums), every output (carry-overs included) some node's input and the chosen
+one; in every step: no written register changes and no nil register gets a value (write-once).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..protocol import acceptor as acc
 from ..protocol import reconfig as rc
@@ -30,6 +55,7 @@ from ..protocol.effects import DECIDED, Done
 from ..protocol.epochs import Epoch, View, view
 from ..protocol.layout import epoch_of
 from ..protocol.presets import build
+from ..protocol.quorums import Counting
 from .explore import (
     ExploreResult,
     Node,
@@ -51,7 +77,35 @@ from .plants import Plant
 from .plants import plant as make_plant
 
 INPUTS = ("A", "B")
-KEY = "k0"  # node 0 owns its first set in both epochs: it decides in one round trip
+PAXOS: Mapping[str, Any] = {"preset": "paxos"}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One reconfiguration: ``old`` members with layout ``start`` -> ``new`` with ``target``."""
+
+    name: str
+    start: Mapping[str, Any]
+    old: int
+    target: Mapping[str, Any]
+    new: int
+    key: str  # node 0 owns its first set in epoch 0 (crc32 % 3 == 0)
+
+
+SHAPES = {
+    "paxos-fast": Shape("3->3 paxos->fast", PAXOS, 3, {"preset": "fast"}, 3, "k0"),
+    # k8: crc32 % 3 == 0, % 2 == 1 and % 4 == 1: with 2 or 4 proposer slots in epoch 1, node
+    # 1 owns the key's first set there (a phase-1 skip is possible at all).
+    "q1q2": Shape(
+        "3->3 paxos->flexible q1=3 q2=1 (2 proposer slots)",
+        PAXOS,
+        3,
+        {"preset": "flexible", "q1": 3, "q2": 1, "proposers": 2},
+        3,
+        "k8",
+    ),
+    "add-member": Shape("3->4 paxos, one new member", PAXOS, 3, PAXOS, 4, "k8"),
+}
 
 
 @dataclass
@@ -60,15 +114,28 @@ class EpochState(State):
     views: list[tuple[int, ...]] = field(default_factory=list)  # epochs each node runs
     begun: list[bool] = field(default_factory=list)  # has the node's client asked yet
     orch: rc.Orchestrator | None = None  # None once finished
+    carries: frozenset[tuple[int, int, int]] = frozenset()  # (node, gen, tid) of carry-overs
+    carried: dict[str, str] = field(default_factory=dict)  # carry-over outputs
+    dups: int = 0  # duplicate deliveries left
 
 
 class _Scope:
-    def __init__(self, plant: Plant, epochs: dict[int, Epoch], wide: bool, anytime: bool):
+    def __init__(
+        self,
+        plant: Plant,
+        epochs: dict[int, Epoch],
+        key: str,
+        carrier: int,
+        anytime: bool,
+        late: frozenset[int],
+    ):
+        self.late = late
         self.plant = plant
         self.epochs = epochs
-        self.wide = wide
+        self.key = key
+        self.carrier = carrier
         self.anytime = anytime
-        self.carrier = 2  # the node that runs carry-overs (member m2)
+        self.classes, self.symmetric = _classes(epochs)
 
     # -- the host of the orchestrator ---------------------------------------------------------
 
@@ -83,25 +150,41 @@ class _Scope:
                 assert state.orch is not None
                 queue.extend(state.orch.on_published(action.epochs))
             elif isinstance(action, rc.Fence):
-                state.in_flight.append(("fence", action.member, action.rs))
+                state.in_flight.append(("fence", _index(action.member), action.rs))
             elif isinstance(action, rc.ListKeys):
-                state.in_flight.append(("list", action.member, action.below))
+                assert action.after is None, "one key: one page"
+                state.in_flight.append(("list", _index(action.member), action.below))
             elif isinstance(action, rc.Carry):
                 state.in_flight.append(("carry", action.key, action.value))
             elif isinstance(action, rc.Finished):
                 state.orch = None
                 return
+            # Save: the master's record is durable at once (no orchestrator crash here)
         raise AssertionError("the orchestrator kept producing actions")
 
     def on_done(self, state: State, p: int, done: Done) -> None:
         assert isinstance(state, EpochState)
-        record_output(state, p, done)
-        if p == self.carrier and state.orch is not None:
-            orch = state.orch
-            if done.outcome.status == DECIDED:
-                self.run(state, orch.on_carried(KEY))
-            else:
-                self.run(state, orch.on_carry_failed(KEY, done.outcome.status))
+        node = state.nodes[p]
+        if p not in self.late:  # what this request still had in flight is lost
+            state.in_flight = [
+                item
+                for item in state.in_flight
+                if item[0] != "req" or item[1:4] != (p, node.gen, done.tid)
+            ]
+        if (p, node.gen, done.tid) not in state.carries:
+            record_output(state, p, done)
+            return
+        state.carries = state.carries - {(p, node.gen, done.tid)}
+        if done.outcome.status == DECIDED:
+            assert done.outcome.value is not None
+            state.carried[f"carry-over on node {p}"] = done.outcome.value
+        orch = state.orch
+        if orch is None:
+            return
+        if done.outcome.status == DECIDED:
+            self.run(state, orch.on_carried(self.key))
+        else:
+            self.run(state, orch.on_carry_failed(self.key, done.outcome.status))
 
     # -- nodes --------------------------------------------------------------------------------
 
@@ -109,66 +192,84 @@ class _Scope:
         return self.plant.live_view(view(epochs))
 
     def adopt(self, state: EpochState, p: int) -> None:
-        """Node ``p`` runs the master's live view from now on (its old runtime is gone)."""
+        """Node ``p`` runs the master's live view from now on (a new runtime, its floors kept)."""
         node = state.nodes[p]
-        live = self.live_view(state.live)
-        node.rt = new_runtime(self.plant.runtime, live.layout, p, node)
+        node.rt = new_runtime(self.plant.runtime, self.live_view(state.live).layout, p, node)
         node.gen += 1
         node.now = 0.0
         node.tid = 0
         state.views[p] = tuple(e.number for e in state.live)
-        if p == self.carrier:
-            return
-        if not state.begun[p]:
-            state.begun[p] = True
-        if p not in state.outputs:
-            propose(state, p, node.input, key=KEY)
-            drain(state, p, self.on_done)
 
-    def _may_adopt(self, state: EpochState, p: int) -> bool:
-        """A node adopts a newer view when it has nothing in flight (in the wide scope: at any
-        moment); node 1's client arrives during the transition (wide) or after it."""
-        if p == self.carrier or not self._stale_view(state, p):
-            return False  # the carrier reads the live view when a carry-over reaches it
-        if not self.wide and (p == 0 or (p == 1 and state.orch is not None)):
-            return False  # node 0's client asked once; node 1's comes after the transition
-        return self.wide or not state.nodes[p].rt._requests
-
-    def _stale_view(self, state: EpochState, p: int) -> bool:
+    def stale(self, state: EpochState, p: int) -> bool:
         return state.views[p] != tuple(e.number for e in state.live)
+
+    def ask(self, state: EpochState, p: int) -> None:
+        """Node ``p``'s client asks (again): on the live view when the node is idle."""
+        if self.stale(state, p) and not state.nodes[p].rt._requests:
+            self.adopt(state, p)
+        state.begun[p] = True
+        propose(state, p, state.nodes[p].input, key=self.key)
+        drain(state, p, self.on_done)
+
+    def may_ask(self, state: EpochState, p: int) -> bool:
+        if p != 1:
+            return False  # node 0 asked once, at the start; the carrier has no client
+        if not state.begun[p]:
+            return True
+        # asked again only when its request ended undecided and a newer view is out
+        node = state.nodes[p]
+        return p not in state.outputs and not node.rt._requests and self.stale(state, p)
 
     # -- transitions --------------------------------------------------------------------------
 
     def successors(self, state: EpochState) -> list[EpochState]:
+        """Every next state. The search takes the last first: the orchestrator's items, then
+        timers, messages, and a client's request last (any order is complete; this one
+        reaches the planted bugs' counterexamples early)."""
         out = []
+        for p in range(len(state.nodes)):
+            if self.may_ask(state, p):
+                nxt = clone(state, p)
+                self.ask(nxt, p)
+                out.append(nxt)
         for i in message_items(state):
-            nxt = clone(state)
-            deliver(nxt, i, self.on_done)
+            p = state.in_flight[i][1]
+            nxt = clone(state, p)
+            self.round_trip(nxt, i)
+            out.append(nxt)
+            if state.dups > 0:  # delivered, and a copy stays in flight
+                twin = clone(state, p)
+                twin.dups -= 1
+                item = twin.in_flight[i]
+                self.round_trip(twin, i)
+                twin.in_flight.append(item)
+                out.append(twin)
+        for p, node in enumerate(state.nodes):
+            if can_tick(node, self.anytime):
+                nxt = clone(state, p)
+                tick(nxt, p, self.on_done)
+                out.append(nxt)
+        if state.orch is not None and state.orch._failed:
+            nxt = clone(state, None)
+            assert nxt.orch is not None
+            self.run(nxt, nxt.orch.retry())
             out.append(nxt)
         seen = set()
         for i, item in enumerate(state.in_flight):
             if item[0] in ("req", "rep") or item in seen:
                 continue
             seen.add(item)
-            nxt = clone(state)
+            nxt = clone(state, self.carrier if item[0] == "carry" else None)
             nxt.in_flight.pop(i)
             self._deliver_own(nxt, item)
             out.append(nxt)
-        for p, node in enumerate(state.nodes):
-            if self._may_adopt(state, p):
-                nxt = clone(state)
-                self.adopt(nxt, p)
-                out.append(nxt)
-            if can_tick(node, self.anytime):
-                nxt = clone(state)
-                tick(nxt, p, self.on_done)
-                out.append(nxt)
-        if state.orch is not None and state.orch._failed:
-            nxt = clone(state)
-            assert nxt.orch is not None
-            self.run(nxt, nxt.orch.retry())
-            out.append(nxt)
         return out
+
+    def round_trip(self, state: EpochState, i: int) -> None:
+        """Deliver request ``i`` and its reply in one step (see the scope)."""
+        assert state.in_flight[i][0] == "req"
+        deliver(state, i, self.on_done)
+        deliver(state, len(state.in_flight) - 1, self.on_done)
 
     def _deliver_own(self, state: EpochState, item: tuple) -> None:
         orch = state.orch
@@ -176,53 +277,93 @@ class _Scope:
             return  # finished: a late answer changes nothing
         kind = item[0]
         if kind == "fence":
-            _, member, rs = item
-            i = int(member.removeprefix("m"))
-            state.fences[i] = max(state.fences[i], rs)
-            self.run(state, orch.on_fenced(member))
+            _, i, rs = item
+            state.fences[i] = max(state.fences[i], rs)  # durable before the answer
+            self.run(state, orch.on_fenced(f"m{i}"))
         elif kind == "list":
-            _, member, below = item
-            a = state.acceptors[int(member.removeprefix("m"))]
-            values = {rs: v for rs, v in a.values.items() if rs < below}
-            self.run(state, orch.on_keys(member, {KEY: values} if values else {}, None))
+            _, i, below = item
+            values = {rs: v for rs, v in state.acceptors[i].values.items() if rs < below}
+            self.run(state, orch.on_keys(f"m{i}", {self.key: values} if values else {}, None))
         elif kind == "carry":
             _, key, value = item
             c = self.carrier
-            if self._stale_view(state, c) and not state.nodes[c].rt._requests:
+            if self.stale(state, c) and not state.nodes[c].rt._requests:
                 self.adopt(state, c)
-            propose(state, c, value, carry=True, key=key)
+            tid = propose(state, c, value, carry=True, key=key)
+            state.carries = state.carries | {(c, state.nodes[c].gen, tid)}
             drain(state, c, self.on_done)
 
     # -- identity and safety ------------------------------------------------------------------
 
     def fingerprint(self, state: EpochState) -> tuple:
+        orch = state.orch
+        columns = [_orch_column(orch, i) for i in range(len(state.acceptors))]
         return (
-            fingerprint(state, False),
+            fingerprint(state, self.symmetric, self.classes, columns),
             tuple(e.number for e in state.live),
             tuple(state.views),
             tuple(state.begun),
-            _orch_print(state.orch),
+            tuple(sorted(state.carries)),
+            tuple(sorted(state.carried.items())),
+            state.dups,
+            _orch_print(orch),
         )
 
     def problem(self, state: EpochState) -> str | None:
-        return check(lambda rs: self.epochs[epoch_of(rs)].layout, state, set(INPUTS), {})
+        layouts = self.epochs
+        return check(lambda rs: layouts[epoch_of(rs)].layout, state, set(INPUTS), state.carried)
+
+
+def _index(member: str) -> int:
+    return int(member.removeprefix("m"))
+
+
+def _classes(epochs: dict[int, Epoch]) -> tuple[tuple[int, ...], bool]:
+    """Which acceptors are interchangeable: those in the same epochs, when every quorum system
+    of every epoch counts over all of that epoch's members."""
+    counting = all(
+        isinstance(q, Counting) and q.members == e.layout.members
+        for e in epochs.values()
+        for seg in e.layout.segments
+        for q in (seg.phase1, seg.phase2)
+    )
+    n = max(len(e.members) for e in epochs.values())
+    roles = [tuple(f"m{i}" in e.members for _, e in sorted(epochs.items())) for i in range(n)]
+    names = sorted(set(roles))
+    return tuple(names.index(r) for r in roles), counting
+
+
+def _orch_column(orch: rc.Orchestrator | None, i: int) -> tuple:
+    """What the orchestrator holds about member ``i`` (its name is the column)."""
+    if orch is None:
+        return ()
+    name = f"m{i}"
+    return (
+        name in orch._fenced,
+        name in orch.record.fenced,
+        repr(orch._carry.listing.get(name, "-")),
+    )
 
 
 def _orch_print(orch: rc.Orchestrator | None) -> tuple | None:
+    """The orchestrator but for what it holds per member (``_orch_column``)."""
     if orch is None:
         return None
     r, c = orch.record, orch._carry
+    failed = []
+    for action in orch._failed:
+        assert isinstance(action, rc.Carry), "no fence or listing fails in this scope"
+        failed.append((action.key, action.value))
     return (
         r.step,
-        r.fenced,
         r.carried,
+        r.total,
         r.carried_upto,
-        tuple(sorted(orch._fenced)),
-        tuple(sorted((m, repr(v)) for m, v in c.listing.items())),
         tuple(sorted(c.keys.items())),
         tuple(c.queue),
         tuple(sorted(c.batch)),
-        tuple(orch._failed),
+        c.batch_last,
+        tuple(failed),
     )
 
 
@@ -239,10 +380,11 @@ def _clone_orch(orch: rc.Orchestrator | None) -> rc.Orchestrator | None:
     return twin
 
 
-def clone(state: EpochState) -> EpochState:
+def clone(state: EpochState, touch: int | None) -> EpochState:
+    """A copy to change; ``touch``: the only node the change may touch (others are shared)."""
     return EpochState(
         [a.copy() for a in state.acceptors],
-        [clone_node(n) for n in state.nodes],
+        [clone_node(n) if p == touch else n for p, n in enumerate(state.nodes)],
         list(state.fences),
         list(state.in_flight),
         dict(state.outputs),
@@ -250,48 +392,62 @@ def clone(state: EpochState) -> EpochState:
         list(state.views),
         list(state.begun),
         _clone_orch(state.orch),
+        state.carries,
+        dict(state.carried),
+        state.dups,
     )
+
+
+def epochs_of(shape: Shape) -> dict[int, Epoch]:
+    old = Epoch(0, tuple(f"m{i}" for i in range(shape.old)), build(shape.start, shape.old, 0))
+    new = Epoch(1, tuple(f"m{i}" for i in range(shape.new)), build(shape.target, shape.new, 1))
+    return {0: old, 1: new}
 
 
 def explore_epochs(
-    start: dict | None = None,
-    target: dict | None = None,
-    members: int = 3,
-    ticks: tuple[int, int, int] = (0, 0, 1),
-    wide: bool = False,
-    anytime: bool = True,
+    shape: str | Shape = "paxos-fast",
+    *,
+    carrier: int = 1,
+    ticks: tuple[int, ...] = (0, 1, 1),
+    anytime: bool = False,
+    dups: int = 0,
+    late: tuple[int, ...] = (),
     plant: str | None = None,
     max_states: int = 2_000_000,
 ) -> ExploreResult:
-    """Every reachable state of nodes 0 and 1 (inputs A and B) and the carrier (node 2) while
-    the orchestrator moves ``members`` members from layout ``start`` (epoch 0) to ``target``
-    (epoch 1); node i fires a timer at most ``ticks[i]`` times. ``plant``: a bug of the
-    simulator (``plants.py``: runtime, live view or orchestrator)."""
-    if members < 3:
-        raise ValueError("the scope needs 3 members: two proposing nodes and the carrier")
-    names = tuple(f"m{i}" for i in range(members))
-    old = Epoch(0, names, build(start or {"preset": "paxos"}, members, 0))
-    new = Epoch(1, names, build(target or {"preset": "paxos"}, members, 1))
-    if rc.refusal((old,), new) is not None:
-        raise ValueError(f"the orchestrator refuses this step: {rc.refusal((old,), new)}")
-    scope = _Scope(make_plant(plant), {0: old, 1: new}, wide, anytime)
+    """Every reachable state of node 0 (input A, epoch 0), node 1 (input B, asks at any moment
+    after the publish) and the carrier (``carrier``: node 1, or 2 for a third node) while the
+    orchestrator moves the key's cluster to the shape's epoch 1. Node i fires at most
+    ``ticks[i]`` timers: any timer when ``anytime``, else only backoffs. ``dups``: how many
+    messages may be delivered twice. ``plant``: a bug (``plants.py``: runtime, live view or
+    orchestrator)."""
+    if isinstance(shape, str):
+        shape = SHAPES[shape]
+    if carrier not in (1, 2):
+        raise ValueError("the carrier is node 1 or a third node, 2")
+    epochs = epochs_of(shape)
+    old, new = epochs[0], epochs[1]
+    why = rc.refusal((old,), new)
+    if why is not None:
+        raise ValueError(f"the orchestrator refuses this step: {why}")
+    scope = _Scope(make_plant(plant), epochs, shape.key, carrier, anytime, frozenset(late))
+    nodes = 3 if carrier == 2 else 2
     state = EpochState(
-        [acc.KeyState() for _ in range(members)],
+        [acc.KeyState() for _ in range(max(shape.old, shape.new))],
         [],
-        [0] * members,
+        [0] * max(shape.old, shape.new),
         live=(old,),
-        views=[(0,)] * 3,
-        begun=[True, False, False],
+        views=[(0,)] * nodes,
+        begun=[True] + [False] * (nodes - 1),
+        dups=dups,
     )
     layout = scope.live_view((old,)).layout
     inputs = (*INPUTS, "")
-    for p in range(3):
-        node = Node(new_runtime(scope.plant.runtime, layout, p), inputs[p], ticks[p])
-        state.nodes.append(node)
-    for p in range(2):
-        if state.begun[p]:
-            propose(state, p, inputs[p], key=KEY)
-            drain(state, p, scope.on_done)
+    for p in range(nodes):
+        count = ticks[p] if p < len(ticks) else 0
+        state.nodes.append(Node(new_runtime(scope.plant.runtime, layout, p), inputs[p], count))
+    propose(state, 0, INPUTS[0], key=shape.key)
+    drain(state, 0, scope.on_done)
     state.orch = scope.plant.orchestrator((old,), new, batch=1)
     scope.run(state, state.orch.start())
     return search(state, scope.successors, scope.problem, scope.fingerprint, max_states)
