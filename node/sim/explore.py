@@ -13,7 +13,8 @@ crash here: when a floor becomes durable only delays messages, and delays are ex
 States are deduplicated by a fingerprint (acceptors renamed when the layout allows), so the
 search is a complete enumeration of reachable states for the bound. In every state: at most one
 value is chosen by the acceptors' registers (some phase-2 quorum of some set holds it, judged by
-the set's own epoch), and every output is some node's input and equals it.
+the set's own epoch), and every output is some node's input and equals it; in every step, no
+written register changes and no nil register (below a fence) gets a value.
 
 ``explore_epochs.py`` adds one reconfiguration to this scope, on the same host.
 """
@@ -84,6 +85,7 @@ class ExploreResult:
     transitions: int
     violation: str | None
     complete: bool
+    reached: frozenset[str] = frozenset()  # what a host saw happen somewhere in the search
 
 
 def new_runtime(
@@ -518,7 +520,9 @@ def write_once(before: State, after: State) -> str | None:
                 return f"write-once: acceptor {i} set {rs} held {value!r}, now {b.values.get(rs)!r}"
         for rs, value in b.values.items():
             if rs not in a.values and rs < nil_below:
-                return f"write-once: acceptor {i} wrote {value!r} to set {rs}, nil below {nil_below}"
+                return (
+                    f"write-once: acceptor {i} wrote {value!r} to set {rs}, nil below {nil_below}"
+                )
     return None
 
 

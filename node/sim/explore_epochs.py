@@ -6,36 +6,43 @@ cluster from epoch 0 to epoch 1.
 The scope, and why it is this small
 -----------------------------------
 * Shapes (``SHAPES``), as the design note names them: 3 -> 3 members with a new layout
-  (``paxos`` -> ``fast``; ``paxos`` -> ``flexible q1=3 q2=1``) and 3 -> 4 members with one new
-  member (``paxos`` on both sides). One key, chosen so that node 0 owns the key's first set of
-  epoch 0 (it decides in one round trip) and, in 3 -> 4, node 1 owns the first set of epoch 1
-  (so a phase-1 skip there is possible at all).
-* Node 0 (input A) asks once, in epoch 0, on the old view: it writes epoch 0's first set and
-  never retries (no timer fires). It is the proposer whose value the reconfiguration must keep.
-* Node 1 (input B) is a node of the new epoch. Its client asks once, at any moment after the
-  publish: while both epochs are live (the transition view), or after retirement (the new epoch
-  alone); a request that ends undecided is asked again on the newest view. It also hosts the
-  orchestrator's carry-overs (``carrier``), so its client request and the carry-over queue on
-  one runtime as they do on a real node. The wide scope puts the carry-over on a third node.
-* The orchestrator's steps are atomic actions: the publishes happen at once (the configuration
-  master is durable and local); a fence, a key listing and a carry-over are each one item in
-  flight, delivered in any order relative to every proposal message, or never. Its crash and
-  resume are not in this scope (the random simulator covers them: ``tests/sim/
-  test_reconfiguration.py``).
-* Every proposal message is delivered in any order or never (loss needs no transition: a state
-  where a message was lost is one where it is still in flight); ``dups`` messages may be
-  delivered twice. Node 1 fires at most ``ticks[1]`` timers (by default only backoffs a refusal
-  asked for: its attempt timer would only start another identical attempt at a higher set).
-* Acceptors that play the same role in both epochs (every quorum counts over the epoch's
+  (``paxos`` -> ``fast``; ``paxos`` -> ``flexible q1=3 q2=1`` with 2 proposer slots) and 3 -> 4
+  members with one new member (``paxos`` on both sides). One key, chosen so that node 0 owns
+  the key's first set of epoch 0 (it decides in one round trip) and, where the slots allow,
+  node 1 owns the first set of epoch 1 (so a phase-1 skip there is possible at all).
+* Two proposers, one value each. Node 0 (input A) asks once, in epoch 0, on the old view: it
+  writes epoch 0's first set and never retries. Node 1 (input B) is a node of the new epoch:
+  its client asks once, at any moment after the publish: while both epochs are live (the
+  transition view) or after retirement (the new epoch alone); a request that ends undecided is
+  asked again on a newer view. Node 1 also hosts the orchestrator's carry-overs, so its
+  client's request and the carry-over queue on one runtime as on a real node (``carrier=2``,
+  in the slow scopes, runs them on a third node instead, racing node 1).
+* The orchestrator's steps are atomic actions: the publishes happen at once (the master is
+  durable and local); each fence, key listing and carry-over is one item in flight (request
+  and answer together), delivered in any order relative to every proposal message, or never.
+  Its crash and resume are not in this scope (the random simulator's: tests/sim/
+  test_reconfiguration.py).
+* A proposal message and its reply are one step (a round trip): for everyone but the sender a
+  reply held back is the same as the sender's next message held back, which is explored.
+  Loss needs no transition (a message never delivered stays in flight); ``dups`` messages may
+  be delivered twice. When a request ends, what it still had in flight is lost, unless its
+  node is in ``late`` (the slow scopes keep them: 3-10x more states). Node 1 fires at most
+  ``ticks[1]`` timers, only backoffs a refusal asked for (``anytime``: any timer).
+* Acceptors with the same role (in the same epochs, every quorum counting over its epoch's
   members) are interchangeable: states that differ by renaming them are one state.
+* The search is depth-first with every state's fingerprint kept (``explore.search``); it takes
+  the orchestrator's items first and a client's request last, which reaches the planted bugs'
+  counterexamples early without leaving anything out.
 
 Why that is enough for the bugs it targets: each reconfiguration bug of the design note needs a
 value chosen in epoch 0 (node 0's A, racing the fence on each member) and a proposal in epoch 1
-that either runs while the old epoch is live (ignoring it, or skipping phase 1 / taking the
-fast path) or runs after retirement (with A not carried: retired too early, or the fence met too
-few members so the listing missed A). Node 1 asking at any moment after the publish covers
-both; one value per proposer and one key keep the space small enough to enumerate. Duels
-inside one epoch are the plain explorer's scope (``explore.py``).
+that either runs while the old epoch is live (ignoring it: ``ignore-older-epochs``; skipping
+phase 1 or taking the fast path: ``early-fast-path``) or runs after retirement with A never
+carried (``retire-before-carry``; ``fence-missing-quorum``: the fence met too few members, so
+the listing missed A). Node 1 asking at any moment after the publish covers both; the clean
+runs assert that the search reached each of these situations (``REACHED``). Duels of several
+proposers inside one epoch are the plain explorer's scope (``explore.py``) and the random
+simulator's.
 
 In every state: at most one value chosen by the registers across both epochs (each set judged by
 its own epoch's quorums), every output (carry-overs included) some node's input and the chosen
@@ -45,15 +52,15 @@ one; in every step: no written register changes and no nil register gets a value
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..protocol import acceptor as acc
 from ..protocol import reconfig as rc
 from ..protocol.effects import DECIDED, Done
 from ..protocol.epochs import Epoch, View, view
-from ..protocol.layout import epoch_of
+from ..protocol.layout import Layout, epoch_of
 from ..protocol.presets import build
 from ..protocol.quorums import Counting
 from .explore import (
@@ -62,6 +69,7 @@ from .explore import (
     State,
     can_tick,
     check,
+    chosen,
     clone_node,
     deliver,
     drain,
@@ -77,6 +85,23 @@ from .plants import Plant
 from .plants import plant as make_plant
 
 INPUTS = ("A", "B")
+# Milestones: a clean run must reach each (else the scope tests less than it claims).
+CHOSEN_IN_OLD = "a value chosen in epoch 0"
+FENCED_BEFORE_A = "a fence while node 0 still writes"
+ASKED_IN_TRANSITION = "node 1 asks while both epochs are live"
+ASKED_AFTER = "node 1 asks after retirement"
+NODE1_OUTPUT = "node 1 outputs"
+CARRIED = "a carry-over decided in epoch 1"
+RETIRED = "epoch 0 retired"
+REACHED = (
+    CHOSEN_IN_OLD,
+    FENCED_BEFORE_A,
+    ASKED_IN_TRANSITION,
+    ASKED_AFTER,
+    NODE1_OUTPUT,
+    CARRIED,
+    RETIRED,
+)
 PAXOS: Mapping[str, Any] = {"preset": "paxos"}
 
 
@@ -136,6 +161,7 @@ class _Scope:
         self.carrier = carrier
         self.anytime = anytime
         self.classes, self.symmetric = _classes(epochs)
+        self.reached: set[str] = set()  # milestones some explored state got to (REACHED)
 
     # -- the host of the orchestrator ---------------------------------------------------------
 
@@ -208,6 +234,7 @@ class _Scope:
         if self.stale(state, p) and not state.nodes[p].rt._requests:
             self.adopt(state, p)
         state.begun[p] = True
+        self.reached.add(ASKED_IN_TRANSITION if len(state.live) > 1 else ASKED_AFTER)
         propose(state, p, state.nodes[p].input, key=self.key)
         drain(state, p, self.on_done)
 
@@ -311,7 +338,29 @@ class _Scope:
 
     def problem(self, state: EpochState) -> str | None:
         layouts = self.epochs
-        return check(lambda rs: layouts[epoch_of(rs)].layout, state, set(INPUTS), state.carried)
+
+        def layout(rs: int) -> Layout:
+            return layouts[epoch_of(rs)].layout
+
+        if len(self.reached) < len(REACHED):
+            self._milestones(state, layout)
+        return check(layout, state, set(INPUTS), state.carried)
+
+    def _milestones(self, state: EpochState, layout: Callable[[int], Layout]) -> None:
+        olds = [
+            acc.KeyState(a.fence, {rs: v for rs, v in a.values.items() if epoch_of(rs) == 0})
+            for a in state.acceptors
+        ]
+        if chosen(layout, olds):
+            self.reached.add(CHOSEN_IN_OLD)
+        if state.carried:
+            self.reached.add(CARRIED)
+        if state.orch is None:
+            self.reached.add(RETIRED)
+        if 1 in state.outputs:
+            self.reached.add(NODE1_OUTPUT)
+        if any(state.fences) and state.nodes[0].rt._requests:
+            self.reached.add(FENCED_BEFORE_A)
 
 
 def _index(member: str) -> int:
@@ -450,4 +499,5 @@ def explore_epochs(
     drain(state, 0, scope.on_done)
     state.orch = scope.plant.orchestrator((old,), new, batch=1)
     scope.run(state, state.orch.start())
-    return search(state, scope.successors, scope.problem, scope.fingerprint, max_states)
+    result = search(state, scope.successors, scope.problem, scope.fingerprint, max_states)
+    return replace(result, reached=frozenset(scope.reached))
