@@ -15,8 +15,8 @@ The scope, and why it is this small
   its client asks once, at any moment after the publish: while both epochs are live (the
   transition view) or after retirement (the new epoch alone); a request that ends undecided is
   asked again on a newer view. Node 1 also hosts the orchestrator's carry-overs, so its
-  client's request and the carry-over queue on one runtime as on a real node (``carrier=2``,
-  in the slow scopes, runs them on a third node instead, racing node 1).
+  client's request and the carry-over queue on one runtime as on a real node (``carrier=2``
+  runs them on a third node instead, racing node 1: ``THIRD_CARRIER``).
 * The orchestrator's steps are atomic actions: the publishes happen at once (the master is
   durable and local); each fence, key listing and carry-over is one item in flight (request
   and answer together), delivered in any order relative to every proposal message, or never.
@@ -131,6 +131,10 @@ SHAPES = {
     ),
     "add-member": Shape("3->4 paxos, one new member", PAXOS, 3, PAXOS, 4, "k8"),
 }
+# For a carry-over on a third node (``carrier=2``): that node needs a proposer slot in epoch 1.
+THIRD_CARRIER = Shape(
+    "3->3 paxos->flexible q1=3 q2=1", PAXOS, 3, {"preset": "flexible", "q1": 3, "q2": 1}, 3, "k0"
+)
 
 
 @dataclass

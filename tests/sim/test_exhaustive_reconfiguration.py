@@ -14,7 +14,13 @@ import pytest
 
 from graven.node.protocol import acceptor as acc
 from graven.node.sim.explore import State, write_once
-from graven.node.sim.explore_epochs import REACHED, SHAPES, explore_epochs
+from graven.node.sim.explore_epochs import (
+    REACHED,
+    SHAPES,
+    THIRD_CARRIER,
+    Shape,
+    explore_epochs,
+)
 from graven.node.sim.plants import RECONFIG_PLANTS
 
 SLOW = os.environ.get("GRAVEN_SLOW") == "1"
@@ -22,19 +28,20 @@ needs_slow = pytest.mark.skipif(not SLOW, reason="a larger scope: GRAVEN_SLOW=1 
 SLOW_IN_ADD = ("ignore-older-epochs", "early-fast-path")
 
 
-def _run(shape: str, plant: str | None = None, **scope):
+def _run(shape: str | Shape, plant: str | None = None, **scope):
     started = time.process_time()
     result = explore_epochs(shape, plant=plant, **scope)
     seconds = time.process_time() - started
+    name = SHAPES[shape].name if isinstance(shape, str) else shape.name
     print(
-        f"\nexhaustive {SHAPES[shape].name} {scope or ''} plant={plant}: {result.states} states, "
+        f"\nexhaustive {name} {scope or ''} plant={plant}: {result.states} states, "
         f"{result.transitions} transitions, {seconds:.1f} s CPU, "
         f"{'complete' if result.complete else 'stopped'}: {result.violation or 'no violation'}"
     )
     return result
 
 
-def _clean(shape: str, **scope) -> None:
+def _clean(shape: str | Shape, **scope) -> None:
     result = _run(shape, **scope)
     assert result.violation is None
     assert result.complete, "the scope must be exhausted, not cut by the state bound"
@@ -42,9 +49,17 @@ def _clean(shape: str, **scope) -> None:
     assert set(REACHED) <= result.reached, set(REACHED) - result.reached
 
 
-@pytest.mark.parametrize("shape", ["paxos-fast", "q1q2"])
-def test_every_interleaving_of_a_layout_change_is_safe(shape):
-    _clean(shape)
+@pytest.mark.parametrize(
+    ("shape", "scope"),
+    [
+        ("paxos-fast", {}),  # 10,441 states
+        ("q1q2", {}),  # 3,716 states
+        (THIRD_CARRIER, {"carrier": 2}),  # the carry-over on a third node: 7,226 states
+    ],
+    ids=lambda v: v.name if isinstance(v, Shape) else str(v),
+)
+def test_every_interleaving_of_a_layout_change_is_safe(shape, scope):
+    _clean(shape, **scope)
 
 
 @needs_slow
@@ -78,9 +93,9 @@ def test_each_planted_reconfiguration_bug_is_caught(shape, plant):
 @pytest.mark.parametrize(
     ("shape", "scope"),
     [
+        # measured: 33,257 states / 49 s; 18,890 / 44 s; 125,708 / 221 s
         ("q1q2", {"late": (0, 1)}),  # late messages of finished requests stay in flight
         ("q1q2", {"dups": 1}),  # one message delivered twice
-        ("q1q2", {"carrier": 2}),  # the carry-over on a third node, racing node 1
         ("paxos-fast", {"late": (0, 1)}),
     ],
     ids=str,
