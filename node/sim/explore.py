@@ -13,7 +13,8 @@ crash here: when a floor becomes durable only delays messages, and delays are ex
 States are deduplicated by a fingerprint (acceptors renamed when the layout allows), so the
 search is a complete enumeration of reachable states for the bound. In every state: at most one
 value is chosen by the acceptors' registers (some phase-2 quorum of some set holds it, judged by
-the set's own epoch), and every output is some node's input and equals it.
+the set's own epoch), and every output is some node's input and equals it; in every step, no
+written register changes and no nil register (below a fence) gets a value.
 
 ``explore_epochs.py`` adds one reconfiguration to this scope, on the same host.
 """
@@ -24,6 +25,7 @@ import copy
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..protocol import acceptor as acc
 from ..protocol.effects import DECIDED, Done, Forward, PersistFloor, Send, Timing
@@ -31,6 +33,7 @@ from ..protocol.layout import Layout
 from ..protocol.proposer import Proposer, Read, Write
 from ..protocol.quorums import Counting, mask_of
 from ..protocol.runtime import Request, Runtime
+from ..protocol.table import Knowledge
 from .plants import plant as make_plant
 
 KEY = "k"
@@ -59,6 +62,7 @@ class Node:
     floors: dict[str, int] = field(default_factory=dict)
     tid: int = 0
     gen: int = 0  # runtimes this node has run (a new view starts a new one)
+    print: tuple | None = field(default=None, compare=False, repr=False)  # its fingerprint part
 
 
 # In flight: ("req", node, gen, tid, member, message) and ("rep", node, gen, tid, member, reply);
@@ -81,6 +85,7 @@ class ExploreResult:
     transitions: int
     violation: str | None
     complete: bool
+    reached: frozenset[str] = frozenset()  # what a host saw happen somewhere in the search
 
 
 def new_runtime(
@@ -226,9 +231,21 @@ def _value(message: Read | Write) -> str:
 # -- cloning ---------------------------------------------------------------------------------
 
 
+_PROPOSER_SLOTS = Proposer.__slots__
+_KNOWLEDGE_SLOTS = Knowledge.__slots__
+
+
+def _copy_slots(obj: Any, slots: tuple[str, ...]) -> Any:
+    """``copy.copy`` of an object with ``__slots__``, without its pickling detour."""
+    twin = object.__new__(type(obj))
+    for name in slots:
+        setattr(twin, name, getattr(obj, name))
+    return twin
+
+
 def clone_proposer(pr: Proposer) -> Proposer:
-    twin = copy.copy(pr)
-    k = copy.copy(pr.knowledge)
+    twin = _copy_slots(pr, _PROPOSER_SLOTS) if type(pr) is Proposer else copy.copy(pr)
+    k = _copy_slots(pr.knowledge, _KNOWLEDGE_SLOTS)
     k.fences = list(k.fences)
     k.held = [dict(h) for h in k.held]
     k.by_set = {rs: dict(v) for rs, v in k.by_set.items()}
@@ -240,9 +257,7 @@ _REQUEST_SLOTS = Request.__slots__
 
 
 def _clone_request(req: Request) -> Request:
-    twin = Request.__new__(Request)
-    for name in _REQUEST_SLOTS:
-        setattr(twin, name, getattr(req, name))
+    twin = _copy_slots(req, _REQUEST_SLOTS)
     if req.proposer is not None:
         twin.proposer = clone_proposer(req.proposer)
     twin.held = list(req.held)
@@ -250,10 +265,17 @@ def _clone_request(req: Request) -> Request:
     return twin
 
 
+def _copy_dict(obj: Any) -> Any:
+    twin = object.__new__(type(obj))
+    twin.__dict__.update(obj.__dict__)
+    return twin
+
+
 def clone_node(node: Node) -> Node:
-    twin = copy.copy(node)
+    twin = _copy_dict(node)
+    twin.print = None
     twin.floors = dict(node.floors)
-    rt = copy.copy(node.rt)
+    rt = _copy_dict(node.rt)
     rt._requests = {tid: _clone_request(r) for tid, r in node.rt._requests.items()}
     rt._keys = {k: copy.copy(q) for k, q in node.rt._keys.items()}
     rt._timers = list(node.rt._timers)
@@ -264,10 +286,12 @@ def clone_node(node: Node) -> Node:
     return twin
 
 
-def clone(state: State) -> State:
+def clone(state: State, touch: int | None = -1) -> State:
+    """A copy to change. ``touch``: the only node the change may touch (the others are shared
+    with ``state``: a state never changes once explored); -1: any."""
     return State(
         [a.copy() for a in state.acceptors],
-        [clone_node(n) for n in state.nodes],
+        [clone_node(n) if touch in (-1, p) else n for p, n in enumerate(state.nodes)],
         list(state.fences),
         list(state.in_flight),
         dict(state.outputs),
@@ -302,7 +326,7 @@ def _request_column(r: Request, i: int) -> tuple:
     bit = 1 << i
     p = r.proposer
     known = None
-    if p is not None:
+    if p is not None and i < p.knowledge.n:  # (a node of a smaller view knows nothing of i)
         k = p.knowledge
         known = (bool(k.replied & bit), k.fences[i], tuple(sorted(k.held[i].items())))
     held = tuple(sorted((s.message.rs, _value(s.message)) for s in r.held if s.server == i))
@@ -331,7 +355,27 @@ def _node_print(node: Node) -> tuple:
     )
 
 
-def fingerprint(state: State, symmetric: bool) -> tuple:
+def _node_parts(node: Node, n: int) -> tuple:
+    """A node's part naming no acceptor and its part of each acceptor's column (kept with the
+    node: a node is shared, unchanged, by the states a change to another node leads to)."""
+    if node.print is None:
+        reqs = sorted(node.rt._requests.items())
+        node.print = (
+            _node_print(node),
+            tuple(tuple(_request_column(r, i) for _, r in reqs) for i in range(n)),
+        )
+    return node.print
+
+
+def fingerprint(
+    state: State,
+    symmetric: bool,
+    classes: tuple[int, ...] | None = None,
+    extra: list[tuple] | None = None,
+) -> tuple:
+    """``classes``: when ``symmetric``, only acceptors of one class are interchangeable (None:
+    all are); ``extra``: a host's own facts per acceptor. A host's item in flight whose second
+    field is an int is for that acceptor (its column); others go in the part naming none."""
     n = len(state.acceptors)
     flights: list[list[tuple]] = [[] for _ in range(n)]
     others = []
@@ -339,23 +383,27 @@ def fingerprint(state: State, symmetric: bool) -> tuple:
         if item[0] in ("req", "rep"):
             label = item_print(item, None)
             flights[item[4]].append(label[:4] + label[5:])  # the acceptor is the column
+        elif isinstance(item[1], int):
+            flights[item[1]].append(("~", item[0], *item[2:]))  # a host's item for an acceptor
         else:
             others.append(item_print(item, None))
-    requests = [sorted(node.rt._requests.items()) for node in state.nodes]
+    prints = [_node_parts(node, n) for node in state.nodes]
     columns = [
         (
+            0 if classes is None else classes[i],
             a.fence,
             state.fences[i],
             tuple(sorted(a.values.items())),
             tuple(sorted(flights[i])),
-            tuple(tuple(_request_column(r, i) for _, r in reqs) for reqs in requests),
+            tuple(part[1][i] for part in prints),
+            () if extra is None else extra[i],
         )
         for i, a in enumerate(state.acceptors)
     ]
     if symmetric:
-        columns.sort()
+        columns.sort()  # the class comes first: a renaming never moves a column across classes
     return (
-        tuple(_node_print(node) for node in state.nodes),
+        tuple(part[0] for part in prints),
         tuple(sorted(others)),
         tuple(sorted(state.outputs.items())),
         tuple(columns),
@@ -412,12 +460,13 @@ def check(
 def _successors(state: State, anytime: bool) -> list[State]:
     out = []
     for i in message_items(state):
-        nxt = clone(state)
+        item = state.in_flight[i]
+        nxt = clone(state, item[1] if item[0] == "rep" else None)
         deliver(nxt, i, record_output)
         out.append(nxt)
     for p, node in enumerate(state.nodes):
         if can_tick(node, anytime):
-            nxt = clone(state)
+            nxt = clone(state, p)
             tick(nxt, p, record_output)
             out.append(nxt)
     return out
@@ -460,6 +509,23 @@ def check_one(layout: Layout, inputs: set[str]) -> Callable[[State], str | None]
     return lambda state: check(lambda rs: layout, state, inputs, {})
 
 
+def write_once(before: State, after: State) -> str | None:
+    """A step that changed a written register, or wrote one that was nil (below a fence)."""
+    for i, (a, b) in enumerate(zip(before.acceptors, after.acceptors, strict=True)):
+        if a.values == b.values:
+            continue
+        nil_below = max(a.fence, before.fences[i])
+        for rs, value in a.values.items():
+            if b.values.get(rs) != value:
+                return f"write-once: acceptor {i} set {rs} held {value!r}, now {b.values.get(rs)!r}"
+        for rs, value in b.values.items():
+            if rs not in a.values and rs < nil_below:
+                return (
+                    f"write-once: acceptor {i} wrote {value!r} to set {rs}, nil below {nil_below}"
+                )
+    return None
+
+
 def search(
     start: State,
     successors: Callable[[State], list[State]],
@@ -467,7 +533,8 @@ def search(
     key: Callable[[State], tuple],
     max_states: int,
 ) -> ExploreResult:
-    """Depth-first over every state reachable from ``start``; stops at the first violation."""
+    """Depth-first over every state reachable from ``start``; stops at the first violation
+    (of ``problem`` in a state, or of write-once in a step)."""
     seen = {key(start)}
     stack = [start]
     transitions = 0
@@ -478,6 +545,9 @@ def search(
             return ExploreResult(len(seen), transitions, why, False)
         for nxt in successors(current):
             transitions += 1
+            why = write_once(current, nxt)
+            if why:
+                return ExploreResult(len(seen), transitions, why, False)
             fp = key(nxt)
             if fp in seen:
                 continue
