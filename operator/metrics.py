@@ -54,13 +54,13 @@ class ClusterMetrics:
         )
         self.keys_carried = Gauge(
             "graven_cluster_reconfiguration_keys_carried",
-            "Keys carried over into the new epoch in this run of the carry step.",
+            "Keys carried over into the new epoch so far (kept across operator restarts).",
             LABELS,
             registry=self.registry,
         )
         self.keys_total = Gauge(
             "graven_cluster_reconfiguration_keys_total",
-            "Keys the carry step has to carry over in this run (0 before it has listed them).",
+            "Keys the carry step carries over in all (0 before it has listed them).",
             LABELS,
             registry=self.registry,
         )
