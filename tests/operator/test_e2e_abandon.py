@@ -142,3 +142,92 @@ def test_a_stuck_scale_up_is_reported_and_abandoned_by_a_revert(
     finally:
         kubelet.stop_all()
         runner.stop()
+
+
+def test_an_old_member_that_shows_the_abandoned_epoch_turns_the_abandon_into_going_forward(
+    apiserver: Cluster, crd: dict, tmp_path: Path
+) -> None:
+    """The kubelet refreshes a mounted ConfigMap late: a member restarted during the watch may
+    load the document of the abandoned epoch. The operator then goes forward (always safe)."""
+    api = apiserver.api
+    ports = free_ports(4)
+    runner = OperatorRunner(
+        probe_members=True,
+        probe_url=lambda name, ns, m: f"http://127.0.0.1:{ports[m.index]}/readyz",
+        member_address=lambda name, ns, member: (
+            f"http://127.0.0.1:{ports[int(member.rsplit('-', 1)[1])]}"
+        ),
+        abandon_watch=60.0,
+    ).start()
+    kubelet = ProcessStatefulSet(api, NAMESPACE, NAME, tmp_path, ports)
+    kubelet.unschedulable = {3}
+
+    def status() -> dict:
+        obj = api.get("ConsensusCluster", NAMESPACE, NAME)
+        assert obj is not None
+        return obj.get("status") or {}
+
+    def step() -> str | None:
+        return (status().get("reconfiguration") or {}).get("step")
+
+    try:
+        api.create(demo(NAMESPACE, security={"tls": False}))
+        wait_for(lambda: api.get("StatefulSet", NAMESPACE, NAME), what="StatefulSet")
+        with Controller(kubelet):
+            wait_for(
+                lambda: status().get("readyMembers") == "3/3" and status().get("epoch") == 0,
+                timeout=LONG,
+                interval=0.2,
+                what="3 members ready",
+            )
+            api.patch("ConsensusCluster", NAMESPACE, NAME, {"spec": {"replicas": 4}})
+            wait_for(lambda: step() == "publish", timeout=60, what="the publish step")
+            sts = api.get("StatefulSet", NAMESPACE, NAME)
+            stale = kubelet._config(sts)  # both epochs, as a pod's mounted copy holds it
+            assert "previous" in yaml.safe_load(stale)
+            api.patch("ConsensusCluster", NAMESPACE, NAME, {"spec": {"replicas": 3}})
+            wait_for(lambda: step() == "abandon", timeout=60, what="the abandon step")
+
+            # demo-2 crashes and its container starts again from the stale copy
+            fresh = kubelet._config
+            kubelet._config = lambda sts: stale  # type: ignore[method-assign]
+            try:
+                kubelet.kill(2)
+                wait_for(lambda: 2 in kubelet.procs, timeout=30, what="demo-2 restarted")
+            finally:
+                kubelet._config = fresh  # type: ignore[method-assign]
+            resumed = wait_for(
+                lambda: [
+                    e
+                    for e in api.events(NAMESPACE, NAME)
+                    if e["reason"] == "ReconfigurationResumed"
+                ],
+                timeout=60,
+                what="the abandon turned back",
+            )
+            assert (
+                resumed[0]["type"] == "Warning" and "demo-2 serves epoch 1" in resumed[0]["message"]
+            )
+            rec = wait_for(
+                lambda: (
+                    (r := status().get("reconfiguration") or {}).get("step") == "publish"
+                    and "cannot be abandoned" in r.get("lastError", "")
+                    and r
+                ),
+                timeout=60,
+                interval=0.2,
+                what="the transition waiting again, saying why it stays",
+            )
+            assert "demo-2 serves epochs [0, 1]" in rec["lastError"]
+            record = api.get("ConfigMap", NAMESPACE, f"{NAME}-reconfiguration")
+            assert record is not None and "abandoned" not in record["data"]
+            cm = api.get("ConfigMap", NAMESPACE, f"{NAME}-config")
+            assert cm is not None
+            assert [p["epoch"] for p in yaml.safe_load(cm["data"]["cluster.yaml"])["previous"]] == [
+                0
+            ]
+            reasons = [e["reason"] for e in api.events(NAMESPACE, NAME)]
+            assert "ReconfigurationAbandoned" not in reasons
+    finally:
+        kubelet.stop_all()
+        runner.stop()
