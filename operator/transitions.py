@@ -245,7 +245,12 @@ class Transitions:
                 calls = await self._calls(namespace, name)
                 publish = self._publisher(bridge, namespace, name, calls)
                 driver = await asyncio.to_thread(
-                    Driver.resume, store, publish, call=calls, batch=self.op.options.carry_batch
+                    Driver.resume,
+                    store,
+                    publish,
+                    call=calls,
+                    batch=self.op.options.carry_batch,
+                    note=lambda text: self.note(namespace, name, text),
                 )
                 if driver is None:
                     return

@@ -162,6 +162,7 @@ def test_operator_reconfigures_live_and_survives_its_own_restart(
                 api.patch("ConsensusCluster", NAMESPACE, NAME, {"spec": {"replicas": 5}})
                 wait_for(
                     lambda: cluster()["status"].get("phase") == "Reconfiguring",
+                    timeout=60,  # a reconcile under load (15 s was seen to miss it)
                     what="Reconfiguring",
                 )
                 seen = wait_for(
