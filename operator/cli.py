@@ -3,6 +3,7 @@
     graven operator [--namespace NS ... | --all-namespaces] [--liveness URL]
                     [--peering NAME | --standalone] [--priority N]
                     [--health-interval S] [--drift-interval S] [--probe-members]
+                    [--carry-batch N]
                     [--metrics-port PORT [--metrics-address ADDR]]
 
 Credentials: in a pod, the service account; elsewhere, the current kubeconfig context.
@@ -19,6 +20,8 @@ import secrets
 from typing import Any
 
 DEFAULT_PEERING = "graven"
+DEFAULT_CARRY_BATCH = 64  # node.protocol.reconfig.DEFAULT_BATCH (not imported: --help stays fast)
+MAX_CARRY_BATCH = 1000
 # kopf logs every successful handler run; the timers run every few seconds per cluster.
 QUIET_TIMERS = re.compile(r"^Timer '(health|drift)' succeeded")
 
@@ -116,6 +119,16 @@ def add_parser(subparsers: Any) -> None:
         help="also GET each member's /readyz directly (needs pod network access)",
     )
     parser.add_argument(
+        "--carry-batch",
+        type=int,
+        default=DEFAULT_CARRY_BATCH,
+        metavar="N",
+        help=(
+            "keys carried over per member request while a reconfiguration runs "
+            f"(default {DEFAULT_CARRY_BATCH}; smaller: shorter requests, more record updates)"
+        ),
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -141,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             "--health-interval, --drift-interval and --ca-rotation-settle must be positive"
         )
+    if not 1 <= args.carry_batch <= MAX_CARRY_BATCH:
+        raise UsageError(f"--carry-batch must be between 1 and {MAX_CARRY_BATCH}")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UsageError("--metrics-port must be between 0 and 65535")
 
@@ -165,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
             drift_interval=args.drift_interval,
             probe_members=args.probe_members,
             ca_settle=datetime.timedelta(seconds=args.ca_rotation_settle),
+            carry_batch=args.carry_batch,
         ),
         metrics=metrics,
     )

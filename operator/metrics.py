@@ -27,7 +27,7 @@ from . import status
 
 log = logging.getLogger("graven.operator")
 LABELS = ("namespace", "cluster")
-STEPS = {"publish": 1, "fence": 2, "carry": 3, "retire": 4}  # reconfigure.STEP_NUMBER
+STEPS = {"publish": 1, "fence": 2, "carry": 3, "retire": 4, "abandon": 5}  # reconfigure.STEP_NUMBER
 
 
 class ClusterMetrics:
@@ -47,20 +47,21 @@ class ClusterMetrics:
         )
         self.step = Gauge(
             "graven_cluster_reconfiguration_step",
-            "Step of the reconfiguration under way: 1 publish, 2 fence, 3 carry, 4 retire; "
+            "Step of the reconfiguration under way: 1 publish, 2 fence, 3 carry, 4 retire, "
+            "5 abandon (a reverted change undone before it reached any member); "
             "0 when none.",
             LABELS,
             registry=self.registry,
         )
         self.keys_carried = Gauge(
             "graven_cluster_reconfiguration_keys_carried",
-            "Keys carried over into the new epoch in this run of the carry step.",
+            "Keys carried over into the new epoch so far (kept across operator restarts).",
             LABELS,
             registry=self.registry,
         )
         self.keys_total = Gauge(
             "graven_cluster_reconfiguration_keys_total",
-            "Keys the carry step has to carry over in this run (0 before it has listed them).",
+            "Keys the carry step carries over in all (0 before it has listed them).",
             LABELS,
             registry=self.registry,
         )

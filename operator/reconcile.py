@@ -25,7 +25,7 @@ from graven.node.cluster.config import ConfigError
 from graven.node.cluster.spec import ClusterSpec, SpecError, check_name, parse
 from graven.node.protocol import reconfig as rc
 
-from . import drift, health, identity, names, pki, reconfigure, render, status, topology
+from . import abandon, drift, health, identity, names, pki, reconfigure, render, status, topology
 from . import transitions as tr
 from .kube import ApiError, Kube, object_path, path
 from .layout import LayoutVerdict, check_layout, summary
@@ -60,6 +60,7 @@ class Options:
     # reconfiguration; default: its in-cluster URL. Tests map members to 127.0.0.1 ports.
     member_address: Callable[[str, str, str], str] | None = None
     carry_batch: int = rc.DEFAULT_BATCH  # keys carried over per member request
+    abandon_watch: float = abandon.WATCH  # seconds old members are watched after an abandon
 
 
 def default_probe_url(name: str, namespace: str, member: health.MemberHealth) -> str | None:
@@ -283,6 +284,13 @@ class Operator:
             cond = status.Cond(False, status.RECORD_INVALID, message)
             return TransitionPlan(spec, held=cond, events=[
                 Event("Warning", status.RECORD_INVALID, _short(message), sticky=True)])  # fmt: skip
+        if active is not None and active.abandoned and running is not None:
+            # being abandoned (operator/abandon.py): the old epoch's own render, exactly as
+            # before the transition (same pod template: the old members are not restarted)
+            shaped = dataclasses.replace(
+                spec, replicas=running.members, quorums=dict(running.quorums)
+            )
+            return TransitionPlan(shaped, start=True, tolerates=running_verdict(running).tolerates)
         if active is not None:
             return TransitionPlan(
                 spec, reconfigure.served(active), start=True, tolerates=_tolerates(active)
@@ -345,6 +353,37 @@ class Operator:
                     "the cluster ConfigMap does not hold the published epochs yet "
                     f"({outcome.progressing.message if outcome.progressing else 'no reason'})"
                 )
+
+    async def mark_abandoned(
+        self, namespace: str, name: str, since: str | None, event: tuple[str, str, str]
+    ) -> None:
+        """Set (``since``) or clear (None) the abandon mark of the record, then apply what it
+        means for the children (the old epoch's render, or the transition's again)."""
+        async with self.lock(namespace, name):
+            body = await self.current(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                raise tr.Stopped("the cluster is being deleted")
+            url = path("ConfigMap", namespace, names.record_config_map(name))
+            await self.kube.patch(url, {"data": {reconfigure.ABANDONED_KEY: since}})
+            await self.post_event(body, *event)
+            outcome, events = await self.reconcile(body)
+            for ev in events:
+                if not ev.sticky:
+                    await self.post_event(body, ev.type, ev.reason, ev.message)
+            await self.write_status(namespace, name, outcome)
+
+    async def drop_abandoned(self, namespace: str, name: str, message: str) -> None:
+        """The abandon is over: the record goes, the cluster is back to its old epoch alone."""
+        async with self.lock(namespace, name):
+            body = await self.current(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                raise tr.Stopped("the cluster is being deleted")
+            await self.kube.delete(path("ConfigMap", namespace, names.record_config_map(name)))
+            await self.post_event(body, "Normal", "ReconfigurationAbandoned", message)
+            outcome, events = await self.reconcile(body)
+            for ev in events:
+                await self.post_event(body, ev.type, ev.reason, ev.message)
+            await self.write_status(namespace, name, outcome)
 
     async def finish_transition(self, namespace: str, name: str) -> None:
         """After retirement: the steady render (scale down, topology of the new epoch), the

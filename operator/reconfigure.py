@@ -37,6 +37,7 @@ from . import names, render, topology
 
 STATE_KEY = "state"
 START_KEY = "startTime"
+ABANDONED_KEY = "abandoned"  # set while a reverted transition is abandoned (operator/abandon.py)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Transition:
     old: ClusterConfig
     target: ClusterConfig
     start_time: str | None = None
+    abandoned: str | None = None  # when the abandon began: the old epoch alone is rendered
 
     @property
     def retiring(self) -> bool:
@@ -62,6 +64,8 @@ class Transition:
     @property
     def replicas(self) -> int:
         """Pods to run: every member of a live epoch (names are ordinals)."""
+        if self.abandoned:
+            return len(self.old.members)
         if self.retiring:
             return len(self.target.members)
         return max(len(self.old.members), len(self.target.members))
@@ -104,8 +108,14 @@ def load(cm: Mapping[str, Any] | None) -> Transition | None:
     record = rc.Record.from_dict(state["record"])
     if record.step == rc.DONE:
         return None
-    start = ((cm or {}).get("data") or {}).get(START_KEY)
-    return Transition(record, parse(state["old"]), parse(state["target"]), start)
+    data = (cm or {}).get("data") or {}
+    return Transition(
+        record,
+        parse(state["old"]),
+        parse(state["target"]),
+        data.get(START_KEY),
+        data.get(ABANDONED_KEY) or None,
+    )
 
 
 def state_of(cm: Mapping[str, Any] | None) -> dict | None:
@@ -198,7 +208,7 @@ def status_of(t: Transition, last_error: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "fromEpoch": r.from_epoch,
         "toEpoch": r.to_epoch,
-        "step": r.step,
+        "step": "abandon" if t.abandoned else r.step,
         "keysCarried": r.carried,
         "members": f"{len(t.old.members)} -> {len(t.target.members)}",
     }

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -33,13 +34,14 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from graven.node.cluster.config import ConfigError
 from graven.node.cluster.spec import SpecError, parse
 from graven.node.cluster.transition import Driver, MemberCalls
 from graven.node.protocol import reconfig as rc
 from graven.node.security import pki as node_pki
 from graven.node.security.identity import ADMIN
 
-from . import names, reconfigure
+from . import abandon, names, reconfigure
 from .kube import ApiError, path
 
 if TYPE_CHECKING:
@@ -50,6 +52,8 @@ API_TIMEOUT = 60.0  # an API call from the worker thread
 PUBLISH_POLL = 1.0  # pause before the Driver retries a publish that members do not serve yet
 OPERATOR_CLIENT = "graven-operator"
 MAX_TRANSITIONS = 1000  # a bound on the transitions one worker runs back to back
+ABANDON_POLL = 2.0  # seconds between looks at the old members while abandoning
+ABANDON_MAX_POLLS = 10_000  # far above any watch period
 
 
 class Stopped(BaseException):
@@ -57,6 +61,11 @@ class Stopped(BaseException):
 
     A BaseException on purpose: it must pass through the Driver's ``except Exception``
     around ``publish`` (which would retry) and end the worker at once."""
+
+
+class Abandoned(Stopped):
+    """The transition was abandoned (operator/abandon.py): its Driver ends, the worker goes on
+    with whatever the record holds next."""
 
 
 def now_text() -> str:
@@ -197,6 +206,8 @@ class Transitions:
         self.stop = threading.Event()
         self.tasks: dict[str, asyncio.Task] = {}
         self.errors: dict[str, str] = {}  # why a worker waits now, for status
+        self.reverts: dict[str, str] = {}  # a revert that cannot abandon: why (for status)
+        self.stuck_seen: set[tuple] = set()  # ReconfigurationStuck events already posted
         self._creds: dict[str, tuple[str, ssl.SSLContext]] = {}  # CA cert -> context
 
     def running(self, namespace: str, name: str) -> bool:
@@ -234,11 +245,21 @@ class Transitions:
                 calls = await self._calls(namespace, name)
                 publish = self._publisher(bridge, namespace, name, calls)
                 driver = await asyncio.to_thread(
-                    Driver.resume, store, publish, call=calls, batch=self.op.options.carry_batch
+                    Driver.resume,
+                    store,
+                    publish,
+                    call=calls,
+                    batch=self.op.options.carry_batch,
+                    note=lambda text: self.note(namespace, name, text),
                 )
                 if driver is None:
                     return
-                await asyncio.to_thread(driver.run)
+                try:
+                    await asyncio.to_thread(driver.run)
+                except Abandoned as exc:
+                    log.info("%s: %s", key, exc)
+                    self.errors.pop(key, None)
+                    continue
                 self.errors.pop(key, None)
                 await self.op.finish_transition(namespace, name)
         except Stopped as exc:
@@ -288,6 +309,9 @@ class Transitions:
         applied: list[tuple[str, float]] = []  # (document, when): re-applied now and then only
 
         def publish(doc: dict) -> None:
+            blocked: dict[str, str] = {}
+            if len(reconfigure.served_live_epochs(doc)) > 1:  # step publish, not retire
+                blocked = self._abandon_or_report(bridge, namespace, name, calls)
             text = reconfigure.document_text(doc)
             if not applied or applied[-1][0] != text or time.monotonic() > applied[-1][1] + 15:
                 bridge(self.op.publish_document(namespace, name, doc))
@@ -298,18 +322,146 @@ class Transitions:
                 try:
                     got = calls("GET", f"{url}/v1/cluster")
                 except (OSError, ValueError) as exc:
-                    waiting.append(f"{member} ({getattr(exc, 'reason', exc)})")
+                    why = blocked.get(member) or getattr(exc, "reason", exc)
+                    waiting.append(f"{member} ({why})")
                     continue
                 if got.get("liveEpochs") != want:
                     waiting.append(f"{member} (serves epochs {got.get('liveEpochs')})")
             if waiting:
                 text = f"waiting for members to serve epochs {want}: {', '.join(waiting)}"
-                self.note(namespace, name, text)
+                revert = self.reverts.get(f"{namespace}/{name}")
+                self.note(namespace, name, f"{revert}; {text}" if revert else text)
                 if self.stop.wait(PUBLISH_POLL):
                     raise Stopped("the operator is stopping")
                 raise RuntimeError(text)
 
         return publish
+
+    # -- abandoning a reverted transition (operator/abandon.py) --------------------------------
+
+    def _abandon_or_report(
+        self, bridge: Bridge, namespace: str, name: str, calls: Any
+    ) -> dict[str, str]:
+        """At step publish: abandon the transition if the spec was reverted and nothing of
+        the new epoch reached a member (raises Abandoned once done); otherwise say why the
+        members' pods cannot start (returned by member, and a Warning event once each)."""
+        key = f"{namespace}/{name}"
+        cr, cm, pods = bridge(self._abandon_inputs(namespace, name))
+        t = reconfigure.load(cm)
+        if cr is None or t is None or t.record.step != rc.PUBLISH:
+            return {}
+        by_name = {p["metadata"]["name"]: p for p in pods}
+        blocked = {}
+        for member in {m.name for m in (*t.old.members, *t.target.members)}:
+            why = abandon.blocker(by_name.get(member))
+            if why is not None:
+                blocked[member] = why
+        if t.abandoned is None:
+            self.reverts.pop(key, None)
+            if not _reverted(cr, t):
+                self._stuck_events(bridge, cr, t, blocked)
+                return blocked
+            answers = {m.name: _live_epochs(calls, m.url) for m in t.old.members}
+            verdict = abandon.verdict(t, True, by_name, answers)
+            if not verdict.abandon:
+                self.reverts[key] = (
+                    f"spec.replicas and spec.quorums are back to epoch {t.old.epoch}'s, but "
+                    f"epoch {t.target.epoch} cannot be abandoned ({verdict.why_not}): the "
+                    "change back runs as the next transition once this one completes"
+                )
+                return blocked
+            since = now_text()
+            message = (
+                f"spec reverted before epoch {t.target.epoch} reached any member: abandoning "
+                f"it; epoch {t.old.epoch} runs alone, its members are watched for "
+                f"{self.op.options.abandon_watch:.0f}s"
+            )
+            bridge(
+                self.op.mark_abandoned(
+                    namespace, name, since, ("Normal", "ReconfigurationAbandoning", message)
+                )
+            )
+            t = dataclasses.replace(t, abandoned=since)
+        self._watch_abandoned(bridge, namespace, name, calls, t)
+        return blocked
+
+    async def _abandon_inputs(self, namespace: str, name: str) -> tuple[Any, Any, list[dict]]:
+        cr = await self.op.current(namespace, name)
+        cm = await self.op.kube.get(path("ConfigMap", namespace, names.record_config_map(name)))
+        pods = await self.op.kube.list(path("Pod", namespace), names.selector(name))
+        return cr, cm, pods
+
+    def _stuck_events(
+        self, bridge: Bridge, cr: Mapping[str, Any], t: reconfigure.Transition, blocked: dict
+    ) -> None:
+        """A Warning event per pod that cannot start by itself (once per transition)."""
+        for member, why in sorted(blocked.items()):
+            mark = (cr["metadata"]["uid"], t.record.to_epoch, member, why.split(":", 1)[0])
+            if mark in self.stuck_seen:
+                continue
+            self.stuck_seen.add(mark)
+            message = (
+                f"epoch {t.record.to_epoch} waits for {member}, whose pod cannot start: {why}. "
+                "Fix the cause, or set spec.replicas and spec.quorums back to epoch "
+                f"{t.record.from_epoch}'s to abandon the change"
+            )
+            bridge(self.op.post_event(cr, "Warning", "ReconfigurationStuck", message))
+
+    def _watch_abandoned(
+        self, bridge: Bridge, namespace: str, name: str, calls: Any, t: reconfigure.Transition
+    ) -> None:
+        """Watch the old members until the abandon is over; a member that shows the new epoch
+        (started from a stale copy of its document) makes the transition go forward instead."""
+        began = datetime.datetime.strptime(str(t.abandoned), "%Y-%m-%dT%H:%M:%SZ")
+        end = began.replace(tzinfo=datetime.UTC) + datetime.timedelta(
+            seconds=self.op.options.abandon_watch
+        )
+        for _ in range(ABANDON_MAX_POLLS):
+            for m in t.old.members:
+                epochs = _live_epochs(calls, m.url)
+                if epochs is not None and t.target.epoch in epochs:
+                    message = (
+                        f"{m.name} serves epoch {t.target.epoch} (it started from the document "
+                        "of the abandoned change): the change goes on instead of being abandoned"
+                    )
+                    bridge(
+                        self.op.mark_abandoned(
+                            namespace, name, None, ("Warning", "ReconfigurationResumed", message)
+                        )
+                    )
+                    return
+            if datetime.datetime.now(datetime.UTC) >= end:
+                message = (
+                    f"epoch {t.target.epoch} abandoned: epoch {t.old.epoch} runs alone, as "
+                    "before the change"
+                )
+                bridge(self.op.drop_abandoned(namespace, name, message))
+                raise Abandoned(message)
+            if self.stop.wait(ABANDON_POLL):
+                raise Stopped("the operator is stopping")
+        raise Stopped("the abandon watch did not end")  # the next worker watches on
+
+
+def _reverted(cr: Mapping[str, Any], t: reconfigure.Transition) -> bool:
+    """The spec's members and quorums are the old epoch's again."""
+    meta = cr["metadata"]
+    try:
+        spec = parse(cr.get("spec"))
+        back = reconfigure.config_for(
+            meta["name"], meta["namespace"], spec, t.target.epoch, t.old.incarnation
+        )
+    except (SpecError, ConfigError):
+        return False
+    return reconfigure.same_shape(t.old, back)
+
+
+def _live_epochs(calls: Any, url: str) -> list[int] | None:
+    try:
+        got = calls("GET", f"{url}/v1/cluster")
+    except (OSError, ValueError):
+        return None
+    epochs = got.get("liveEpochs") if isinstance(got, dict) else None
+    return [int(e) for e in epochs] if isinstance(epochs, list) else None
 
 
 def _decoded(secret: Mapping[str, Any] | None) -> dict[str, bytes]:

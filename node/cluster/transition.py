@@ -100,7 +100,10 @@ class Driver:
         batch: int = rc.DEFAULT_BATCH,
         progress: Callable[[rc.Record], None] | None = None,
         call: MemberCalls = MemberCalls(),
+        note: Callable[[str], None] | None = None,
     ) -> None:
+        """``note``: told why a carry-over item failed (it is retried; a failure that lasts
+        must be visible to the user, not only in the orchestrator's memory)."""
         if target.epoch != old.epoch + 1:
             raise ReconfigureError(f"the target epoch must be {old.epoch + 1}, got {target.epoch}")
         if record is None:
@@ -112,6 +115,7 @@ class Driver:
         self.old, self.target = old, target
         self.publish = publish
         self.progress = progress
+        self.note = note
         self.urls = {m.name: m.url for m in old.members}
         self.urls.update({m.name: m.url for m in target.members})
         self.orch = rc.Orchestrator([_epoch(old)], _epoch(target), record, batch=batch)
@@ -217,7 +221,10 @@ class Driver:
             out: list[rc.Action] = []
             for item in reply["results"]:
                 if "error" in item:
-                    out += orch.on_carry_failed(item["key"], item["error"]["message"])
+                    message = item["error"]["message"]
+                    if self.note is not None:
+                        self.note(f"{member.name}: carrying {item['key']!r}: {message}")
+                    out += orch.on_carry_failed(item["key"], message)
                 else:
                     self.carried_keys += 1
                     out += orch.on_carried(item["key"])

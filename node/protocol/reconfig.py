@@ -47,7 +47,7 @@ class Record:
     step: str = PUBLISH
     fenced: tuple[str, ...] = ()  # F, once the fence step is over
     carried: int = 0
-    total: int = 0  # keys to carry in this run of the carry step (after a resume: the rest)
+    total: int = 0  # keys the carry step carries in all (0 until F's keys are listed)
     carried_upto: str | None = None  # every key <= this one is carried
     last_error: str = ""
 
@@ -283,7 +283,10 @@ class Orchestrator:
             c.listing[member] = True
             if all(done is True for done in c.listing.values()):
                 c.queue = sorted(c.keys, reverse=True)
-                self.record = replace(self.record, total=len(c.queue), carried=0)
+                # After a resume the listing skips keys up to carried_upto: counting them in
+                # keeps carried/total those of the whole transition (status, metrics).
+                done = self.record.carried if upto is not None else 0
+                self.record = replace(self.record, total=done + len(c.queue), carried=done)
                 self._out.append(Save(self.record))
                 self._next_batch()
         else:

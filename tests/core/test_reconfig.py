@@ -116,6 +116,12 @@ def test_a_crash_after_any_save_resumes_and_finishes():
         upto = record.carried_upto
         if upto is not None:  # keys carried before the crash are not carried again
             assert all(k > upto for k in host.carried[host.carried.index(upto) + 1 :])
+        # progress counts the whole transition, not what is left after the resume: status
+        # and metrics never go back
+        counted = [(r.carried, r.total) for r in host.saved[cut:] if r.total]
+        assert counted and all(total == 3 for _, total in counted), counted
+        assert [c for c, _ in counted] == sorted(c for c, _ in counted), counted
+        assert counted[0][0] >= record.carried and host.saved[-1].carried == 3
 
 
 def test_refusals_name_what_is_unsafe():

@@ -48,15 +48,22 @@ def helm() -> str:
     ).stdout.strip()
 
 
-OPERATOR_ARGS = ("--drift-interval=5", "--health-interval=2", "--ca-rotation-settle=40")
+# small carry batches: a reconfiguration's carry step lasts long enough for a test to kill the
+# operator in the middle of it (test_e2e.py)
+OPERATOR_ARGS = (
+    "--drift-interval=5",
+    "--health-interval=2",
+    "--ca-rotation-settle=40",
+    "--carry-batch=4",
+)
 
 
 @pytest.fixture(scope="session")
 def operator(kubectl: Kubectl, helm: str) -> Iterator[str]:
     """The chart, installed as a user would (default image graven:0.1.0, loaded by `make kube`),
-    with two replicas (one active through kopf peering) and short timers so that drift repair
+    with two replicas (one active through kopf peering), short timers so that drift repair
     is seen within seconds and a CA rotation within two minutes (the kubelet of `make kube`
-    syncs Secret volumes every 10 s)."""
+    syncs Secret volumes every 10 s), and carry-over in batches of 4 keys."""
     base = [helm, "--kubeconfig", kubectl.kubeconfig]
     install = subprocess.run(
         [
@@ -64,10 +71,7 @@ def operator(kubectl: Kubectl, helm: str) -> Iterator[str]:
             *("upgrade", "--install", RELEASE, str(REPO / "charts/graven-operator")),
             *("--namespace", OPERATOR_NS, "--create-namespace", "--wait", "--timeout", "5m"),
             *("--set", "replicas=2"),
-            *(
-                "--set",
-                "operator.extraArgs={--drift-interval=5,--health-interval=2,--ca-rotation-settle=40}",
-            ),
+            *("--set", "operator.extraArgs={" + ",".join(OPERATOR_ARGS) + "}"),
         ],
         capture_output=True,
         text=True,

@@ -11,6 +11,8 @@ import base64
 import datetime
 import http.client
 import json
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -26,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from kubeenv import ENV, NS, REPO, Kubectl, wait_for
 
-from graven.node.client import Client
+from graven.node.client import Client, ClientError
 from graven.node.client.credentials import Credentials
 from graven.node.cluster.spec import parse
 from graven.node.security import pki
@@ -913,7 +915,9 @@ def test_kubectl_scale_reconfigures_live_and_loses_nothing(
 ) -> None:
     """3 -> 5 by `kubectl scale` (the scale subresource), then back to 3 by an edit of
     spec.replicas: live transitions over mTLS (the operator fences and carries as an admin
-    client), decisions made before and during both stay decided, retired pods go."""
+    client), decisions made before and during both stay decided, retired pods go. The second
+    transition survives every operator process being SIGKILLed in its carry step: the
+    restarted operator resumes from the record and its progress count goes on."""
     node = service_url(demo)
     decided = {f"scale/{i}": propose(access, node, f"scale/{i}", f"v{i}") for i in range(10)}
     epoch = kubectl.json("get", "gcc", demo, "-n", NS)["status"]["epoch"]
@@ -935,11 +939,98 @@ def test_kubectl_scale_reconfigures_live_and_loses_nothing(
     for key, value in decided.items():
         assert read(access, newest, key) == value, key
 
+    # 5 -> 3, with every operator process SIGKILLed in the middle of the carry step: enough
+    # keys that the carry (4 keys per batch, see conftest) is still running when it dies
+    creds = Credentials(ca=str(access.ca), token=access.tokens[WRITE])
+    with Client([node], credentials=creds, timeout=10) as client:
+        for i in range(KILL_KEYS):
+            decided[f"kill/{i}"] = client.propose(f"kill/{i}", f"k{i}").value
+    started = time.monotonic()
     kubectl("patch", "gcc", demo, "-n", NS, "--type=merge", "-p", '{"spec":{"replicas":3}}')
-    wait_for(lambda: _settled(kubectl, demo, epoch + 2, 3), 900, "back to 3 members", interval=5)
+
+    def carrying() -> dict | None:
+        rec = (kubectl.json("get", "gcc", demo, "-n", NS).get("status") or {}).get(
+            "reconfiguration"
+        ) or {}
+        mid = rec.get("step") == "carry" and 0 < rec.get("keysCarried", 0) < rec.get("keysTotal", 0)
+        return rec if mid and rec.get("toEpoch") == epoch + 2 else None
+
+    before_kill = wait_for(carrying, 600, "the carry step under way", interval=0.2)
+    killed = _kill_operators(kubectl)
+    kill_at = time.monotonic()
+    seen = [before_kill]
+    failed: list[str] = []
+    with Client([node], credentials=creds, timeout=10) as client:
+
+        def finished() -> bool:
+            st = kubectl.json("get", "gcc", demo, "-n", NS).get("status") or {}
+            if st.get("reconfiguration"):
+                seen.append(st["reconfiguration"])
+            key = f"during-kill/{len(decided)}"
+            try:  # decided while no operator runs, then while the new one finishes
+                decided[key] = client.propose(key, "d").value
+            except ClientError as exc:  # counted: the service may pause while members restart
+                failed.append(str(exc))
+            return _settled(kubectl, demo, epoch + 2, 3)
+
+        wait_for(finished, 600, "back to 3 members after the operator was killed", interval=1)
+    done_at = time.monotonic()
+    restarts = {
+        p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
+        for p in operator_pods(kubectl, "graven-system")
+    }
+    assert all(restarts[pod] > before for pod, before in killed.items()), (killed, restarts)
+    # progress never went back: the record kept the count across the restart
+    carry = [r for r in seen if r.get("step") == "carry" and r.get("toEpoch") == epoch + 2]
+    assert {r.get("keysTotal") for r in carry} == {before_kill["keysTotal"]}, carry
+    counts = [r["keysCarried"] for r in carry]
+    assert counts == sorted(counts), counts
+    reasons = [e["reason"] for e in events(kubectl, demo)]
+    assert reasons.count("Reconfigured") >= 2, reasons
     for key, value in decided.items():
-        assert read(access, node, key) == value, key
+        assert read_direct(access, member_url(demo, 0), key) == value, key
+    for key, value in list(decided.items())[:20]:
         assert propose(access, node, key, "a later value") == value, key  # write-once
+    print(
+        f"operator SIGKILLed at carry {before_kill['keysCarried']}/{before_kill['keysTotal']}; "
+        f"5 -> 3 took {done_at - started:.0f} s ({done_at - kill_at:.0f} s after the kill); "
+        f"{len(decided)} decisions read back unchanged; {len(failed)} proposals failed"
+    )
+
+
+KILL_KEYS = 120  # written before the 5 -> 3 transition, so its carry step lasts a while
+
+
+def read_direct(access: Access, member: str, key: str) -> str | None:
+    """A linearizable read through one member, in-process (hundreds of keys: no CLI each)."""
+    creds = Credentials(ca=str(access.ca), token=access.tokens[READ])
+    with Client([member], credentials=creds, timeout=10, route=False) as client:
+        return client.get(key)
+
+
+def _kill_operators(kubectl: Kubectl) -> dict[str, int]:
+    """SIGKILL the operator process of every operator pod (on this node: the kubelet then
+    restarts the container). Returns each pod's restart count before the kill."""
+    before = {}
+    for pod in operator_pods(kubectl, "graven-system"):
+        uid = pod["metadata"]["uid"]
+        marks = (uid, uid.replace("-", "_"))
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cgroup = (proc / "cgroup").read_text()
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(m in cgroup for m in marks) and b"operator" in argv:
+                pids.append(int(proc.name))
+        assert pids, f"no operator process found for pod {pod['metadata']['name']}"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        before[pod["metadata"]["name"]] = pod["status"]["containerStatuses"][0]["restartCount"]
+    return before
 
 
 def test_deleting_a_retain_cluster_keeps_its_volumes(kubectl: Kubectl, demo: str) -> None:

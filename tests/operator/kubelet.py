@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import datetime
 import re
 import signal
 import ssl
@@ -142,6 +143,7 @@ class ProcessKubelet(FakeKubelet):
         self.procs: dict[int, subprocess.Popen] = {}
         self.ready: dict[int, bool] = {}
         self.exits: dict[int, int] = {}  # exit statuses already published
+        self.unschedulable: set[int] = set()  # ordinals whose pods stay Pending
 
     def _config(self, sts: dict) -> str:
         volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
@@ -236,6 +238,8 @@ class ProcessKubelet(FakeKubelet):
         """
         replicas = self.statefulset()["spec"]["replicas"]
         for i in range(replicas):
+            if i in self.unschedulable:  # Pending: no container, no readiness to publish
+                continue
             ok = self.probe(i)
             if self.ready.get(i) != ok:
                 self.set_ready(i, ok)
@@ -273,7 +277,9 @@ class ProcessStatefulSet(ProcessKubelet):
     """ProcessKubelet plus the StatefulSet controller's part, one ``step()`` at a time: pods
     for new ordinals (started at once, as podManagementPolicy Parallel does), removal of the
     highest ordinals on scale-down, and a rolling update when the pod template changes (the
-    highest outdated ordinal first, one at a time, only while every member is ready)."""
+    highest outdated ordinal first, one at a time, only while every member is ready).
+    Pods of ordinals in ``unschedulable`` stay Pending (the scheduler finds no node), and each
+    started member's container status says when it started, as the kubelet's does."""
 
     HASH = "graven.dev/config-hash"
 
@@ -281,6 +287,7 @@ class ProcessStatefulSet(ProcessKubelet):
         super().__init__(api, namespace, name, root, ports)
         self.revision: dict[int, str] = {}  # ordinal -> the template hash it was started with
         self.restarts = 0
+        self.starts: dict[int, int] = {}  # ordinal -> container starts
         self._sts: dict | None = None
 
     def statefulset(self) -> dict:
@@ -296,13 +303,46 @@ class ProcessStatefulSet(ProcessKubelet):
         sts = self.statefulset()
         self.revision[index] = self._template_hash(sts)
         super().start(index)
+        self.starts[index] = self.starts.get(index, 0) + 1
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        running = {
+            "name": container["name"],
+            "image": container["image"],
+            "imageID": "",
+            "ready": False,
+            "started": True,
+            "restartCount": self.starts[index] - 1,
+            "state": {"running": {"startedAt": now}},
+        }
+        self.api.patch(
+            "Pod",
+            self.namespace,
+            self.pod_name(index),
+            {"status": {"containerStatuses": [running]}},
+            True,
+        )
+
+    def _pending(self, sts: dict, index: int) -> None:
+        """A pod the scheduler cannot place: created, Pending, never started."""
+        self._ensure_claims(sts, index)
+        if self.api.get("Pod", self.namespace, self.pod_name(index)) is None:
+            self.api.create(self._pod(sts, sts["spec"]["template"], index))
+            unschedulable = {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient memory.",
+            }
+            status = {"phase": "Pending", "conditions": [unschedulable]}
+            self.api.patch("Pod", self.namespace, self.pod_name(index), {"status": status}, True)
 
     def step(self) -> None:
         self._sts = None
         sts = self.statefulset()
         replicas = sts["spec"]["replicas"]
         want = self._template_hash(sts)
-        for i in sorted(set(self.procs) | set(self.revision), reverse=True):
+        for i in sorted(set(self.procs) | set(self.revision) | self.unschedulable, reverse=True):
             if i >= replicas:  # scaled down: the pod goes, its claim stays (Retain)
                 if i in self.procs:
                     self.kill(i)
@@ -315,6 +355,9 @@ class ProcessStatefulSet(ProcessKubelet):
             proc = self.procs.get(i)
             if proc is not None and proc.poll() is not None:  # the kubelet restarts it
                 self.procs.pop(i)
+            if i in self.unschedulable and i not in self.procs:
+                self._pending(sts, i)
+                continue
             if i not in self.procs:
                 self._ensure_claims(sts, i)
                 if self.api.get("Pod", self.namespace, self.pod_name(i)) is None:

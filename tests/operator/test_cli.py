@@ -30,7 +30,7 @@ def test_help_lists_the_options() -> None:
     assert done.returncode == 0, done.stderr
     for option in (
         *("--namespace", "--all-namespaces", "--liveness", "--peering", "--standalone"),
-        *("--metrics-port", "--metrics-address", "--ca-rotation-settle"),
+        *("--metrics-port", "--metrics-address", "--ca-rotation-settle", "--carry-batch"),
     ):
         assert option in done.stdout
 
@@ -65,6 +65,14 @@ def test_a_busy_metrics_port_is_a_usage_error() -> None:
     assert done.returncode == 2, done.stderr
     assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_carry_batch_out_of_range_is_a_usage_error() -> None:
+    for bad in ("0", "1001"):
+        done = graven("operator", "--carry-batch", bad)
+        assert done.returncode == 2, done.stderr
+        assert "--carry-batch must be between 1 and 1000" in done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_metrics_port_out_of_range_is_a_usage_error() -> None:

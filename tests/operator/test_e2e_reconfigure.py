@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -116,6 +117,15 @@ def test_operator_reconfigures_live_and_survives_its_own_restart(
         st = obj.get("status") or {}
         last[0] = {k: st.get(k) for k in ("phase", "epoch", "readyMembers", "reconfiguration")}
         last[0]["pods"] = sorted(kubelet.procs)
+        rec = st.get("reconfiguration") or {}
+        mark = (
+            st.get("phase"),
+            rec.get("toEpoch"),
+            rec.get("step"),
+            rec.get("lastError", "")[:160],
+        )
+        if not trail or trail[-1][1] != mark:  # where each wait spent its time, for failures
+            trail.append((round(time.monotonic() - t0, 1), mark))
         ok = (
             st.get("phase") == "Ready"
             and st.get("epoch") == epoch
@@ -132,6 +142,8 @@ def test_operator_reconfigures_live_and_survives_its_own_restart(
         return json.loads(cm["data"]["state"])["record"]["step"]
 
     last: list[dict] = [{}]  # what the status said when a wait ended (for failures)
+    trail: list[tuple[float, tuple]] = []
+    t0 = time.monotonic()
     runner = start_operator()
     kubelet = ProcessStatefulSet(api, NAMESPACE, NAME, tmp_path, ports)
     try:
@@ -150,6 +162,7 @@ def test_operator_reconfigures_live_and_survives_its_own_restart(
                 api.patch("ConsensusCluster", NAMESPACE, NAME, {"spec": {"replicas": 5}})
                 wait_for(
                     lambda: cluster()["status"].get("phase") == "Reconfiguring",
+                    timeout=60,  # a reconcile under load (15 s was seen to miss it)
                     what="Reconfiguring",
                 )
                 seen = wait_for(
@@ -215,8 +228,10 @@ def test_operator_reconfigures_live_and_survives_its_own_restart(
             f"{len(decided)} decisions checked, {writer.failures} failed writes retried, "
             f"{kubelet.restarts} rolling restarts"
         )
+        print("\n".join(f"  {at:7.1f}s {mark}" for at, mark in trail))
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; last status seen: {last[0]}") from None
+        steps = "\n".join(f"  {at:7.1f}s {mark}" for at, mark in trail[-40:])
+        raise AssertionError(f"{exc}; last status seen: {last[0]}; trail:\n{steps}") from None
     finally:
         kubelet.stop_all()
         runner.stop()
