@@ -143,19 +143,23 @@ class Supervisor:
         cfg = parse(doc)
         localcluster.write_config(cfg, self.data_dir)
         by_name = {m.name: m for m in self.members}
-        async with self._session() as session:
-            for wanted in cfg.live_members():
-                member = by_name.get(wanted.name)
-                if member is None:
-                    member = Member(wanted.name, wanted.url, self.data_dir / f"{wanted.name}.log")
-                    self.members.append(member)
-                elif member.running:
-                    continue
-                if self._stop.is_set():
-                    return
-                await self._spawn(member)
-                if not await self._ready(session, member):
-                    raise RuntimeError(f"{wanted.name} did not come up (log: {member.log})")
+        starting = []
+        for wanted in cfg.live_members():
+            member = by_name.get(wanted.name)
+            if member is None:
+                member = Member(wanted.name, wanted.url, self.data_dir / f"{wanted.name}.log")
+                self.members.append(member)
+            elif member.running:
+                continue
+            if self._stop.is_set():
+                return
+            await self._spawn(member)
+            starting.append(member)
+        async with self._session() as session:  # they start side by side
+            ready = await asyncio.gather(*(self._ready(session, m) for m in starting))
+        late = [f"{m.name} (log: {m.log})" for m, ok in zip(starting, ready, strict=True) if not ok]
+        if late:
+            raise RuntimeError(f"did not come up: {', '.join(late)}")
         self._publish()
 
     async def settle(self, doc: dict) -> None:
