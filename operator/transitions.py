@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import logging
 import os
@@ -176,12 +177,24 @@ class WorkerCalls:
         member = (parts.hostname or "").split(".", 1)[0]  # NAME-i.NAME-peers.NS.svc
         if self.address is not None:
             url = self.address(member) + url[len(f"{parts.scheme}://{parts.netloc}") :]
+            if parts.path == "/v1/admin/config":
+                body = self._mapped(body)
         try:
             return self.inner(method, url, body)
         except (OSError, ValueError) as exc:
             what = parts.path.rsplit("/", 1)[-1]
             self.note(f"{member}: {what}: {reason(exc)}")
             raise
+
+    def _mapped(self, doc: Mapping[str, Any]) -> dict:
+        """A pushed document with every member at its mapped address, as the pods' config
+        files have them where members are reached elsewhere (tests: 127.0.0.1 ports)."""
+        assert self.address is not None
+        out = copy.deepcopy(dict(doc))
+        for group in [out, *out.get("previous", [])]:
+            for m in group["members"]:
+                m["url"] = self.address(m["name"])
+        return out
 
 
 def reason(exc: BaseException) -> str:

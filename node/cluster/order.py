@@ -4,13 +4,16 @@ A document's *version* is ``(newest epoch, oldest live epoch)``. Every step of a
 reconfiguration makes it larger: ``(0, 0)`` < ``(1, 0)`` (publish: epochs 0 and 1 live) <
 ``(1, 1)`` (retire: epoch 1 alone) < ``(2, 1)`` < ... The clients order the ``Graven-Epoch``
 header the same way (``client.core.Version``). Two documents of one version must be the same
-configuration: the version says which registers mean what, so a different document under the
-same version is refused, never silently swapped in.
+configuration (each live epoch's members and layout; URLs and limits aside): the version says
+which registers mean what, so a different configuration under the same version is refused,
+never silently swapped in.
 """
 
 from __future__ import annotations
 
-from .config import ClusterConfig, dump
+import json
+
+from .config import ClusterConfig
 
 Version = tuple[int, int]
 
@@ -39,10 +42,17 @@ def describe(v: Version) -> str:
     return f"epochs {', '.join(str(e) for e in range(oldest, newest + 1))}"
 
 
-def shape(cfg: ClusterConfig) -> dict:
-    """What must agree between two documents of one version (URLs, limits and layout
-    included: the whole document, as members serve it)."""
-    return dump(cfg)
+def shape(cfg: ClusterConfig) -> list[tuple[int, list[str], str]]:
+    """What must agree between two documents of one version: each live epoch's members (in
+    order) and layout, which give registers their meaning. URLs and limits may differ (a
+    member reached at another address, a test's port mapping): a document that differs only
+    there is the same configuration, and the one served stays."""
+    epochs = [(p.epoch, p.members, p.layout) for p in cfg.previous]
+    epochs.append((cfg.epoch, cfg.members, cfg.layout))
+    return [
+        (epoch, [m.name for m in members], json.dumps(layout.to_spec(), sort_keys=True))
+        for epoch, members, layout in epochs
+    ]
 
 
 def compare(current: ClusterConfig, offered: ClusterConfig) -> str:

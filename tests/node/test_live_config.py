@@ -70,6 +70,10 @@ def test_each_step_of_a_transition_is_newer() -> None:
 
 def test_the_same_document_again_is_the_same_and_a_different_one_conflicts() -> None:
     assert order.compare(cfg(1, previous=0), cfg(1, previous=0)) == order.SAME
+    # another URL (a member reached elsewhere) or other limits: the same configuration
+    moved = doc(1, previous=0, members=[{"name": "solo-0", "url": "http://127.0.0.1:9"}])
+    moved["previous"][0]["members"] = moved["members"]
+    assert order.compare(cfg(1, previous=0), parse(moved)) == order.SAME
     other = doc(1, previous=0)
     other["quorums"] = {"preset": "flexible", "q1": 1, "q2": 1}
     with pytest.raises(order.InstallRefused) as refused:
