@@ -13,8 +13,9 @@ What it does, with the real `graven up` (plain http, like the other rows of `mak
    it is not done, *after* is the rest.
 The load: `--concurrency` closed-loop workers proposing fresh keys through one
 `graven.node.client.AsyncClient` given the members that stay, which fails over between them as
-users' clients do (members restart one at a time to serve a new configuration); a request that
-still fails counts as an error and the worker goes on.
+users' clients do (members install each new configuration live: a member holds requests for
+the moment its proposer changes over); a request that still fails counts as an error and the
+worker goes on.
 Prints a row per phase (ops/s, p50, p99, max, errors), the transition's duration and keys
 carried, per-step durations and the longest gap without any acknowledged decision.
 """

@@ -57,7 +57,8 @@ class Options:
     # time between the steps of a CA rotation (kubelet Secret sync and member reload)
     ca_settle: datetime.timedelta = pki.DEFAULT_SETTLE
     # (cluster, namespace, member name) -> the base URL the operator calls a member at for a
-    # reconfiguration; default: its in-cluster URL. Tests map members to 127.0.0.1 ports.
+    # reconfiguration, and the URL members find each other at in the documents it pushes;
+    # default: the in-cluster URLs. Tests map members to 127.0.0.1 ports.
     member_address: Callable[[str, str, str], str] | None = None
     carry_batch: int = rc.DEFAULT_BATCH  # keys carried over per member request
     abandon_watch: float = abandon.WATCH  # seconds old members are watched after an abandon

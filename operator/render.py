@@ -9,6 +9,7 @@ Owner references are added by the handlers (kopf.adopt), not here.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -88,8 +89,18 @@ def config_text(
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
+# What a member can only take in by restarting: the rest of the document (epochs, members,
+# layout) is installed live by the reconfiguration Driver (``POST /v1/admin/config``).
+RESTART_FIELDS = ("cluster", "incarnation", "limits")
+
+
 def config_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """The pod template's hash of the cluster document: it changes (and the StatefulSet rolls
+    the pods) only for what members cannot install live; a reconfiguration rolls nothing."""
+    doc = yaml.safe_load(text)
+    kept = {k: doc.get(k) for k in RESTART_FIELDS} if isinstance(doc, dict) else text
+    canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -382,7 +393,7 @@ def statefulset(
             "template": {
                 "metadata": {
                     "labels": labels(name, "member", spec),
-                    # A new configuration restarts the members (they read it at start-up).
+                    # Members restart for what they cannot install live (config_hash)
                     "annotations": {names.ANNOTATION_CONFIG_HASH: cfg_hash},
                 },
                 "spec": _pod_spec(name, spec),

@@ -10,10 +10,11 @@ starts it again if it ended early.
 What the Driver asks for, and how it is done here:
 - ``store``: ``ApiRecordStore`` writes the record ConfigMap and, per save, the cluster's status
   and an event when the step changes (before the Driver's next action);
-- ``publish(doc)``: apply the ConfigMap and the StatefulSet rendered from the record (new pods
-  for new members, a rolling restart through the pod template's config hash), then return only
-  once every member of a live epoch answers ``GET /v1/cluster`` with those live epochs;
-  until then it raises, and the Driver retries;
+- ``publish(doc)``: apply the ConfigMap (so a pod that starts or restarts reads ``doc``) and
+  the StatefulSet rendered from the record (new pods for new members; the pod template does not
+  change, so no member restarts), then return only once every member of a live epoch answers
+  ``GET /v1/cluster``; until then it raises, and the Driver retries. The Driver then pushes
+  ``doc`` to each of them (``POST /v1/admin/config``, as admin), which installs it live;
 - member calls: over TLS with an ``admin`` client certificate the operator issues itself from
   the cluster's CA (kept in memory and in a private temporary file for the SSL context only).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import datetime
 import logging
@@ -184,12 +186,24 @@ class WorkerCalls:
         member = (parts.hostname or "").split(".", 1)[0]  # NAME-i.NAME-peers.NS.svc
         if self.address is not None:
             url = self.address(member) + url[len(f"{parts.scheme}://{parts.netloc}") :]
+            if parts.path == "/v1/admin/config":
+                body = self._mapped(body)
         try:
             return self.inner(method, url, body)
         except (OSError, ValueError) as exc:
             what = parts.path.rsplit("/", 1)[-1]
             self.note(f"{member}: {what}: {reason(exc)}")
             raise
+
+    def _mapped(self, doc: Mapping[str, Any]) -> dict:
+        """A pushed document with every member at its mapped address, as the pods' config
+        files have them where members are reached elsewhere (tests: 127.0.0.1 ports)."""
+        assert self.address is not None
+        out = copy.deepcopy(dict(doc))
+        for group in [out, *out.get("previous", [])]:
+            for m in group["members"]:
+                m["url"] = self.address(m["name"])
+        return out
 
 
 def reason(exc: BaseException) -> str:
@@ -320,13 +334,10 @@ class Transitions:
             want = reconfigure.served_live_epochs(doc)
             for member, url in reconfigure.members_of(doc):
                 try:
-                    got = calls("GET", f"{url}/v1/cluster")
+                    calls("GET", f"{url}/v1/cluster")  # it runs: the Driver pushes doc next
                 except (OSError, ValueError) as exc:
                     why = blocked.get(member) or getattr(exc, "reason", exc)
                     waiting.append(f"{member} ({why})")
-                    continue
-                if got.get("liveEpochs") != want:
-                    waiting.append(f"{member} (serves epochs {got.get('liveEpochs')})")
             if waiting:
                 text = f"waiting for members to serve epochs {want}: {', '.join(waiting)}"
                 revert = self.reverts.get(f"{namespace}/{name}")

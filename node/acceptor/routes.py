@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..http.appkeys import CLUSTER, METRICS, STORE
+from ..http.appkeys import LIVE, METRICS, STORE
 from ..http.jsonio import json_response, read_json
 from ..http.validate import parse_fence, parse_keys_query, parse_read, parse_write
 from ..security.access import check_register_writes
@@ -20,7 +20,7 @@ PREFIX = "/v1/registers"
 
 async def read_registers(request: web.Request) -> web.Response:
     app = request.app
-    items = parse_read(await read_json(request), app[CLUSTER].limits)
+    items = parse_read(await read_json(request), app[LIVE].cfg.limits)
     replies, durable = read_many(app[STORE], app[METRICS], items)
     await durable
     return json_response(
@@ -30,7 +30,7 @@ async def read_registers(request: web.Request) -> web.Response:
 
 async def write_registers(request: web.Request) -> web.Response:
     app = request.app
-    cfg = app[CLUSTER]
+    cfg = app[LIVE].cfg
     items = parse_write(await read_json(request), cfg.limits)
     check_register_writes(request, cfg.layout, (item.rs for item in items))  # before any write
     replies, durable = write_many(app[STORE], app[METRICS], items)
@@ -59,7 +59,7 @@ async def fence_all(request: web.Request) -> web.Response:
 async def list_keys(request: web.Request) -> web.Response:
     app = request.app
     query = parse_keys_query(
-        request.query, [k for k, _ in request.query.items()], app[CLUSTER].limits
+        request.query, [k for k, _ in request.query.items()], app[LIVE].cfg.limits
     )
     store = app[STORE]
     await store.barrier()  # keys submitted before this request are on disk, so listed

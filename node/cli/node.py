@@ -9,7 +9,9 @@ in-flight requests, close the store and exit 0; unusable input exits 2 with one 
 A data directory whose registers belong to another cluster incarnation, or that has served a
 newer epoch or another configuration under the same epoch, exits 3 (``REFUSED_EXIT``) with one
 line ``graven node: refused: ...`` on stderr, having changed nothing: the operator and
-`graven up` report it as a refusal, not a crash.
+`graven up` report it as a refusal, not a crash. A configuration installed live
+(``POST /v1/admin/config``) is kept in the data directory; at start the member serves the newer
+of it and ``--config`` (``cluster.order``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import logging
 import ssl
 import sys
 
-from ..cluster.config import ConfigError, load
+from ..cluster.config import ClusterConfig, ConfigError, load, parse
+from ..cluster.order import newer_of
 from ..gateway import routes as decisions
 from ..proposer.options import GatewayOptions
 from ..security.node import NodeSecurity, node_security
 from ..server.main import ListenError, run_node, serve
-from ..storage import IdentityRefused, RegisterStore, StoreError
+from ..storage import IdentityRefused, RegisterStore, StoreError, configdoc
 
 REFUSED_EXIT = 3  # the data belongs to another incarnation or a newer configuration
 REFUSED_PREFIX = "graven node: refused: "
@@ -109,6 +112,7 @@ def _run(args: argparse.Namespace) -> None:
         cfg = load(args.config)
     except ConfigError as exc:
         raise _Refused(str(exc)) from None
+    cfg = _installed_or(cfg, args.data_dir)
     if cfg.view().index(args.id) is None:  # a member of any live epoch (older ones included)
         names = ", ".join(m.name for m in cfg.live_members())
         raise _Refused(f"--id {args.id!r} is not a member of cluster {cfg.cluster} ({names})")
@@ -132,6 +136,22 @@ def _run(args: argparse.Namespace) -> None:
         raise _Refused(str(exc)) from None
     finally:
         store.close()  # commits anything still queued, releases the data directory lock
+
+
+def _installed_or(cfg: ClusterConfig, data_dir: str) -> ClusterConfig:
+    """The newer of ``--config`` and the document last installed live (see ``server.live``):
+    a member restarted with an older file or ConfigMap serves what it had installed."""
+    try:
+        doc = configdoc.load(data_dir)
+    except ValueError as exc:
+        raise _Refused(str(exc)) from None
+    if doc is None:
+        return cfg
+    try:
+        installed = parse(doc)
+    except ConfigError as exc:
+        raise _Refused(f"{configdoc.path(data_dir)}: {exc}") from None
+    return newer_of(cfg, installed)
 
 
 def _security(

@@ -162,7 +162,7 @@ def prepare(args: argparse.Namespace) -> tuple[Supervisor, lc.SupervisorLock]:
     if transition is not None:
         calls = local_security.admin_calls(security) if security is not None else MemberCalls()
         plan = transition
-        supervisor.transition = lambda publish: plan.run(publish, calls)
+        supervisor.transition = lambda publish, settle: plan.run(publish, settle, calls)
     return supervisor, lock
 
 
@@ -172,7 +172,7 @@ class Transition:
     before they start), and the run, given the publisher and the orchestrator's credentials."""
 
     members: tuple[str, ...]
-    run: Callable[[Callable[[dict], None], MemberCalls], str]
+    run: Callable[[Callable[[dict], None], Callable[[dict], None], MemberCalls], str]
 
 
 def plan_transition(
@@ -206,17 +206,25 @@ def plan_transition(
             except ReconfigureError as exc:
                 raise lc.LocalClusterError(f"cannot reconfigure {data_dir}: {exc}") from None
 
-    def run(publish: Callable[[dict], None], call: MemberCalls) -> str:
+    def run(
+        publish: Callable[[dict], None], settle: Callable[[dict], None], call: MemberCalls
+    ) -> str:
         done = []
         if resumed is not None:
             resumed.publish = publish
+            resumed.settle = settle
             resumed.call = call
             resumed.run()
             done.append(f"epoch {resumed.target.epoch}")
         if target is not None:
             # after the one it had to finish, if any
             Driver(
-                state, goal if resumed is not None else previous, target, publish, call=call
+                state,
+                goal if resumed is not None else previous,
+                target,
+                publish,
+                call=call,
+                settle=settle,
             ).run()
             done.append(f"epoch {target.epoch}")
         return f"graven up: reconfigured to {' then '.join(done)}"

@@ -27,6 +27,7 @@ from .core import (
     Request,
     RequestPlan,
     Router,
+    Seeds,
     UnavailableError,
     follow_request,
     get_request,
@@ -48,10 +49,12 @@ class AsyncClient:
         route: bool = True,
         pool: int = 0,
         credentials: Credentials | None = None,
+        seeds: Seeds | None = None,
     ) -> None:
         """``pool``: connections per endpoint (0: unlimited, one per concurrent request);
-        ``credentials``: CA, client certificate and/or bearer token."""
-        self.router = Router(endpoints)
+        ``credentials``: CA, client certificate and/or bearer token; ``seeds``: where to find
+        the cluster again when every endpoint failed (default: ``endpoints``; see ``core``)."""
+        self.router = Router(endpoints, seeds=seeds)
         self.timeout = timeout
         self.route = route
         self.credentials = credentials or Credentials()
@@ -120,7 +123,7 @@ class AsyncClient:
         try:
             result = await self._run(request)
         except UnavailableError:
-            if not await self._follow():
+            if not await self._follow() and not await self._reseed():
                 raise
             return await self._run(request)  # once more, with the members of the newer epoch
         if self.router.announced is not None:
@@ -143,6 +146,22 @@ class AsyncClient:
                 self.router.announced = None  # gone meanwhile: the next newer reply retries
                 return False
         return self.router.generation != generation
+
+    async def _reseed(self) -> bool:
+        """Every endpoint failed: back to the seeds, and their /v1/cluster (True: retry)."""
+        if self._following is None:
+            self._following = asyncio.Lock()
+        generation = self.router.generation
+        async with self._following:
+            if self.router.generation != generation:
+                return True  # a concurrent request did it
+            if not self.router.reseed():
+                return False
+            try:
+                self.router.learn(await self._run(CLUSTER_REQUEST))
+            except ClientError as exc:
+                learning_failed(self.router, exc)
+        return True
 
     async def _run(self, request: Request) -> Any:
         session = self.session()

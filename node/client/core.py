@@ -15,6 +15,12 @@ members: the endpoints that were members of the old document are replaced by the
 of the new one (a retired member's URL goes, new members come); endpoints that were never
 members (a gateway, a Service, a port-forward) stay. A request that no endpoint could serve is
 tried once more after following.
+
+A client idle while its members were retired (every endpoint it knows refuses or is gone)
+goes back to where it started: the *seeds* — the endpoints it was made with, or a function
+that names them now (``discovery_seeds``: the members a local cluster's discovery file lists
+today; on Kubernetes the client Service, which never moves) — adds those it does not hold,
+fetches ``/v1/cluster`` there and follows it (``Router.reseed``), then tries once more.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -305,13 +312,34 @@ class RequestPlan:
         return unavailable(self._failures)
 
 
+Seeds = Callable[[], list[str]]
+
+
+def discovery_seeds(path: str | Path) -> Seeds:
+    """The member URLs a discovery file (``graven up``'s ``DIR/discovery.json``) lists when
+    called: a client made from it finds the members of a later configuration."""
+
+    def read() -> list[str]:
+        try:
+            doc = orjson.loads(Path(path).read_bytes())
+            return [str(m["url"]) for m in doc["members"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []  # gone or rewritten under us: no new seeds this time
+
+    return read
+
+
 class Router:
     """Endpoint order for each request: home member first, endpoints that refused us last."""
 
-    def __init__(self, endpoints: list[str], clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, endpoints: list[str], clock: Any = time.monotonic, seeds: Seeds | None = None
+    ) -> None:
         if not endpoints:
             raise ValueError("give at least one endpoint URL")
         self.endpoints = list(dict.fromkeys(parse_endpoint(e) for e in endpoints))
+        first = [e.url for e in self.endpoints]
+        self.seeds: Seeds = seeds if seeds is not None else (lambda: first)
         self.layout: Layout | None = None
         self.home_endpoint: list[int | None] = []  # member index -> endpoint index
         self.learned = False  # /v1/cluster fetched (or found unusable) once
@@ -381,6 +409,27 @@ class Router:
         self.endpoints = list(dict.fromkeys(live + others))
         self._down_until.clear()
         self.generation += 1
+
+    def reseed(self) -> bool:
+        """Add the seeds this client does not hold (every endpoint it holds just failed);
+        True when there were any: fetch /v1/cluster from them and follow it."""
+        held = {e.url for e in self.endpoints}
+        fresh = []
+        for url in self.seeds():
+            try:
+                endpoint = parse_endpoint(url)
+            except ValueError:
+                continue
+            if endpoint.url not in held:
+                fresh.append(endpoint)
+                held.add(endpoint.url)
+        if not fresh:
+            return False
+        self.endpoints = fresh + self.endpoints
+        self._down_until.clear()
+        self.learned = False
+        self.generation += 1
+        return True
 
     def home_of(self, key: str) -> int | None:
         """Endpoint index of the key's home member, when known and among our endpoints."""

@@ -34,6 +34,7 @@ from .core import (
     Request,
     RequestPlan,
     Router,
+    Seeds,
     UnavailableError,
     follow_request,
     get_request,
@@ -63,9 +64,12 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         route: bool = True,
         credentials: Credentials | None = None,
+        seeds: Seeds | None = None,
     ) -> None:
-        """``credentials``: CA, client certificate and/or bearer token (see ``credentials``)."""
-        self.router = Router(endpoints)
+        """``credentials``: CA, client certificate and/or bearer token (see ``credentials``);
+        ``seeds``: where to find the cluster again when every endpoint failed (default:
+        ``endpoints``; see ``core``)."""
+        self.router = Router(endpoints, seeds=seeds)
         self.timeout = timeout
         self.route = route
         creds = credentials or Credentials()
@@ -121,11 +125,22 @@ class Client:
         try:
             result = self._run(request)
         except UnavailableError:
-            if not self._follow():
+            if not self._follow() and not self._reseed():
                 raise
             return self._run(request)  # once more, with the members of the newer epoch
         self._follow()
         return result
+
+    def _reseed(self) -> bool:
+        """Every endpoint failed: back to the seeds, and their /v1/cluster (True: retry)."""
+        if not self.router.reseed():
+            return False
+        self.close()  # connections are kept by endpoint index, which changed
+        try:
+            self._learn(self._run(CLUSTER_REQUEST))
+        except ClientError as exc:
+            learning_failed(self.router, exc)
+        return True
 
     def _follow(self) -> bool:
         """Fetch /v1/cluster from a member that announced a newer epoch (True: followed)."""

@@ -8,8 +8,12 @@ a SIGKILLed host resumes where it was:
 
 * ``Save``: the store gets {record, the old and the target configuration documents};
 * ``Publish``: the configuration document for those live epochs is handed to ``publish``
-  (members learn configurations from the cluster document: the caller writes it and restarts
-  or starts the members, then returns once they serve it);
+  (the caller writes it where a member that starts reads it — the local config file, the
+  ConfigMap — and starts the members that do not run yet, returning once they answer), then
+  pushed to every member of its live epochs with ``POST /v1/admin/config`` (``server.live``:
+  each installs it durably and serves it at once, no restart). A member that fails is retried
+  with the next round (a re-install of the same document is a no-op), so the step is resumable;
+  once all have it, ``settle`` (if given) may stop members that are in no live epoch;
 * ``Fence``: ``POST /v1/registers/fence`` on the member; ``ListKeys``: ``GET
   /v1/registers/keys?below=RS``; ``Carry``: ``POST /v1/admin/carry`` on a member of the new
   epoch, many keys per request.
@@ -101,6 +105,7 @@ class Driver:
         progress: Callable[[rc.Record], None] | None = None,
         call: MemberCalls = MemberCalls(),
         note: Callable[[str], None] | None = None,
+        settle: Callable[[dict], None] | None = None,
     ) -> None:
         """``note``: told why a carry-over item failed (it is retried; a failure that lasts
         must be visible to the user, not only in the orchestrator's memory)."""
@@ -114,6 +119,7 @@ class Driver:
         self.call = call
         self.old, self.target = old, target
         self.publish = publish
+        self.settle = settle
         self.progress = progress
         self.note = note
         self.urls = {m.name: m.url for m in old.members}
@@ -172,6 +178,9 @@ class Driver:
                 doc = document(self.old, self.target, action.epochs)
                 try:
                     self.publish(doc)
+                    self._push(doc)
+                    if self.settle is not None:
+                        self.settle(doc)
                 except Exception as exc:  # the caller's failure is reported and retried
                     out += orch.on_publish_failed(action.epochs, str(exc))
                 else:
@@ -192,6 +201,18 @@ class Driver:
         if carries:
             out += self._carry(carries)
         return out
+
+    def _push(self, doc: dict) -> None:
+        """Every member of the document's live epochs installs it (one at a time: each swaps
+        its proposer while the others serve); raises naming those that did not."""
+        errors = []
+        for member in parse(doc).live_members():
+            try:
+                self.call("POST", f"{member.url}/v1/admin/config", doc)
+            except (OSError, ValueError) as exc:
+                errors.append(f"{member.name}: {_reason(exc)}")
+        if errors:
+            raise ReconfigureError("not installed on " + "; ".join(errors))
 
     def _list(self, action: rc.ListKeys) -> list[rc.Action]:
         url = f"{self.urls[action.member]}/v1/registers/keys?below={action.below}&limit=1000"

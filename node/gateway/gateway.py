@@ -65,7 +65,10 @@ class Gateway:
         store: RegisterStore,
         node_metrics: NodeMetrics,
         options: GatewayOptions,
+        metrics: ProposerMetrics | None = None,
     ) -> None:
+        """``metrics``: the previous gateway's (a configuration installed live), re-bound to
+        this one's members; None: registered in the node's registry."""
         self.cfg = cfg
         # The live view: with an older epoch still live (a reconfiguration under way) its
         # members are in it too, after the newest epoch's, and every proposal reads them all.
@@ -82,9 +85,13 @@ class Gateway:
         self.slot = index if index is not None and index < self.layout.proposers else None
         names = list(live.names)
         self.reach = Reachability(self.layout, names, index)
-        self.metrics = ProposerMetrics(
-            node_metrics.registry, names, self.reach.is_up, self.reach.margin
-        )
+        if metrics is None:
+            metrics = ProposerMetrics(
+                node_metrics.registry, names, self.reach.is_up, self.reach.margin
+            )
+        else:
+            metrics.rebind(names, self.reach.is_up, self.reach.margin)
+        self.metrics = metrics
         # read by the graven_proposals_in_flight gauge at scrape time (a plain int here: the
         # gauge's locked inc/dec on every proposal showed in profiles)
         self.proposals_in_flight = 0

@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..cluster.config import Limits
-from ..http.appkeys import CLUSTER, METRICS, NODE, REACHABILITY, STORE, Extension
+from ..cluster.config import ClusterConfig, Limits
+from ..http.appkeys import LIVE, METRICS, NODE, STORE, Extension
 from ..http.errors import ApiError, invalid
 from ..http.jsonio import json_response, read_json
 from ..http.validate import array, fields, key, value_text
@@ -31,10 +31,11 @@ from ..proposer.options import (
     StaleConfiguration,
 )
 from ..storage import StoreError
+from .current import CurrentGateway
 from .forward import FORWARDED_HEADER
 from .gateway import Gateway
 
-GATEWAY = web.AppKey("gateway", Gateway)
+GATEWAY = web.AppKey("gateway", CurrentGateway)
 PREFIX = "/v1/decisions"
 MAX_BATCH = 1000
 MAX_WAIT = 60.0
@@ -67,7 +68,7 @@ async def _answer(call: Awaitable[Any]) -> Any:
 
 
 def _path_key(request: web.Request) -> str:
-    return key(request.match_info["key"], "key", request.app[CLUSTER].limits)
+    return key(request.match_info["key"], "key", request.app[LIVE].cfg.limits)
 
 
 def _not_decided(k: str) -> ApiError:
@@ -95,24 +96,24 @@ def _parse_wait(request: web.Request) -> float | None:
 
 async def put_decision(request: web.Request) -> web.Response:
     app = request.app
-    limits = app[CLUSTER].limits
+    limits = app[LIVE].cfg.limits
     k = _path_key(request)
     body = fields(await read_json(request), "body", {"value"})
     value = value_text(body["value"], "value", limits)
-    gw = app[GATEWAY]
     forward = FORWARDED_HEADER not in request.headers  # a forwarded request stays here
-    decided = await _answer(gw.propose(k, value, gw.deadline(), forward))
+    async with app[GATEWAY].use() as gw:
+        decided = await _answer(gw.propose(k, value, gw.deadline(), forward))
     return json_response({"key": k, "value": decided, "won": decided == value})
 
 
 async def get_decision(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
     k = _path_key(request)
     wait = _parse_wait(request)
-    if wait is None:
-        value = await _answer(gw.read(k, gw.deadline()))
-    else:
-        value = await _answer(gw.wait_decided(k, wait))
+    async with request.app[GATEWAY].use() as gw:
+        if wait is None:
+            value = await _answer(gw.read(k, gw.deadline()))
+        else:
+            value = await _answer(gw.wait_decided(k, wait))
     if value is None:
         raise _not_decided(k)
     return json_response({"key": k, "value": value})
@@ -147,9 +148,13 @@ def _key_values(doc: Any, field: str, limits: Limits) -> list[tuple[str, str]]:
 
 async def batch_propose(request: web.Request) -> web.Response:
     app = request.app
-    limits = app[CLUSTER].limits
+    limits = app[LIVE].cfg.limits
     items = _key_values(await read_json(request), "decisions", limits)
-    gw = app[GATEWAY]
+    async with app[GATEWAY].use() as gw:
+        return await _batch_propose(gw, items)
+
+
+async def _batch_propose(gw: Gateway, items: list[tuple[str, str]]) -> web.Response:
     deadline = gw.deadline()
 
     async def one(item: tuple[str, str]) -> dict[str, Any]:
@@ -167,13 +172,17 @@ async def batch_propose(request: web.Request) -> web.Response:
 
 async def batch_get(request: web.Request) -> web.Response:
     app = request.app
-    limits = app[CLUSTER].limits
+    limits = app[LIVE].cfg.limits
     body = fields(await read_json(request), "body", {"keys"})
     raw = array(body["keys"], "keys")
     if len(raw) > MAX_BATCH:
         raise invalid("keys", f"at most {MAX_BATCH} items per request, got {len(raw)}")
     keys = [key(k, f"keys[{i}]", limits) for i, k in enumerate(raw)]
-    gw = app[GATEWAY]
+    async with app[GATEWAY].use() as gw:
+        return await _batch_get(gw, keys)
+
+
+async def _batch_get(gw: Gateway, keys: list[str]) -> web.Response:
     deadline = gw.deadline()
 
     async def one(k: str) -> dict[str, Any]:
@@ -192,22 +201,23 @@ async def carry(request: web.Request) -> web.Response:
     """``POST /v1/admin/carry {"items": [{"key", "value"}]}``: the reconfiguration
     orchestrator's carry-over step, run by this node's proposer in the newest epoch."""
     app = request.app
-    limits = app[CLUSTER].limits
+    limits = app[LIVE].cfg.limits
     items = _key_values(await read_json(request), "items", limits)
-    gw = app[GATEWAY]
-    deadline = gw.deadline()
+    async with app[GATEWAY].use() as gw:
+        deadline = gw.deadline()
 
-    async def one(item: tuple[str, str]) -> dict[str, Any]:
-        k, value = item
-        try:
-            decided = await gw.carry(k, value, deadline)
-        except FAILURES as exc:
-            return _error_item(k, exc)
-        return {"key": k, "value": decided}
+        async def one(item: tuple[str, str]) -> dict[str, Any]:
+            k, value = item
+            try:
+                decided = await gw.carry(k, value, deadline)
+            except FAILURES as exc:
+                return _error_item(k, exc)
+            return {"key": k, "value": decided}
 
-    results = await _each(items, one)
+        results = await _each(items, one)
+        epoch = gw.cfg.epoch
     app[METRICS].carried_keys.inc(sum("error" not in r for r in results))
-    return json_response({"epoch": app[CLUSTER].epoch, "results": results})
+    return json_response({"epoch": epoch, "results": results})
 
 
 def extension(options: GatewayOptions | None = None) -> Extension:
@@ -215,19 +225,29 @@ def extension(options: GatewayOptions | None = None) -> Extension:
     opts = options or GatewayOptions()
 
     def extend(app: web.Application) -> None:
-        gw = Gateway(app[CLUSTER], app[NODE], app[STORE], app[METRICS], opts)
-        app[GATEWAY] = gw
-        app[REACHABILITY] = gw.reach
+        live = app[LIVE]
+        current = CurrentGateway(Gateway(live.cfg, app[NODE], app[STORE], app[METRICS], opts))
+        app[GATEWAY] = current
+        live.reach = current.gateway.reach
 
         async def start(_: web.Application) -> None:
-            await gw.start()
+            await current.gateway.start()
 
         async def end_polls(_: web.Application) -> None:
-            gw.shutdown()
+            current.gateway.shutdown()
 
         async def stop(_: web.Application) -> None:
-            await gw.close()
+            await current.gateway.close()
 
+        async def reconfigure(cfg: ClusterConfig) -> None:
+            """A configuration installed live: a gateway for its view takes over."""
+            old = current.gateway
+            new = Gateway(cfg, app[NODE], app[STORE], app[METRICS], opts, old.metrics)
+            await current.swap(new)
+            live.reach = new.reach
+            await old.close()
+
+        live.hooks.append(reconfigure)
         app.on_startup.append(start)
         app.on_shutdown.append(end_polls)  # before aiohttp waits for in-flight requests
         app.on_cleanup.append(stop)

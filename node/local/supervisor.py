@@ -83,8 +83,10 @@ class Supervisor:
         self._failed = False  # a member could not start
         self._refused = False  # a member refused this configuration for its data (exit 3)
         # A reconfiguration to run once the members are ready: called in a thread with the
-        # function that publishes a cluster document (``apply``, on this loop).
-        self.transition: Callable[[Callable[[dict], None]], str] | None = None
+        # functions that prepare a cluster document (``apply``) and settle after the members
+        # installed it (``settle``), both run on this loop.
+        self.transition: Callable[[Callable[[dict], None], Callable[[dict], None]], str] | None
+        self.transition = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -119,9 +121,13 @@ class Supervisor:
             future = asyncio.run_coroutine_threadsafe(self.apply(doc), loop)
             future.result(timeout=APPLY_TIMEOUT)
 
+        def settle(doc: dict) -> None:
+            future = asyncio.run_coroutine_threadsafe(self.settle(doc), loop)
+            future.result(timeout=APPLY_TIMEOUT)
+
         def work() -> None:
             try:
-                message = transition(publish)
+                message = transition(publish, settle)
             except Exception as exc:  # reported; the members keep serving the last document
                 message = f"graven up: reconfiguration stopped: {exc}"
                 loop.call_soon_threadsafe(self._say, message, True)
@@ -131,28 +137,35 @@ class Supervisor:
         threading.Thread(target=work, name="reconfigure", daemon=True).start()
 
     async def apply(self, doc: dict) -> None:
-        """Serve this cluster document: write it, start new members, restart the others one
-        at a time on it, stop members in no live epoch."""
+        """Before members are given this cluster document: write it (a member that starts
+        reads it) and start the members of its live epochs that do not run yet. Running
+        members are not restarted: the Driver pushes the document to them (``server.live``)."""
         cfg = parse(doc)
         localcluster.write_config(cfg, self.data_dir)
-        live = {m.name: m for m in cfg.live_members()}
         by_name = {m.name: m for m in self.members}
-        # New members first: until they serve, the new epoch's quorums need every old member,
-        # so restarting one of those before would leave proposals without a quorum.
-        order = sorted(live.items(), key=lambda item: item[0] in by_name)
-        async with self._session() as session:
-            for name, wanted in order:
-                member = by_name.get(name)
-                if member is None:
-                    member = Member(name, wanted.url, self.data_dir / f"{name}.log")
-                    self.members.append(member)
-                else:
-                    await self._halt(member, signal.SIGKILL)  # acknowledged state is durable
-                if self._stop.is_set():
-                    return
-                await self._spawn(member)
-                if not await self._ready(session, member):
-                    raise RuntimeError(f"{name} did not come back (log: {member.log})")
+        starting = []
+        for wanted in cfg.live_members():
+            member = by_name.get(wanted.name)
+            if member is None:
+                member = Member(wanted.name, wanted.url, self.data_dir / f"{wanted.name}.log")
+                self.members.append(member)
+            elif member.running:
+                continue
+            if self._stop.is_set():
+                return
+            await self._spawn(member)
+            starting.append(member)
+        async with self._session() as session:  # they start side by side
+            ready = await asyncio.gather(*(self._ready(session, m) for m in starting))
+        late = [f"{m.name} (log: {m.log})" for m, ok in zip(starting, ready, strict=True) if not ok]
+        if late:
+            raise RuntimeError(f"did not come up: {', '.join(late)}")
+        self._publish()
+
+    async def settle(self, doc: dict) -> None:
+        """Every member of the document's live epochs serves it: stop the others."""
+        cfg = parse(doc)
+        live = {m.name for m in cfg.live_members()}
         for member in [m for m in self.members if m.name not in live]:
             await self._halt(member, signal.SIGTERM)
             self.members.remove(member)

@@ -100,23 +100,40 @@ class ProposerMetrics:
         self.in_flight = Gauge(
             "graven_proposals_in_flight", "Proposals this node is running.", registry=r
         )
-        up = Gauge(
+        self._up = Gauge(
             "graven_member_up",
             "1 while this node reaches the member, 0 after a failed request until a probe works.",
             ["member"],
             registry=r,
         )
+        self._margin = Gauge(
+            "graven_quorum_margin",
+            "More member failures this node's view survives while still deciding (-1: lost).",
+            registry=r,
+        )
         self.member_rpc_duration: dict[str, Histogram] = {}
         self.member_rpc_failures: dict[str, Counter] = {}
         self.member_rpcs: dict[tuple[str, str], Counter] = {}
+        self._members: list[str] = []
+        self.rebind(members, member_up, quorum_margin)
+
+    def rebind(
+        self,
+        members: list[str],
+        member_up: Callable[[int], bool],
+        quorum_margin: Callable[[], int],
+    ) -> None:
+        """The members of the view served now (a configuration installed live): their series
+        read the new gateway's reachability; a member that left the view loses its up series
+        (its RPC counters stay: they are history)."""
+        for name in self._members:
+            if name not in members:
+                self._up.remove(name)
         for i, name in enumerate(members):
             self.member_rpc_duration[name] = self.rpc_duration.labels(name)
             self.member_rpc_failures[name] = self.rpc_failures.labels(name)
             for kind in ("read", "write"):
                 self.member_rpcs[name, kind] = self.rpcs.labels(name, kind)
-            up.labels(name).set_function(lambda i=i: float(member_up(i)))
-        Gauge(
-            "graven_quorum_margin",
-            "More member failures this node's view survives while still deciding (-1: lost).",
-            registry=r,
-        ).set_function(lambda: float(quorum_margin()))
+            self._up.labels(name).set_function(lambda i=i: float(member_up(i)))
+        self._members = list(members)
+        self._margin.set_function(lambda: float(quorum_margin()))

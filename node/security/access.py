@@ -50,7 +50,15 @@ class Policy:
     tokens: TokenStore | None = None
 
 
-POLICY: web.AppKey[Policy] = web.AppKey("security_policy", Policy)
+class PolicyRef:
+    """The policy a running member enforces now: a live configuration change replaces it
+    (the members of the new live epochs become peers, retired ones stop being)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.current = policy
+
+
+POLICY: web.AppKey[PolicyRef] = web.AppKey("security_policy", PolicyRef)
 
 
 def member_allowed(identity: Identity | None, cluster: str, members: frozenset[str]) -> bool:
@@ -136,7 +144,8 @@ def check_register_writes(
     request: web.Request, layout: Layout, register_sets: Iterable[int]
 ) -> None:
     """Raise 403 unless a member writes, or every set written is quorum-intersecting."""
-    policy = request.app.get(POLICY)
+    ref = request.app.get(POLICY)
+    policy = ref.current if ref is not None else None
     ident = request.get(IDENTITY)
     if policy is None or member_allowed(ident, policy.cluster, policy.members):
         return  # auth off, or a member
@@ -165,11 +174,12 @@ def _unauthenticated() -> ApiError:
     )
 
 
-def middleware(policy: Policy) -> Any:
-    """The aiohttp middleware enforcing ``policy`` before any handler reads the body."""
+def middleware(ref: PolicyRef) -> Any:
+    """The aiohttp middleware enforcing ``ref.current`` before any handler reads the body."""
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+        policy = ref.current
         ident = identify(request, policy)
         refusal = decide(request, policy, ident)
         if refusal is not None:

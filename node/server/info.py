@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..cluster.config import dump
-from ..http.appkeys import CLUSTER, NODE, REACHABILITY, STORE
+from ..http.appkeys import LIVE, NODE, STORE
 from ..http.errors import error_response
 from ..http.jsonio import json_response
 
@@ -17,7 +17,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the configuration is loaded and the store takes writes."""
     app = request.app
-    if CLUSTER not in app:
+    if LIVE not in app:
         return error_response(503, "not_ready", "no cluster configuration loaded")
     store = app.get(STORE)
     if store is None or not store.is_open:
@@ -28,7 +28,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def cluster(request: web.Request) -> web.Response:
     app = request.app
-    doc = dump(app[CLUSTER])
+    live = app[LIVE]
+    doc = dump(live.cfg)
     out = {
         "cluster": doc["cluster"],
         "epoch": doc["epoch"],
@@ -37,7 +38,7 @@ async def cluster(request: web.Request) -> web.Response:
         "limits": doc["limits"],
         "node": app[NODE],
     }
-    reach = app.get(REACHABILITY)
+    reach = live.reach
     if "previous" in doc:  # a reconfiguration is under way: the older epochs still live
         out["previous"] = doc["previous"]
     out["liveEpochs"] = [p["epoch"] for p in doc.get("previous", ())] + [doc["epoch"]]

@@ -78,12 +78,13 @@ class NodeMetrics:
             "every register write and is not ready until restarted.",
             registry=r,
         ).set_function(lambda: float(store.failure is not None))
-        Gauge("graven_config_epoch", "Configuration epoch served.", registry=r).set(cfg.epoch)
-        Gauge(
+        self.config_epoch = Gauge("graven_config_epoch", "Configuration epoch served.", registry=r)
+        self.config_live_epochs = Gauge(
             "graven_config_live_epochs",
             "Epochs live in the configuration served (above 1: a reconfiguration is under way).",
             registry=r,
-        ).set(1 + len(cfg.previous))
+        )
+        self.config_changed(cfg)
         self.carried_keys = Counter(
             "graven_carried_keys",
             "Keys this node's proposer carried into its newest epoch for a reconfiguration "
@@ -93,6 +94,11 @@ class NodeMetrics:
         Gauge("graven_node_info", "Node identity.", ["node", "cluster"], registry=r).labels(
             node, cfg.cluster
         ).set(1)
+
+    def config_changed(self, cfg: ClusterConfig) -> None:
+        """The configuration served now (at start, and on each live install)."""
+        self.config_epoch.set(cfg.epoch)
+        self.config_live_epochs.set(1 + len(cfg.previous))
 
     def observe_commit(self, seconds: float, changes: int) -> None:
         self.commit_duration.observe(seconds)

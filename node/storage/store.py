@@ -217,6 +217,11 @@ class RegisterStore:
         return self._recorded.epoch
 
     @property
+    def recorded(self) -> Recorded:
+        """Incarnation, epoch and configuration fingerprint recorded (raises included)."""
+        return self._recorded
+
+    @property
     def stored_keys(self) -> int:
         return self._stored_keys
 

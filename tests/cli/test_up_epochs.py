@@ -1,6 +1,8 @@
 """Clients follow reconfigurations, and a retired member is locked out (issues 12 and 13).
 
-One `graven up` data dir goes 3 -> 5 -> 3 members (TLS on, the default). A sync ``Client``, an
+One `graven up` data dir goes 3 -> 5 -> 3 members (TLS on, the default), each member that is
+in both configurations keeping its process (the configuration is installed live). A sync
+``Client``, an
 ``AsyncClient`` and a ``SmartClient`` are made before the first change with the 3 members' URLs
 and are never touched by the test: after each change they must serve requests and hold the new
 members (new URLs added, retired ones gone) because replies carry ``Graven-Epoch``. After
@@ -8,6 +10,8 @@ members (new URLs added, retired ones gone) because replies carry ``Graven-Epoch
 the members that remain they must get 403 (peer API write, fence and key listing; client API)
 with nothing landing. With GRAVEN_SLOW=1 the same run with a planted weakness (the allow-list
 is every member the CA ever certified: ``plants/sitecustomize.py``) must see the write land.
+Two more clients know only demo-3 and demo-4 and are idle across 5 -> 3: the one made with
+the discovery file as its seeds finds the three members again, the one without cannot.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-from graven.node.client import AsyncClient, Client
+from graven.node.client import AsyncClient, Client, UnavailableError
+from graven.node.client.core import discovery_seeds
 from graven.node.client.smart import SmartClient
 from graven.node.local.security import LocalSecurity, client_context
 from tests.support.up import EXAMPLE, Up, free_base_port, graven, start_up, wait_until
@@ -121,15 +126,24 @@ def _retired_tries(up: Up, retired: str) -> tuple[dict[str, int], list]:
     return seen, held
 
 
-def _reconfigure(tmp_path: Path, spec: str, epoch: int, env: dict[str, str] | None) -> Up:
+def _pids(discovery: dict[str, Any]) -> dict[str, int]:
+    return {m["name"]: m["pid"] for m in discovery["members"]}
+
+
+def _reconfigure(
+    tmp_path: Path, spec: str, epoch: int, env: dict[str, str] | None, seen: dict[str, Any]
+) -> Up:
+    """`graven up` with the edited spec: the cluster comes up as it was, then moves live.
+    ``seen["pids N"]``: the members' PIDs once up, and once epoch N alone is live."""
     up = start_up(tmp_path, spec, env=env)
-    up.wait_ready()
+    started = _pids(up.wait_ready())
     wait_until(
         lambda: f"reconfigured to epoch {epoch}" in up.stdout() or up.proc.poll() is not None,
         TRANSITION,
         f"the transition to epoch {epoch}",
     )
     assert f"reconfigured to epoch {epoch}" in up.stdout(), up.stderr()
+    seen[f"pids {epoch}"] = (started, _pids(up.discovery()))
     return up
 
 
@@ -138,6 +152,7 @@ def _three_five_three(tmp_path: Path, env: dict[str, str] | None = None) -> dict
     _spec(tmp_path / "five.yaml", 5)
     seen: dict[str, Any] = {"decided": {}}
     up = start_up(tmp_path, "three.yaml", "--base-port", str(free_base_port(5)), env=env)
+    disco = up.discovery_path
     clients = None
     try:
         up.wait_ready()
@@ -147,15 +162,28 @@ def _three_five_three(tmp_path: Path, env: dict[str, str] | None = None) -> dict
         seen["fast0"] = clients.smart.stats["fast"]
         assert up.stop() == 0
 
-        up = _reconfigure(tmp_path, "five.yaml", 1, env)
+        up = _reconfigure(tmp_path, "five.yaml", 1, env, seen)
         five = _urls(up)
         seen["decided"].update(clients.propose("epoch1"))  # the first replies announce epoch 1
         seen["decided"].update(clients.propose("epoch1b"))
         seen["after 3->5"] = (clients.endpoints(), sorted(five))
         seen["fast1"] = clients.smart.stats["fast"]
+        # clients that know only the two members 5 -> 3 retires, and stay idle meanwhile:
+        # one made from the discovery file finds the cluster again, one without it cannot
+        added = [u for u in five if u not in three]
+        seeded = Client(added, credentials=up.credentials(), seeds=discovery_seeds(disco))
+        stranded = Client(added, credentials=up.credentials())
+        seen["decided"]["idle-seeded"] = seeded.propose("idle-seeded", "1").value
+        seen["decided"]["idle-stranded"] = stranded.propose("idle-stranded", "1").value
         assert up.stop() == 0
 
-        up = _reconfigure(tmp_path, "three.yaml", 2, env)
+        up = _reconfigure(tmp_path, "three.yaml", 2, env, seen)
+        seen["seeded"] = seeded.propose("idle-seeded-2", "2").value, sorted(seeded.endpoints)
+        seen["decided"]["idle-seeded-2"] = "2"
+        with pytest.raises(UnavailableError):
+            stranded.propose("idle-stranded-2", "2")
+        seeded.close()
+        stranded.close()
         seen["decided"].update(clients.propose("epoch2"))
         seen["decided"].update(clients.propose("epoch2b"))
         seen["after 5->3"] = (
@@ -179,8 +207,18 @@ def test_clients_follow_three_five_three_and_retired_members_are_locked_out(
     tmp_path: Path,
 ) -> None:
     seen = _three_five_three(tmp_path)
+    # no member restarted: those in both configurations keep their process (issue 12's
+    # live install), the new ones joined, the removed ones were stopped
+    started, after = seen["pids 1"]
+    assert sorted(started) == ["demo-0", "demo-1", "demo-2"]
+    assert sorted(after) == [f"demo-{i}" for i in range(5)]
+    assert {n: after[n] for n in started} == started
+    started, after = seen["pids 2"]
+    assert sorted(started) == [f"demo-{i}" for i in range(5)]
+    assert after == {n: started[n] for n in ("demo-0", "demo-1", "demo-2")}
     endpoints, five = seen["after 3->5"]
     assert endpoints == {"sync": five, "aio": five, "smart": five}  # new members added
+    assert seen["seeded"] == ("2", sorted(seen["after 5->3"][1]))  # found the 3 again
     endpoints, three, gone = seen["after 5->3"]
     assert endpoints == {"sync": three, "aio": three, "smart": three}  # retired URLs gone
     assert not set(gone) & set(endpoints["sync"])

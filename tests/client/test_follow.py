@@ -96,3 +96,33 @@ async def test_smart_client_takes_no_fast_path_while_older_epochs_are_live() -> 
         assert smart._pump is not None and len(smart._channels) == 4  # fast path, 4 members
     finally:
         await smart.close()
+
+
+def test_a_client_whose_members_were_all_retired_goes_back_to_its_seeds() -> None:
+    """Idle across a transition that retired every member it knew: the seeds (here what a
+    discovery file lists today) are added once, and their document is followed."""
+    today = [A, B]
+    router = Router([C, D], seeds=lambda: today)
+    router.learn(doc(1, [C, D]))
+    assert router.reseed() and [e.url for e in router.endpoints] == [A, B, C, D]
+    assert not router.learned  # /v1/cluster is fetched from them next
+    router.learn(doc(2, [A, B]))
+    assert [e.url for e in router.endpoints] == [A, B]  # the retired ones are gone
+    assert not router.reseed()  # nothing new to add: the failure is reported as it is
+    plain = Router([C, D])  # seeds default to the endpoints it was made with
+    plain.learn(doc(1, [C, D]))
+    assert not plain.reseed()
+
+
+def test_discovery_seeds_read_the_file_when_called(tmp_path) -> None:
+    import json
+
+    from graven.node.client.core import discovery_seeds
+
+    path = tmp_path / "discovery.json"
+    seeds = discovery_seeds(path)
+    assert seeds() == []  # no file (yet): nothing to add
+    path.write_text(json.dumps({"members": [{"name": "m0", "url": A}]}))
+    assert seeds() == [A]
+    path.write_text("{")
+    assert seeds() == []

@@ -58,7 +58,7 @@ async def solo(tmp_path: Path) -> AsyncIterator[TestClient]:
 
 
 async def test_the_gateway_runs_the_proposer_runtime_the_simulator_runs(solo: TestClient) -> None:
-    gateway = solo.server.app[decisions.GATEWAY]
+    gateway = solo.server.app[decisions.GATEWAY].gateway
     assert type(gateway.pump.runtime) is Runtime  # the class sim/world.py hosts (plants aside)
     assert plant(None).runtime is Runtime
     resp = await solo.put("/v1/decisions/k", json={"value": "v"})
@@ -442,7 +442,8 @@ async def test_batch_and_carry_refuse_bad_items_alike(
 
 
 async def test_client_replies_name_the_live_epochs(solo: TestClient) -> None:
-    """``Graven-Epoch`` on every client-API and /v1/cluster reply, errors too (documented)."""
+    """``Graven-Epoch`` on every client-API, peer-API and /v1/cluster reply, errors too
+    (documented): a smart client talking to acceptors follows a newer epoch as well."""
     doc = yaml.safe_load(OPENAPI.read_text())
     documented = {
         path
@@ -456,7 +457,12 @@ async def test_client_replies_name_the_live_epochs(solo: TestClient) -> None:
         "/v1/decisions:batch",
         "/v1/decisions:batchGet",
         "/v1/admin/carry",
+        "/v1/admin/config",
         "/v1/cluster",
+        "/v1/registers/read",
+        "/v1/registers/write",
+        "/v1/registers/fence",
+        "/v1/registers/keys",
     }
     calls = [
         ("PUT", "/v1/decisions/e", {"value": "v"}, 200),
@@ -467,9 +473,12 @@ async def test_client_replies_name_the_live_epochs(solo: TestClient) -> None:
         ("POST", "/v1/decisions:batch", {"decisions": {}}, 422),
         ("POST", "/v1/admin/carry", {"items": [{"key": "e", "value": "w"}]}, 200),
         ("GET", "/v1/cluster", None, 200),
+        ("GET", "/v1/registers/keys", None, 200),
+        ("POST", "/v1/registers/read", {"reads": [{"key": "e", "rs": 1}]}, 200),
+        ("POST", "/v1/registers/write", {"writes": {}}, 422),
     ]
     for method, path, body, status in calls:
         resp = await solo.request(method, path, json=body)
         assert (resp.status, resp.headers.get("Graven-Epoch")) == (status, "0"), path
-    for path in ("/healthz", "/v1/registers/keys"):  # probes and the peer API: not clients
+    for path in ("/healthz", "/readyz", "/metrics"):  # probes and scrapes: no epoch
         assert "Graven-Epoch" not in (await solo.get(path)).headers

@@ -337,10 +337,12 @@ def test_render_is_deterministic_and_namespace_aware() -> None:
     assert "team-a.svc" in cm_a and "team-b.svc" in cm_b
 
 
-def test_config_change_rolls_the_pods() -> None:
+def test_only_what_members_cannot_install_live_rolls_the_pods() -> None:
     def pod_hash(raw: dict[str, Any]) -> str:
         sts = by_kind(rendered("demo", raw)[2])["StatefulSet"][0]
         return sts["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
 
     assert pod_hash({}) == pod_hash({"image": "graven:0.2.0"})
     assert pod_hash({}) != pod_hash({"limits": {"maxValueBytes": 2048}})
+    # members and layout are installed live by the reconfiguration: no rolling restart
+    assert pod_hash({}) == pod_hash({"replicas": 5, "quorums": {"preset": "fast"}})
