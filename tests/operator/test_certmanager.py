@@ -6,8 +6,15 @@ cert-manager)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
+import http.server
+import json
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -430,3 +437,89 @@ def test_scaled_away_members_lose_their_certificates(apiserver: Cluster, crd: di
         wait_for(lambda: api.get("Certificate", NAMESPACE, "demo-7-cert") is None, what="pruned")
     finally:
         runner.stop()
+
+
+class _Kube:
+    """Just enough of Kube for the reconfiguration worker's credentials: stored objects."""
+
+    def __init__(self, objects: dict[str, dict]) -> None:
+        self.objects = objects
+
+    async def get(self, url: str) -> dict | None:
+        return self.objects.get(url)
+
+    async def close(self) -> None:
+        return None
+
+
+def _tls_server(ca: node_pki.Issued, leaf: node_pki.Issued, tmp: Path) -> tuple[int, list, Any]:
+    """A member stand-in on 127.0.0.1 that asks for a client certificate from ``ca`` and
+    answers with the identity it saw."""
+    (tmp / "ca.crt").write_bytes(ca.cert_pem)
+    (tmp / "m.crt").write_bytes(leaf.cert_pem)
+    (tmp / "m.key").write_bytes(leaf.key_pem)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tmp / "ca.crt"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(tmp / "m.crt", tmp / "m.key")
+    seen: list = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            who = from_peercert(self.connection.getpeercert())  # type: ignore[attr-defined]
+            seen.append(who)
+            body = json.dumps({"ok": True}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1], seen, server
+
+
+async def test_the_operator_calls_members_as_its_cert_manager_identity(tmp_path: Path) -> None:
+    """No CA key anywhere: the reconfiguration worker shows the admin certificate cert-manager
+    wrote into NAME-operator-cert and trusts the bundle in NAME-ca."""
+    from graven.operator.kube import path
+    from graven.operator.reconcile import Operator
+
+    w = World()
+    w.step(OLD, T0)
+    w.step(OLD, T0)
+    cr = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": "demo", "namespace": "ns", "uid": "u"},
+        "spec": {"security": CM},
+    }
+    objects = {
+        path(names.KIND, "ns", "demo"): cr,
+        path("Secret", "ns", "demo-ca"): w.bundle,
+        path("Secret", "ns", "demo-operator-cert"): w.secrets["demo-operator-cert"],
+    }
+    assert "tls.key" not in (w.bundle or {}).get("data", {})
+    ca = w.issuers.ca("Issuer/ca-old/cert-manager.io")
+    member = node_pki.issue_member(ca, "demo", "demo-0", ["127.0.0.1"])
+    port, seen, server = _tls_server(ca, member, tmp_path)
+    op = Operator(kube=_Kube(objects))  # type: ignore[arg-type]
+    try:
+        calls = await op.transitions._calls("ns", "demo")
+        url = f"https://127.0.0.1:{port}/v1/cluster"
+        assert await asyncio.to_thread(calls, "GET", url) == {"ok": True}
+        (who,) = seen
+        assert (who.cluster, who.kind, who.role, who.name) == (
+            "demo", "client", "admin", "graven-operator"
+        )  # fmt: skip
+        # no operator certificate yet: the worker waits, it does not invent one
+        del objects[path("Secret", "ns", "demo-operator-cert")]
+        op.transitions._creds.clear()
+        with pytest.raises(BaseException, match="demo-operator-cert"):
+            await op.transitions._calls("ns", "demo")
+    finally:
+        server.shutdown()
+        op.transitions.stop.set()
