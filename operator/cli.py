@@ -12,6 +12,7 @@ kopf is imported only when the command runs, so `graven --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import re
 import secrets
@@ -99,6 +100,16 @@ def add_parser(subparsers: Any) -> None:
         help="seconds between comparisons of live children with the spec (default 30)",
     )
     parser.add_argument(
+        "--ca-settle",
+        type=float,
+        default=180.0,  # pki.DEFAULT_SETTLE (not imported here: `graven --help` stays fast)
+        metavar="S",
+        help=(
+            "seconds between the steps of a CA rotation: at least the kubelet's Secret sync "
+            "plus the members' reload (default 180)"
+        ),
+    )
+    parser.add_argument(
         "--probe-members",
         action="store_true",
         help="also GET each member's /readyz directly (needs pod network access)",
@@ -150,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
             health_interval=args.health_interval,
             drift_interval=args.drift_interval,
             probe_members=args.probe_members,
+            ca_settle=datetime.timedelta(seconds=args.ca_settle),
         ),
         metrics=metrics,
     )

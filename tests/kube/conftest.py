@@ -60,7 +60,11 @@ def operator(kubectl: Kubectl, helm: str) -> Iterator[str]:
             *("upgrade", "--install", RELEASE, str(REPO / "charts/graven-operator")),
             *("--namespace", OPERATOR_NS, "--create-namespace", "--wait", "--timeout", "5m"),
             *("--set", "replicas=2"),
-            *("--set", "operator.extraArgs={--drift-interval=5,--health-interval=2}"),
+            # CA rotation steps 120 s apart (the kubelet syncs Secret volumes within ~90 s)
+            *(
+                "--set",
+                "operator.extraArgs={--drift-interval=5,--health-interval=2,--ca-settle=120}",
+            ),
         ],
         capture_output=True,
         text=True,

@@ -7,7 +7,8 @@ against the apiserver; its CRDs come from the same module. A CA Issuer is bootst
 SelfSigned one, as a user would. What is shown: a cluster asking for cert-manager before it is
 installed is refused and nothing runs; once it is installed the members serve certificates
 cert-manager issued, decide over mTLS, refuse strangers, and pick up a renewal (cert-manager's
-"renew now", as `cmctl renew` asks for it) with no failed request.
+"renew now", as `cmctl renew` asks for it) with no failed request, and go through a CA
+rotation by a change of issuer with no failed request.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -351,3 +353,95 @@ def test_a_renewal_by_cert_manager_is_picked_up_with_no_failed_request(
     wait_for(serving_the_new_one, 180, f"{NAME}-0 to serve the renewed certificate", 2)
     assert failures == [], f"{len(failures)} of {n} rounds failed"
     assert n >= 2
+
+
+def _ca_issuer(kubectl: Kubectl, name: str) -> pki.Issued:
+    """Another CA Issuer from the SelfSigned bootstrap one (a new CA to rotate to)."""
+    kubectl.apply(
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Certificate",
+            "metadata": {"name": name},
+            "spec": {
+                "isCA": True,
+                "commonName": f"graven e2e {name}",
+                "secretName": name,
+                "privateKey": {"algorithm": "ECDSA", "size": 256},
+                "issuerRef": {"name": "bootstrap", "kind": "Issuer", "group": "cert-manager.io"},
+            },
+        }
+    )
+    kubectl.apply(
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Issuer",
+            "metadata": {"name": name},
+            "spec": {"ca": {"secretName": name}},
+        }
+    )
+
+    def ready() -> bool:
+        issuer = kubectl.get("issuer", name, "-n", NS) or {}
+        conds = (issuer.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+    wait_for(ready, 120, f"Issuer {name} Ready")
+    data = kubectl.json("get", "secret", name, "-n", NS)["data"]
+    return pki.Issued(base64.b64decode(data["tls.key"]), base64.b64decode(data["tls.crt"]))
+
+
+def test_changing_the_issuer_rotates_the_ca_with_no_failed_request(
+    kubectl: Kubectl, ca_issuer: pki.Issued, access: Access, tmp_path: Path
+) -> None:
+    """CA rotation the cert-manager way: a new CA Issuer, named in issuerRef. The operator
+    trusts the new CA first, then has cert-manager reissue the members, then drops the old CA
+    (steps --ca-settle = 120 s apart, see conftest). A client reads the bundle from the Secret
+    each round, as a pod's mounted ca.crt follows it; no request may fail meanwhile."""
+    new = _ca_issuer(kubectl, "cm-ca-2")
+    patch = {"spec": {"security": {"certManager": {"issuerRef": {"name": "cm-ca-2"}}}}}
+    kubectl("patch", "gcc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
+    bundle_file = tmp_path / "ca.crt"
+    failures: list[str] = []
+    steps: set[str] = set()
+    n = 0
+
+    def rotated() -> bool:
+        nonlocal n
+        n += 1
+        secret = kubectl.json("get", "secret", names.ca_secret(NAME), "-n", NS)
+        steps.add(secret["metadata"].get("annotations", {}).get(opki.STEP, "-"))
+        pem = base64.b64decode(secret["data"]["ca.crt"])
+        bundle_file.write_bytes(pem)
+        creds = Credentials(ca=str(bundle_file), token=access.tokens[WRITE])
+        try:
+            with Client([service_url(NAME)], credentials=creds, timeout=5) as c:
+                c.propose(f"cm-rotation/{n}", "v")
+            with Client([member_url(NAME, n % 3)], credentials=creds, timeout=5, route=False) as c:
+                c.propose(f"cm-rotation/{n}/direct", "v")
+        except Exception as exc:  # any failure is what this test counts
+            failures.append(f"{type(exc).__name__}: {exc}")
+        if x509.load_pem_x509_certificates(pem) != [new.cert]:
+            return False
+        ctx = ssl.create_default_context(cafile=str(bundle_file))
+        served = [
+            x509.load_der_x509_certificate(_served(member_url(NAME, i), ctx)) for i in range(3)
+        ]
+        return all(leaf.issuer == new.cert.subject for leaf in served)
+
+    wait_for(rotated, 600, "members on the new CA and only the new CA trusted", 3)
+    assert failures == [], f"{len(failures)} of {n} rounds failed: {failures[:3]}"
+    assert {"trust", "reissue"} <= steps, steps
+    reasons = [
+        e["message"]
+        for e in kubectl.json(
+            "get", "events", "-n", NS, "--field-selector", f"involvedObject.name={NAME}"
+        )["items"]
+        if e["reason"] == "Certificates"
+    ]
+    assert any("CA rotation finished" in m for m in reasons), reasons
+    # the old CA is no longer trusted: a member certificate from it is refused
+    old_member = pki.issue_member(ca_issuer, NAME, f"{NAME}-1", opki.member_hosts(NAME, NS, 0))
+    ctx = _context(Access(bundle_file, access.tokens, tmp_path), tmp_path, "old", old_member)
+    write = {"writes": [{"key": "cm-peer/old-ca", "rs": 5, "value": "intruder"}]}
+    outcome = call(member_url(NAME, 0), "POST", "/v1/registers/write", ctx, write)
+    assert isinstance(outcome, str) and outcome.startswith("refused"), outcome
