@@ -108,6 +108,17 @@ def _replace(live: Mapping[str, Any], data: Mapping[str, str]) -> dict[str, str 
     return {**{k: None for k in live.get("data") or {} if k not in data}, **data}
 
 
+def _owner_ref(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", names.API_VERSION),
+        "kind": body.get("kind", names.KIND),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "blockOwnerDeletion": True,
+    }
+
+
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(ref.get("uid") == uid for ref in refs)
@@ -524,6 +535,12 @@ class Operator:
         )  # fmt: skip
         kopf.adopt(todo.certificates, owner=dict(body))
         report = await self.apply(todo.certificates, live_certs, uid)
+        for secret in found:  # cert-manager's Secrets go with the cluster, as NAME-tls does
+            if secret is not None and not _owned_by(secret, uid):
+                refs = list((secret.get("metadata") or {}).get("ownerReferences") or [])
+                refs.append({**_owner_ref(body), "controller": False})
+                meta_patch = {"metadata": {"ownerReferences": refs}}
+                await self.kube.patch(object_path({**secret, "kind": "Secret"}), meta_patch)
         keep = {c["metadata"]["name"] for c in todo.certificates}
         gone = [
             c for (_, n), c in live_certs.items() if n not in keep and _owned_by(c, uid)

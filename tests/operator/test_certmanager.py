@@ -384,6 +384,15 @@ def test_operator_asks_cert_manager_and_keeps_the_trust_bundle(
             what="the trust bundle",
         )
         assert set(bundle["data"]) == {"ca.crt"}
+        # cert-manager's Secrets (keys included) are owned by the cluster: deleted with it
+        for secret in certmanager.secret_names("demo", 3):
+            wait_for(
+                lambda s=secret: any(
+                    r["uid"] == cluster["metadata"]["uid"]
+                    for r in api.get("Secret", NAMESPACE, s)["metadata"].get("ownerReferences", [])
+                ),
+                what=f"{secret} adopted",
+            )
         assert bundle["metadata"]["ownerReferences"][0]["uid"] == cluster["metadata"]["uid"]
         # a hand edit of a Certificate is repaired like any child
         api.patch("Certificate", NAMESPACE, "demo-0-cert",
