@@ -246,7 +246,7 @@ class Operator:
             )
             held = await self._identity_refusal(name, namespace, meta, incarnation, running, spec)
             if held is None:
-                held = await self._pki_refusal(name, namespace, spec, caps, running)
+                held = await self._pki_refusal(name, namespace, meta["uid"], spec, caps, running)
             if held is not None:
                 reason, message = held
                 return status.Outcome(
@@ -480,13 +480,15 @@ class Operator:
         self,
         name: str,
         namespace: str,
+        uid: str,
         spec: ClusterSpec,
         caps: render.Capabilities,
         running: topology.Topology | None,
     ) -> tuple[str, str] | None:
         """(reason, message) when the certificates asked for cannot be had: cert-manager asked
-        for but not installed, or a running cluster switched between the operator's CA and
-        cert-manager (its members would stop trusting each other mid-way)."""
+        for but not installed, the bundle Secret's name taken by someone else's Secret, or a
+        running cluster switched between the operator's CA and cert-manager (its members would
+        stop trusting each other mid-way)."""
         if not spec.security.tls:
             return None
         wants = certmanager.CERT_MANAGER if spec.security.cert_manager else "self"
@@ -496,12 +498,15 @@ class Operator:
                 f"{certmanager.PLURAL}.{certmanager.GROUP}/{certmanager.VERSION} is not served "
                 "(install cert-manager, or remove spec.security.certManager); nothing was changed"
             )
-        if running is None:
-            return None
-        has = certmanager.mode(
-            await self.kube.get(path("Secret", namespace, names.ca_secret(name)))
-        )
-        if has is not None and has != wants:
+        ca = await self.kube.get(path("Secret", namespace, names.ca_secret(name)))
+        if ca is not None and not _owned_by(ca, uid):
+            return status.APPLY_FAILED, (
+                f"Secret {names.ca_secret(name)} already exists and is not owned by this "
+                "cluster; rename or delete it (the operator never takes over objects it did not "
+                "create); nothing was changed"
+            )
+        has = certmanager.mode(ca)
+        if running is not None and has is not None and has != wants:
             where = {"self": "the operator's own CA", certmanager.CERT_MANAGER: "cert-manager"}
             return status.CERT_MANAGER_SWITCH, (
                 f"the running members use certificates from {where[has]}; switching a running "

@@ -47,7 +47,7 @@ from graven.operator import names, status
 from graven.operator import pki as opki
 
 NAME = "cm"  # the cluster
-ISSUER = "cm-ca"  # the CA Issuer its certificates come from
+ISSUER = "e2e-ca"  # the CA Issuer (not "cm-ca": the cluster's own bundle Secret is NAME-ca)
 TOKENS = "cm-tokens"
 CRDS = Path(ENV["KUBE_BIN"]) / "cert-manager-crds"
 BINARY = Path(ENV["KUBE_BIN"]) / "graven-cert-manager"
@@ -397,8 +397,8 @@ def test_changing_the_issuer_rotates_the_ca_with_no_failed_request(
     trusts the new CA first, then has cert-manager reissue the members, then drops the old CA
     (steps --ca-settle = 120 s apart, see conftest). A client reads the bundle from the Secret
     each round, as a pod's mounted ca.crt follows it; no request may fail meanwhile."""
-    new = _ca_issuer(kubectl, "cm-ca-2")
-    patch = {"spec": {"security": {"certManager": {"issuerRef": {"name": "cm-ca-2"}}}}}
+    new = _ca_issuer(kubectl, "e2e-ca-2")
+    patch = {"spec": {"security": {"certManager": {"issuerRef": {"name": "e2e-ca-2"}}}}}
     kubectl("patch", "gcc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
     bundle_file = tmp_path / "ca.crt"
     failures: list[str] = []

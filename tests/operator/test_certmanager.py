@@ -532,3 +532,34 @@ async def test_the_operator_calls_members_as_its_cert_manager_identity(tmp_path:
     finally:
         server.shutdown()
         op.transitions.stop.set()
+
+
+def test_a_foreign_secret_in_the_bundles_place_is_refused(apiserver: Cluster, crd: dict) -> None:
+    """Someone else's Secret named NAME-ca (as an Issuer's CA Secret could be): a clear refusal,
+    nothing created, and the Secret left as it was."""
+    api = apiserver.api
+    api.create(certificate_crd())
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "demo-ca", "namespace": NAMESPACE},
+        "data": pki.encode({"tls.crt": b"theirs"}),
+    }
+    api.create(theirs)
+    runner = OperatorRunner().start()
+    try:
+        api.create(demo(security=CM))
+        got = wait_for(
+            lambda: (
+                (c := condition(api.get("ConsensusCluster", NAMESPACE, "demo"), "Progressing"))
+                and c.get("reason") == "ApplyFailed"
+                and c
+            ),
+            what="the refusal",
+        )
+        assert "demo-ca" in got["message"]
+        assert api.get("StatefulSet", NAMESPACE, "demo") is None
+        assert api.list("Certificate", NAMESPACE) == []
+        assert api.get("Secret", NAMESPACE, "demo-ca")["data"] == theirs["data"]
+    finally:
+        runner.stop()
