@@ -100,13 +100,14 @@ def add_parser(subparsers: Any) -> None:
         help="seconds between comparisons of live children with the spec (default 30)",
     )
     parser.add_argument(
-        "--ca-settle",
+        "--ca-rotation-settle",
         type=float,
-        default=180.0,  # pki.DEFAULT_SETTLE (not imported here: `graven --help` stays fast)
+        default=180.0,
         metavar="S",
         help=(
-            "seconds between the steps of a CA rotation: at least the kubelet's Secret sync "
-            "plus the members' reload (default 180)"
+            "seconds between the steps of a CA rotation; must exceed the time the kubelet "
+            "takes to update a mounted Secret (its syncFrequency, one minute by default) "
+            "(default 180)"
         ),
     )
     parser.add_argument(
@@ -136,8 +137,10 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from graven.node.cli.errors import UsageError
 
-    if args.health_interval <= 0 or args.drift_interval <= 0:
-        raise UsageError("--health-interval and --drift-interval must be positive")
+    if min(args.health_interval, args.drift_interval, args.ca_rotation_settle) <= 0:
+        raise UsageError(
+            "--health-interval, --drift-interval and --ca-rotation-settle must be positive"
+        )
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UsageError("--metrics-port must be between 0 and 65535")
 
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             health_interval=args.health_interval,
             drift_interval=args.drift_interval,
             probe_members=args.probe_members,
-            ca_settle=datetime.timedelta(seconds=args.ca_settle),
+            ca_settle=datetime.timedelta(seconds=args.ca_rotation_settle),
         ),
         metrics=metrics,
     )

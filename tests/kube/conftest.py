@@ -48,11 +48,15 @@ def helm() -> str:
     ).stdout.strip()
 
 
+OPERATOR_ARGS = ("--drift-interval=5", "--health-interval=2", "--ca-rotation-settle=40")
+
+
 @pytest.fixture(scope="session")
 def operator(kubectl: Kubectl, helm: str) -> Iterator[str]:
     """The chart, installed as a user would (default image graven:0.1.0, loaded by `make kube`),
     with two replicas (one active through kopf peering) and short timers so that drift repair
-    is seen within seconds."""
+    is seen within seconds and a CA rotation within two minutes (the kubelet of `make kube`
+    syncs Secret volumes every 10 s)."""
     base = [helm, "--kubeconfig", kubectl.kubeconfig]
     install = subprocess.run(
         [
@@ -60,10 +64,9 @@ def operator(kubectl: Kubectl, helm: str) -> Iterator[str]:
             *("upgrade", "--install", RELEASE, str(REPO / "charts/graven-operator")),
             *("--namespace", OPERATOR_NS, "--create-namespace", "--wait", "--timeout", "5m"),
             *("--set", "replicas=2"),
-            # CA rotation steps 120 s apart (the kubelet syncs Secret volumes within ~90 s)
             *(
                 "--set",
-                "operator.extraArgs={--drift-interval=5,--health-interval=2,--ca-settle=120}",
+                "operator.extraArgs={--drift-interval=5,--health-interval=2,--ca-rotation-settle=40}",
             ),
         ],
         capture_output=True,

@@ -656,6 +656,77 @@ def test_the_operator_renews_an_expiring_member_certificate_while_serving(
     assert failures == [], f"{len(failures)} of {n} rounds failed"
 
 
+def _issuer_of(url: str, ctx: ssl.SSLContext) -> x509.Name:
+    return x509.load_der_x509_certificate(_served(url, ctx)).issuer
+
+
+def _certs(bundle: bytes) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(bundle)
+
+
+def test_the_operator_rotates_the_ca_under_load_and_no_request_fails(
+    kubectl: Kubectl, demo: str, access: Access
+) -> None:
+    """`kubectl annotate gcc demo graven.dev/rotate-ca=...`: trust both CAs, reissue, trust
+    only the new one, each step --ca-rotation-settle apart (conftest). A client that, like a
+    pod mounting the CA Secret, follows the Secret's ca.crt keeps deciding through the Service
+    and through member 0 with no failed request; afterwards members serve certificates of the
+    new CA and a client trusting only it reads every decision. (`access.ca` is that followed
+    file, so later tests trust the new CA.)"""
+    secret = names.ca_secret(demo)
+    old = secret_data(kubectl, secret)
+    old_ca = x509.load_pem_x509_certificate(old["tls.crt"])
+    creds = Credentials(ca=str(access.ca), token=access.tokens[WRITE])
+    acked: dict[str, str] = {}
+    failures: list[str] = []
+
+    def follow_the_secret() -> dict[str, bytes]:
+        data = secret_data(kubectl, secret)
+        if data["ca.crt"] != access.ca.read_bytes():  # atomically, as the kubelet swaps files
+            (access.dir / "ca.next").write_bytes(data["ca.crt"])
+            (access.dir / "ca.next").replace(access.ca)
+        return data
+
+    def decide_a_little() -> None:
+        for endpoint, route in ((service_url(demo), True), (member_url(demo, 0), False)):
+            key = f"ca-rotation/{len(acked)}"
+            try:
+                with Client([endpoint], credentials=creds, timeout=5, route=route) as c:
+                    acked[key] = c.propose(key, "v").value
+            except Exception as exc:  # any failure is what this test counts
+                failures.append(f"{key}: {type(exc).__name__}: {exc}")
+
+    kubectl("annotate", "gcc", demo, "-n", NS, f"{opki.ROTATE_REQUEST}={time.time_ns()}")
+    started = time.monotonic()
+
+    def finished() -> bool:
+        data = follow_the_secret()
+        decide_a_little()
+        notes = kubectl.json("get", "secret", secret, "-n", NS)["metadata"].get("annotations", {})
+        bundle = _certs(data["ca.crt"])
+        return opki.STEP not in notes and len(bundle) == 1 and bundle[0] != old_ca
+
+    wait_for(finished, 600, "the CA rotation to finish", interval=1)
+    new_ca = x509.load_pem_x509_certificate(secret_data(kubectl, secret)["tls.crt"])
+    only_new = ssl.create_default_context(
+        cadata=new_ca.public_bytes(serialization.Encoding.PEM).decode()
+    )
+
+    def every_member_serves_the_new_ca() -> bool:
+        decide_a_little()
+        return all(_issuer_of(member_url(demo, i), only_new) == new_ca.subject for i in range(3))
+
+    wait_for(every_member_serves_the_new_ca, 120, "members to serve new-CA certificates", 2)
+    took = time.monotonic() - started
+    print(f"CA rotation: {len(acked)} decided, {len(failures)} failed, in {took:.0f} s")
+    assert failures == [], f"{len(failures)} of {len(acked) + len(failures)} failed: {failures}"
+    assert len(acked) >= 20, acked  # the load really ran across the rotation
+    for key, value in acked.items():
+        assert read(access, service_url(demo), key) == value, key
+    reasons = [e["message"] for e in events(kubectl, demo) if e["reason"] == "Certificates"]
+    assert any("CA rotation finished" in m for m in reasons), reasons
+
+
 # --- refusals and what the real apiserver does with what the operator writes -------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.operator.apiclient import wait_for
@@ -28,7 +30,7 @@ def test_help_lists_the_options() -> None:
     assert done.returncode == 0, done.stderr
     for option in (
         *("--namespace", "--all-namespaces", "--liveness", "--peering", "--standalone"),
-        *("--metrics-port", "--metrics-address"),
+        *("--metrics-port", "--metrics-address", "--ca-rotation-settle"),
     ):
         assert option in done.stdout
 
@@ -37,11 +39,21 @@ def test_operator_is_a_graven_subcommand() -> None:
     assert "operator" in graven("--help").stdout
 
 
-def test_bad_interval_is_a_usage_error() -> None:
-    done = graven("operator", "--health-interval", "0")
+@pytest.mark.parametrize("option", ["--health-interval", "--ca-rotation-settle"])
+def test_bad_interval_is_a_usage_error(option: str) -> None:
+    done = graven("operator", option, "0")
     assert done.returncode == 2
-    assert "graven operator: error:" in done.stderr
+    assert "graven operator: error:" in done.stderr and option in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_cli_default_settle_is_the_operators() -> None:
+    from graven.operator import cli, pki
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["operator"])
+    assert args.ca_rotation_settle == pki.DEFAULT_SETTLE.total_seconds()
 
 
 def test_a_busy_metrics_port_is_a_usage_error() -> None:

@@ -120,6 +120,9 @@ clusterDNS: ["$NODE_IP"]
 resolvConf: $C/resolv.conf
 podLogsDir: $S/pod-logs
 maxPods: 40
+# Secret volumes follow their Secret within this period (the default is 1m): the tests
+# rotate a CA with steps 40 s apart (--ca-rotation-settle), which must exceed it.
+syncFrequency: 10s
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
