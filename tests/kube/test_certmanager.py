@@ -395,8 +395,8 @@ def test_changing_the_issuer_rotates_the_ca_with_no_failed_request(
 ) -> None:
     """CA rotation the cert-manager way: a new CA Issuer, named in issuerRef. The operator
     trusts the new CA first, then has cert-manager reissue the members, then drops the old CA
-    (steps --ca-rotation-settle = 40 s apart, see conftest). A client reads the bundle from the Secret
-    each round, as a pod's mounted ca.crt follows it; no request may fail meanwhile."""
+    (steps --ca-rotation-settle = 40 s apart, see conftest). A client reads the bundle from the
+    Secret each round, as a pod's mounted ca.crt follows it; no request may fail meanwhile."""
     new = _ca_issuer(kubectl, "e2e-ca-2")
     patch = {"spec": {"security": {"certManager": {"issuerRef": {"name": "e2e-ca-2"}}}}}
     kubectl("patch", "gcc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
