@@ -439,9 +439,17 @@ def test_changing_the_issuer_rotates_the_ca_with_no_failed_request(
         if e["reason"] == "Certificates"
     ]
     assert any("CA rotation finished" in m for m in reasons), reasons
-    # the old CA is no longer trusted: a member certificate from it is refused
+    # the old CA is no longer trusted: a member certificate from it is refused (once the
+    # kubelet has synced the bundle into the pods: a few seconds)
     old_member = pki.issue_member(ca_issuer, NAME, f"{NAME}-1", opki.member_hosts(NAME, NS, 0))
     ctx = _context(Access(bundle_file, access.tokens, tmp_path), tmp_path, "old", old_member)
-    write = {"writes": [{"key": "cm-peer/old-ca", "rs": 5, "value": "intruder"}]}
-    outcome = call(member_url(NAME, 0), "POST", "/v1/registers/write", ctx, write)
-    assert isinstance(outcome, str) and outcome.startswith("refused"), outcome
+    tries = 0
+
+    def old_ca_refused() -> str | None:
+        nonlocal tries
+        tries += 1
+        write = {"writes": [{"key": f"cm-peer/old-ca/{tries}", "rs": 5, "value": "intruder"}]}
+        outcome = call(member_url(NAME, 0), "POST", "/v1/registers/write", ctx, write)
+        return outcome if isinstance(outcome, str) and outcome.startswith("refused") else None
+
+    wait_for(old_ca_refused, 60, "a member certificate of the old CA refused", 2)
