@@ -35,6 +35,7 @@ MUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
     "PodDisruptionBudget": (("spec",),),
     "ServiceMonitor": (("spec",),),
     "PrometheusRule": (("spec",),),
+    "Certificate": (("spec",),),  # cert-manager.io/v1
 }
 # Fields the apiserver refuses to change after creation.
 IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {

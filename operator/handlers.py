@@ -126,6 +126,8 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     async def health(body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
         try:
+            if ((body.get("spec") or {}).get("security") or {}).get("certManager"):
+                await op.trust(meta["namespace"], meta["name"])  # cert-manager renews any time
             await op.refresh(meta["namespace"], meta["name"])
         except ApiError as exc:
             raise _temporary(exc) from exc

@@ -31,6 +31,7 @@ PLURALS: dict[str, str] = {
     "Secret": "secrets",
     "NetworkPolicy": "networkpolicies",
     "Event": "events",
+    "Certificate": "certificates",  # cert-manager.io/v1
     names.KIND: names.PLURAL,
 }
 API_VERSIONS: dict[str, str] = {
@@ -45,6 +46,7 @@ API_VERSIONS: dict[str, str] = {
     "Secret": "v1",
     "NetworkPolicy": "networking.k8s.io/v1",
     "Event": "v1",
+    "Certificate": "cert-manager.io/v1",
     names.KIND: names.API_VERSION,
 }
 MERGE_PATCH = "application/merge-patch+json"

@@ -74,6 +74,22 @@ def tls_secret(name: str) -> str:
     return f"{name}-tls"
 
 
+def member_cert(name: str, index: int) -> str:
+    """cert-manager mode: a member's Certificate and the Secret it writes (tls.crt, tls.key,
+    ca.crt). The ``-cert`` suffix keeps them apart from the self-managed Secrets."""
+    return f"{member(name, index)}-cert"
+
+
+def operator_cert(name: str) -> str:
+    """cert-manager mode: the operator's admin client Certificate and Secret."""
+    return f"{name}-operator-cert"
+
+
+def metrics_cert(name: str) -> str:
+    """cert-manager mode: Prometheus' read-only client Certificate and Secret."""
+    return f"{name}-metrics-cert"
+
+
 def selector(name: str) -> dict[str, str]:
     """Labels that select a cluster's pods; never changes over the cluster's life."""
     return {LABEL_NAME: APP, LABEL_INSTANCE: name}

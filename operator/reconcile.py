@@ -25,7 +25,19 @@ from graven.node.cluster.config import ConfigError
 from graven.node.cluster.spec import ClusterSpec, SpecError, check_name, parse
 from graven.node.protocol import reconfig as rc
 
-from . import abandon, drift, health, identity, names, pki, reconfigure, render, status, topology
+from . import (
+    abandon,
+    certmanager,
+    drift,
+    health,
+    identity,
+    names,
+    pki,
+    reconfigure,
+    render,
+    status,
+    topology,
+)
 from . import transitions as tr
 from .kube import ApiError, Kube, object_path, path
 from .layout import LayoutVerdict, check_layout, summary
@@ -99,6 +111,17 @@ def _replace(live: Mapping[str, Any], data: Mapping[str, str]) -> dict[str, str 
     return {**{k: None for k in live.get("data") or {} if k not in data}, **data}
 
 
+def _owner_ref(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", names.API_VERSION),
+        "kind": body.get("kind", names.KIND),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "blockOwnerDeletion": True,
+    }
+
+
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(ref.get("uid") == uid for ref in refs)
@@ -153,9 +176,11 @@ class Operator:
         if self._caps and now - self._caps[0] < self.options.capabilities_ttl:
             return self._caps[1]
         served = await self.kube.resources("monitoring.coreos.com/v1") or set()
+        issuing = await self.kube.resources(certmanager.API_VERSION) or set()
         caps = render.Capabilities(
             service_monitor="servicemonitors" in served,
             prometheus_rule="prometheusrules" in served,
+            certificates=certmanager.PLURAL in issuing,
         )
         self._caps = (now, caps)
         return caps
@@ -223,6 +248,8 @@ class Operator:
                 live[("ConfigMap", names.config_map(name))], live[("StatefulSet", name)]
             )
             held = await self._identity_refusal(name, namespace, meta, incarnation, running, spec)
+            if held is None:
+                held = await self._pki_refusal(name, namespace, meta["uid"], spec, caps, running)
             if held is not None:
                 reason, message = held
                 return status.Outcome(
@@ -243,7 +270,11 @@ class Operator:
                 pods = max(pods, int((live[("StatefulSet", name)] or {}).get("spec", {}).get(
                     "replicas", 0) or 0))  # fmt: skip
             sized = dataclasses.replace(spec, replicas=pods)
-            pki_events = await self.certificates(body, sized) if spec.security.tls else []
+            pki_events = []
+            if spec.security.cert_manager is not None:
+                pki_events = await self.cert_manager(body, sized)
+            elif spec.security.tls:
+                pki_events = await self.certificates(body, sized)
             report = await self.apply(desired, live, uid)
             await self._prune(spec, caps, live, uid, report)
             if plan.start:
@@ -485,6 +516,125 @@ class Operator:
             else:
                 await self.kube.patch(tls_path, {"data": _replace(tls_live, secret["data"])})
         return [Event("Normal", "Certificates", _short(e)) for e in todo.events]
+
+    async def _pki_refusal(
+        self,
+        name: str,
+        namespace: str,
+        uid: str,
+        spec: ClusterSpec,
+        caps: render.Capabilities,
+        running: topology.Topology | None,
+    ) -> tuple[str, str] | None:
+        """(reason, message) when the certificates asked for cannot be had: cert-manager asked
+        for but not installed, the bundle Secret's name taken by someone else's Secret, or a
+        running cluster switched between the operator's CA and cert-manager (its members would
+        stop trusting each other mid-way)."""
+        if not spec.security.tls:
+            return None
+        wants = certmanager.CERT_MANAGER if spec.security.cert_manager else "self"
+        if wants == certmanager.CERT_MANAGER and not caps.certificates:
+            return status.CERT_MANAGER_MISSING, (
+                "spec.security.certManager asks for cert-manager Certificates but the API "
+                f"{certmanager.PLURAL}.{certmanager.GROUP}/{certmanager.VERSION} is not served "
+                "(install cert-manager, or remove spec.security.certManager); nothing was changed"
+            )
+        ca = await self.kube.get(path("Secret", namespace, names.ca_secret(name)))
+        if ca is not None and not _owned_by(ca, uid):
+            return status.APPLY_FAILED, (
+                f"Secret {names.ca_secret(name)} already exists and is not owned by this "
+                "cluster; rename or delete it (the operator never takes over objects it did not "
+                "create); nothing was changed"
+            )
+        has = certmanager.mode(ca)
+        if running is not None and has is not None and has != wants:
+            where = {"self": "the operator's own CA", certmanager.CERT_MANAGER: "cert-manager"}
+            return status.CERT_MANAGER_SWITCH, (
+                f"the running members use certificates from {where[has]}; switching a running "
+                f"cluster to {where[wants]} is not supported (members would stop trusting each "
+                "other); nothing was changed. Restore spec.security.certManager, or recreate the "
+                "cluster"
+            )
+        return None
+
+    async def cert_manager(self, body: Mapping[str, Any], spec: ClusterSpec) -> list[Event]:
+        """cert-manager mode (see ``certmanager``): the Certificates, the trust bundle and the
+        steps of a CA rotation; before the pods, which mount the Secrets."""
+        meta = body["metadata"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+        assert spec.security.cert_manager is not None
+        certs_path = path(certmanager.KIND, namespace, api_version=certmanager.API_VERSION)
+        live_certs = {
+            (c["kind"], c["metadata"]["name"]): c
+            for c in await self.kube.list(certs_path, names.selector(name))
+        }
+        ca_path = path("Secret", namespace, names.ca_secret(name))
+        ca_live = await self.kube.get(ca_path)
+        if ca_live is not None and not _owned_by(ca_live, uid):
+            raise ApiError(409, "Conflict", f"Secret {names.ca_secret(name)} is not ours")
+        wanted = certmanager.secret_names(name, spec.replicas)
+        found = await asyncio.gather(*(self.kube.get(path("Secret", namespace, n)) for n in wanted))
+        todo = certmanager.plan(
+            name, namespace, spec.replicas, spec.security.cert_manager,
+            dict(zip(wanted, found, strict=True)), ca_live,
+            datetime.datetime.now(datetime.UTC), self.options.ca_settle,
+        )  # fmt: skip
+        kopf.adopt(todo.certificates, owner=dict(body))
+        report = await self.apply(todo.certificates, live_certs, uid)
+        for secret in found:  # cert-manager's Secrets go with the cluster, as NAME-tls does
+            if secret is not None and not _owned_by(secret, uid):
+                refs = list((secret.get("metadata") or {}).get("ownerReferences") or [])
+                refs.append({**_owner_ref(body), "controller": False})
+                meta_patch = {"metadata": {"ownerReferences": refs}}
+                await self.kube.patch(object_path({**secret, "kind": "Secret"}), meta_patch)
+        keep = {c["metadata"]["name"] for c in todo.certificates}
+        gone = [
+            c for (_, n), c in live_certs.items() if n not in keep and _owned_by(c, uid)
+        ]  # members scaled away
+        for cert in gone:
+            await self.kube.delete(object_path(cert))
+        if todo.bundle is not None or todo.annotations or ca_live is None:
+            data = {"ca.crt": todo.bundle} if todo.bundle is not None else None
+            if ca_live is None:
+                secret = certmanager.bundle_secret(
+                    name, namespace, todo.bundle or b"", todo.annotations
+                )
+                if todo.bundle is None:
+                    secret["data"] = {}
+                kopf.adopt(secret, owner=dict(body))
+                await self.kube.create(ca_path.rsplit("/", 1)[0], secret)
+            else:
+                patch: dict[str, Any] = {"metadata": {"annotations": dict(todo.annotations)}}
+                if data is not None:
+                    patch["data"] = _replace(ca_live, pki.encode(data))
+                await self.kube.patch(ca_path, patch)
+        events = [Event("Normal", "Certificates", _short(e)) for e in todo.events]
+        if report.created and not live_certs:
+            events.append(Event("Normal", "Certificates", _short(
+                f"asked cert-manager for {len(report.created)} certificates from "
+                f"{certmanager.issuer_key(spec.security.cert_manager)}")))  # fmt: skip
+        return events
+
+    async def trust(self, namespace: str, name: str) -> None:
+        """The health timer's part in cert-manager mode: keep the trust bundle and a CA
+        rotation moving between reconciles (cert-manager writes Secrets at any time)."""
+        async with self.lock(namespace, name):
+            body = await self.current(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            try:
+                spec = parse(body.get("spec"))
+            except SpecError:
+                return
+            if spec.security.cert_manager is None or not spec.security.tls or spec.paused:
+                return
+            sts = await self.kube.get(path("StatefulSet", namespace, name))
+            replicas = int(((sts or {}).get("spec") or {}).get("replicas") or 0)
+            if sts is None or not (await self.capabilities()).certificates:
+                return  # the reconcile creates or refuses
+            events = await self.cert_manager(body, dataclasses.replace(spec, replicas=replicas))
+            for event in events:
+                await self.post_event(body, event.type, event.reason, event.message)
 
     async def _put_secret(
         self,
@@ -764,6 +914,12 @@ class Operator:
         caps = await self.capabilities()
         live = await self.children(namespace, name, caps)
         deleted = []
+        if caps.certificates:
+            certs = await self.kube.list(
+                path(certmanager.KIND, namespace, api_version=certmanager.API_VERSION),
+                names.selector(name),
+            )
+            live = {**live, **{(c["kind"], c["metadata"]["name"]): c for c in certs}}
         for obj in live.values():
             if obj is not None:
                 self._dropped.pop(object_path(obj), None)

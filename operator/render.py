@@ -26,10 +26,11 @@ from . import alerts, identity, names, topology
 
 @dataclass(frozen=True)
 class Capabilities:
-    """Optional APIs found on the cluster (prometheus-operator CRDs)."""
+    """Optional APIs found on the cluster (prometheus-operator and cert-manager CRDs)."""
 
     service_monitor: bool = False
     prometheus_rule: bool = False
+    certificates: bool = False  # cert-manager.io/v1 Certificate
 
 
 def labels(name: str, component: str, spec: ClusterSpec | None = None) -> dict[str, str]:
@@ -273,10 +274,34 @@ def _security_mounts(spec: ClusterSpec) -> list[dict]:
     return mounts
 
 
-def _security_volumes(name: str, spec: ClusterSpec) -> list[dict]:
+def _member_certs(name: str, members: int) -> dict:
+    """cert-manager mode: every member's Secret (NAME-i-cert) in one volume, as NAME-i.crt/.key
+    (the paths of the self-managed NAME-tls Secret), so each pod finds its own by its name."""
+    sources = [
+        {
+            "secret": {
+                "name": names.member_cert(name, i),
+                "items": [
+                    {"key": "tls.crt", "path": f"{names.member(name, i)}.crt"},
+                    {"key": "tls.key", "path": f"{names.member(name, i)}.key"},
+                ],
+            }
+        }
+        for i in range(members)
+    ]
+    return {"name": "tls", "projected": {"sources": sources, "defaultMode": 0o440}}
+
+
+def _security_volumes(name: str, spec: ClusterSpec, members: int) -> list[dict]:
     """Secret volumes (the kubelet updates them in place; members reload within a second)."""
     if not spec.security.tls:
         return []
+    tls: dict = {
+        "name": "tls",
+        "secret": {"secretName": names.tls_secret(name), "defaultMode": 0o440},
+    }
+    if spec.security.cert_manager is not None:
+        tls = _member_certs(name, members)
     volumes: list[dict] = [
         # only the trust bundle: the CA's key never reaches a pod
         {
@@ -287,7 +312,7 @@ def _security_volumes(name: str, spec: ClusterSpec) -> list[dict]:
                 "defaultMode": 0o444,
             },
         },
-        {"name": "tls", "secret": {"secretName": names.tls_secret(name), "defaultMode": 0o440}},
+        tls,
     ]
     if spec.security.client_tokens_secret:
         volumes.append(
@@ -303,7 +328,7 @@ def _security_volumes(name: str, spec: ClusterSpec) -> list[dict]:
     return volumes
 
 
-def _pod_spec(name: str, spec: ClusterSpec) -> dict:
+def _pod_spec(name: str, spec: ClusterSpec, members: int) -> dict:
     pod: dict[str, Any] = {
         # Members never talk to the Kubernetes API; no token means nothing to steal.
         "automountServiceAccountToken": False,
@@ -320,7 +345,7 @@ def _pod_spec(name: str, spec: ClusterSpec) -> dict:
         "volumes": [
             {"name": "config", "configMap": {"name": names.config_map(name)}},
             {"name": "tmp", "emptyDir": {}},
-            *_security_volumes(name, spec),
+            *_security_volumes(name, spec, members),
         ],
         "topologySpreadConstraints": [dict(c) for c in spec.topology_spread]
         if spec.topology_spread is not None
@@ -396,7 +421,7 @@ def statefulset(
                     # Members restart for what they cannot install live (config_hash)
                     "annotations": {names.ANNOTATION_CONFIG_HASH: cfg_hash},
                 },
-                "spec": _pod_spec(name, spec),
+                "spec": _pod_spec(name, spec, served.replicas if served else spec.replicas),
             },
             "volumeClaimTemplates": [_claim_template(name, spec, epoch, incarnation)],
         },
@@ -433,10 +458,13 @@ def service_monitor(name: str, namespace: str, spec: ClusterSpec | None = None) 
         # Prometheus verifies the members with the cluster's CA and shows its own read-only
         # client certificate (issued by the operator into the cluster's TLS Secret).
         endpoint["scheme"] = "https"
+        cert = (names.tls_secret(name), "metrics.crt", "metrics.key")
+        if spec.security.cert_manager is not None:
+            cert = (names.metrics_cert(name), "tls.crt", "tls.key")
         endpoint["tlsConfig"] = {
             "ca": {"secret": {"name": names.ca_secret(name), "key": "ca.crt"}},
-            "cert": {"secret": {"name": names.tls_secret(name), "key": "metrics.crt"}},
-            "keySecret": {"name": names.tls_secret(name), "key": "metrics.key"},
+            "cert": {"secret": {"name": cert[0], "key": cert[1]}},
+            "keySecret": {"name": cert[0], "key": cert[2]},
             "serverName": f"{name}.{namespace}.svc",
         }
     return {

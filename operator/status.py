@@ -50,6 +50,10 @@ IMMUTABLE_CHANGED = "ImmutableFieldChanged"
 RETAINED_VOLUMES = "RetainedVolumes"
 # The running members are another incarnation than the cluster now names (adoption changed).
 INCARNATION_MISMATCH = "IncarnationMismatch"
+# spec.security.certManager without cert-manager's Certificate API (nothing is applied).
+CERT_MANAGER_MISSING = "CertManagerMissing"
+# A running cluster switched between the operator's CA and cert-manager (nothing is applied).
+CERT_MANAGER_SWITCH = "CertificateSourceChanged"
 STICKY = {
     REFUSED,
     RECORD_INVALID,
@@ -60,9 +64,11 @@ STICKY = {
     IMMUTABLE_CHANGED,
     RETAINED_VOLUMES,
     INCARNATION_MISMATCH,
+    CERT_MANAGER_MISSING,
+    CERT_MANAGER_SWITCH,
 }
 # Refusals that keep a cluster from being deployed at all: phase Failed.
-NOT_DEPLOYABLE = {INVALID_SPEC, RETAINED_VOLUMES, INCARNATION_MISMATCH}
+NOT_DEPLOYABLE = {INVALID_SPEC, RETAINED_VOLUMES, INCARNATION_MISMATCH, CERT_MANAGER_MISSING}
 
 QUORUM_READY = "QuorumReady"
 QUORUM_NOT_READY = "QuorumNotReady"

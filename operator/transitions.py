@@ -16,7 +16,8 @@ What the Driver asks for, and how it is done here:
   ``GET /v1/cluster``; until then it raises, and the Driver retries. The Driver then pushes
   ``doc`` to each of them (``POST /v1/admin/config``, as admin), which installs it live;
 - member calls: over TLS with an ``admin`` client certificate the operator issues itself from
-  the cluster's CA (kept in memory and in a private temporary file for the SSL context only).
+  the cluster's CA (kept in memory and in a private temporary file for the SSL context only),
+  or, with cert-manager, the one cert-manager wrote into the Secret NAME-operator-cert.
 """
 
 from __future__ import annotations
@@ -146,9 +147,8 @@ async def save_record(
         await op.kube.patch(url, {"data": obj["data"]})
 
 
-def _ssl_context(ca: node_pki.Issued, bundle: bytes, cluster: str) -> ssl.SSLContext:
-    """Trust the cluster's CA; show an admin client certificate freshly issued from it."""
-    leaf = node_pki.issue_client(ca, cluster, ADMIN, OPERATOR_CLIENT, days=2)
+def _ssl_context(leaf: node_pki.Issued, bundle: bytes) -> ssl.SSLContext:
+    """Trust the cluster's bundle; show the operator's admin client certificate ``leaf``."""
     ctx = ssl.create_default_context(cadata=bundle.decode())
     # load_cert_chain reads files only: a private file, removed as soon as it is loaded
     fd, tmp = tempfile.mkstemp(prefix="graven-op-", suffix=".pem")
@@ -300,13 +300,25 @@ class Transitions:
         if spec.security.tls:
             secret = await self.op.kube.get(path("Secret", namespace, names.ca_secret(name)))
             data = {k: v for k, v in _decoded(secret).items()}
-            if not {"tls.crt", "tls.key", "ca.crt"} <= set(data):
-                raise Stopped(f"the CA Secret {names.ca_secret(name)} is not there yet")
+            # cert-manager mode: the operator's identity is a Certificate of its own (no CA key)
+            mine = spec.security.cert_manager is not None
+            if mine:
+                own = _decoded(
+                    await self.op.kube.get(path("Secret", namespace, names.operator_cert(name)))
+                )
+                data = {**own, "ca.crt": data.get("ca.crt", b"")}
+            if not {"tls.crt", "tls.key", "ca.crt"} <= set(data) or not data["ca.crt"]:
+                what = names.operator_cert(name) if mine else names.ca_secret(name)
+                raise Stopped(f"the Secret {what} is not there yet")
             cached = self._creds.get(f"{namespace}/{name}")
             stamp = (data["tls.crt"] + data["ca.crt"]).hex()[-64:]
             if cached is None or cached[0] != stamp:
-                ca = node_pki.Issued(data["tls.key"], data["tls.crt"])
-                cached = (stamp, _ssl_context(ca, data["ca.crt"], name))
+                if mine:
+                    leaf = node_pki.Issued(data["tls.key"], data["tls.crt"])
+                else:  # freshly issued from the cluster's CA
+                    ca = node_pki.Issued(data["tls.key"], data["tls.crt"])
+                    leaf = node_pki.issue_client(ca, name, ADMIN, OPERATOR_CLIENT, days=2)
+                cached = (stamp, _ssl_context(leaf, data["ca.crt"]))
                 self._creds[f"{namespace}/{name}"] = cached
             inner = MemberCalls(ssl_context=cached[1])
         address = self.op.options.member_address

@@ -65,10 +65,24 @@ class Monitoring:
 
 
 @dataclass(frozen=True)
+class IssuerRef:
+    """``spec.security.certManager.issuerRef``: the cert-manager issuer of the certificates."""
+
+    name: str
+    kind: str = "Issuer"  # Issuer (in the cluster's namespace) | ClusterIssuer
+    group: str = "cert-manager.io"
+
+
+ISSUER_KINDS = ("Issuer", "ClusterIssuer")
+
+
+@dataclass(frozen=True)
 class Security:
     """``spec.security``: TLS and client access (secure unless switched off)."""
 
     tls: bool = True  # members and clients over mutual TLS with the operator's CA
+    # None: the operator's own CA (Secrets NAME-ca, NAME-tls); else cert-manager Certificates
+    cert_manager: IssuerRef | None = None
     client_tokens_secret: str | None = None  # Secret with key tokens.yaml (hashed tokens)
     network_policy: bool = True
     # NetworkPolicyPeers allowed to reach the client API; None: pods of the cluster's namespace
@@ -252,7 +266,29 @@ def _security(block: Mapping[str, Any]) -> Security:
         if clients is None
         else _objects(clients, "spec.security.networkPolicy.clients"),
         metrics_namespace=metrics_ns,
+        cert_manager=_cert_manager(block.get("certManager"), tls),
     )
+
+
+def _cert_manager(block: Any, tls: bool) -> IssuerRef | None:
+    where = "spec.security.certManager"
+    if block is None:
+        return None
+    block = _mapping(block, where)
+    ref = _mapping(block.get("issuerRef"), f"{where}.issuerRef")
+    name, kind = ref.get("name"), ref.get("kind", "Issuer")
+    group = ref.get("group", "cert-manager.io")
+    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
+        raise SpecError(
+            f"{where}.issuerRef.name must name an Issuer or ClusterIssuer, got {name!r}"
+        )
+    if kind not in ISSUER_KINDS:
+        raise SpecError(f"{where}.issuerRef.kind must be Issuer or ClusterIssuer, got {kind!r}")
+    if not isinstance(group, str) or not _DNS_SUBDOMAIN.match(group):
+        raise SpecError(f"{where}.issuerRef.group must be an API group, got {group!r}")
+    if not tls:
+        raise SpecError(f"{where} needs spec.security.tls: true")
+    return IssuerRef(name, kind, group)
 
 
 @dataclass(frozen=True)

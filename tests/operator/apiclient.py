@@ -26,6 +26,7 @@ GROUP_PATHS = {
     "PrometheusRule": "/apis/monitoring.coreos.com/v1",
     "ConsensusCluster": "/apis/graven.dev/v1alpha1",
     "CustomResourceDefinition": "/apis/apiextensions.k8s.io/v1",
+    "Certificate": "/apis/cert-manager.io/v1",
 }
 PLURALS = {
     "ConfigMap": "configmaps",
@@ -41,6 +42,7 @@ PLURALS = {
     "PrometheusRule": "prometheusrules",
     "ConsensusCluster": "consensusclusters",
     "CustomResourceDefinition": "customresourcedefinitions",
+    "Certificate": "certificates",
 }
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl,
-# CoreDNS and Prometheus from the Go modules pinned in tools/kube/gomod/ into $KUBE_BIN. Each
+# CoreDNS and Prometheus from the Go modules pinned in tools/kube/gomod/, and cert-manager's
+# controllers (tools/kube/certmanager/: our main over the pinned cert-manager module, with its
+# CRDs copied beside it) into $KUBE_BIN. Each
 # group is skipped when its binaries for these pins and this Go are already there, so a second
 # run takes a second. Cold on 2 cores: see README ("Running on a real Kubernetes").
 #   build.sh --check   builds nothing; exits 1 (naming what is missing) unless every binary of
@@ -20,9 +22,13 @@ gov=$(go version)
 built=0
 missing=()
 group() { # name module-dir ldflags output-dir-or-file packages...: go build unless cached
-  local name=$1 dir=$TOOLS_KUBE/gomod/$2 ldflags=$3 out=$4; shift 4
+  # module-dir: under tools/kube/gomod/, or (ending in /) under tools/kube/
+  local name=$1 dir=$TOOLS_KUBE/gomod/$2 ldflags=$3 out=$4
+  [[ $2 == */ ]] && dir=$TOOLS_KUBE/${2%/}
+  shift 4
   local stamp=$KUBE_BIN/.$name.stamp want
-  want=$(cat "$dir/go.mod" "$dir/go.sum" <(echo "$gov $ldflags $*") | sha256sum | cut -c1-16)
+  want=$(cat "$dir/go.mod" "$dir/go.sum" $(ls "$dir"/*.go 2>/dev/null) <(echo "$gov $ldflags $*") \
+    | sha256sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
   if [ $check = 1 ]; then missing+=("$name"); return 0; fi
   local t0; t0=$(date +%s)
@@ -43,7 +49,22 @@ group "coredns-$COREDNS_VERSION" coredns "-s -w" "$KUBE_BIN/coredns" github.com/
 group "prometheus-$PROMETHEUS_RELEASE" prometheus \
   "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_RELEASE" \
   "$KUBE_BIN/prometheus" github.com/prometheus/prometheus/cmd/prometheus
+# cert-manager: the controllers a CA Issuer needs (tests/kube/test_certmanager.py runs them),
+# and the CRDs of the same module for the test to install (after the build, in its stamp).
+certmanager_crds() {
+  local mod
+  mod=$(cd "$TOOLS_KUBE/certmanager" && go list -mod=readonly -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)
+  mkdir -p "$KUBE_BIN/cert-manager-crds"
+  cp "$mod"/deploy/crds/cert-manager.io_*.yaml "$KUBE_BIN/cert-manager-crds/"
+}
+cm_stamp=$KUBE_BIN/.cert-manager-$CERT_MANAGER_VERSION.stamp
+cm_before=$(cat "$cm_stamp" 2>/dev/null || true)
+group "cert-manager-$CERT_MANAGER_VERSION" certmanager/ "-s -w" "$KUBE_BIN/graven-cert-manager" .
+if [ $check = 0 ] && { [ "$cm_before" != "$(cat "$cm_stamp")" ] || ! [ -d "$KUBE_BIN/cert-manager-crds" ]; }; then
+  certmanager_crds
+fi
 if [ $check = 1 ]; then
+  [ -d "$KUBE_BIN/cert-manager-crds" ] || missing+=("cert-manager-crds")
   [ ${#missing[@]} = 0 ] || { echo "not cached in $KUBE_BIN: ${missing[*]}" >&2; exit 1; }
   echo "kube binaries $KUBE_VERSION cached in $KUBE_BIN"
   exit 0

@@ -7,6 +7,9 @@ COREDNS_VERSION=v1.14.7       # github.com/coredns/coredns module: cluster DNS
 # built without Kubernetes service discovery, which tests/kube needs against this apiserver.
 PROMETHEUS_VERSION=v0.307.3
 PROMETHEUS_RELEASE=3.7.3     # the release that module version is
+# github.com/cert-manager/cert-manager module: its controllers (tools/kube/certmanager/main.go)
+# and CRDs, for tests/kube/test_certmanager.py. The version is pinned in that go.mod too.
+CERT_MANAGER_VERSION=v1.21.2
 DEBIAN_SUITE=bookworm         # base image of Graven's image, made with mmdebstrap from Debian packages
 KUBE_CACHE=${GRAVEN_KUBE_CACHE:-/var/cache/graven-kube}
 KUBE_STATE=${GRAVEN_KUBE_STATE:-/var/lib/graven-kube}

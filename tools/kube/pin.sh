@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the pinned go.mod/go.sum under tools/kube/gomod/ for the versions in env.sh.
+# Regenerates the pinned go.mod/go.sum under tools/kube/gomod/ (and tools/kube/certmanager/)
+# for the versions in env.sh.
 # Run by hand when changing KUBE_VERSION or COREDNS_VERSION, then commit the result; build.sh
 # only reads these files (-mod=readonly), so every build uses the same checksummed modules.
 set -euo pipefail
@@ -29,4 +30,7 @@ rm -rf "$prom" && mkdir -p "$prom" && cd "$prom"
 go mod init local/graven-prometheus-build >/dev/null 2>&1
 go get "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
 go mod edit -go="$(go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' | xargs sed -n 's/^go //p')"
+cm=$TOOLS_KUBE/certmanager  # our main.go lives there; only its go.mod/go.sum are regenerated
+cd "$cm" && go mod edit -require="github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" && go mod tidy
+echo "pinned: cert-manager $CERT_MANAGER_VERSION"
 echo "pinned: kubernetes $KUBE_VERSION, coredns $COREDNS_VERSION, prometheus $PROMETHEUS_VERSION"

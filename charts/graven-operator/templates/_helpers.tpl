@@ -91,6 +91,10 @@ RBAC rules for the namespaced objects the operator reads and writes. Used by the
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
+# cert-manager Certificates (spec.security.certManager), used only where that CRD exists.
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # Member health (pods), volumes removed with retention.whenDeleted: Delete.
 - apiGroups: [""]
   resources: ["pods"]
