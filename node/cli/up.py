@@ -34,6 +34,7 @@ from ..cluster.transition import Driver, MemberCalls, ReconfigureError
 from ..local import cluster as lc
 from ..local import identity as localidentity
 from ..local import security as local_security
+from ..protocol import reconfig as rc
 
 STATE_FILE = "reconfiguration.json"  # the transition's record (the master's, locally)
 
@@ -210,10 +211,12 @@ def plan_transition(
         publish: Callable[[dict], None], settle: Callable[[dict], None], call: MemberCalls
     ) -> str:
         done = []
+        show = _step_printer()
         if resumed is not None:
             resumed.publish = publish
             resumed.settle = settle
             resumed.call = call
+            resumed.progress = show
             resumed.run()
             done.append(f"epoch {resumed.target.epoch}")
         if target is not None:
@@ -225,6 +228,7 @@ def plan_transition(
                 publish,
                 call=call,
                 settle=settle,
+                progress=show,
             ).run()
             done.append(f"epoch {target.epoch}")
         return f"graven up: reconfigured to {' then '.join(done)}"
@@ -234,6 +238,24 @@ def plan_transition(
         if cfg is not None:
             involved += [m.name for m in cfg.members if m.name not in involved]
     return Transition(tuple(involved), run)
+
+
+def _step_printer() -> Callable[[rc.Record], None]:
+    """Prints each step of a transition once, as it starts (details: DIR/reconfiguration.json),
+    so that a user sees where a long transition is, not only its end."""
+    seen: set[tuple[int, str]] = set()
+
+    def show(record: rc.Record) -> None:
+        if (record.to_epoch, record.step) in seen:
+            return
+        seen.add((record.to_epoch, record.step))
+        carried = f" ({record.carried} of {record.total} keys carried)" if record.total else ""
+        print(
+            f"graven up: epoch {record.from_epoch} -> {record.to_epoch}: {record.step}{carried}",
+            flush=True,
+        )
+
+    return show
 
 
 def _same_shape(a: ClusterConfig, b: ClusterConfig) -> bool:
