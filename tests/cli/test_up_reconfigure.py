@@ -89,3 +89,30 @@ def test_graven_up_again_reconfigures_and_resumes_after_sigkill(tmp_path: Path) 
         assert {r["key"]: r["value"] for r in replies} == decided
     finally:
         assert again.stop() == 0
+
+
+def test_graven_up_grows_a_single_member_cluster_to_three(tmp_path: Path) -> None:
+    # 1 -> 3: the old epoch's only member is its fence quorum and the source of every key
+    _spec(tmp_path / "one.yaml", 1, {"preset": "paxos"})
+    _spec(tmp_path / "three.yaml", 3, {"preset": "paxos"})
+    up = start_up(tmp_path, "one.yaml", "--base-port", str(free_base_port(3)))
+    try:
+        url = up.wait_ready()["members"][0]["url"]
+        items = [{"key": f"solo{i}", "value": f"v{i}"} for i in range(50)]
+        decided = {r["key"]: r["value"] for r in _batch(url, items, _client(up.data_dir))}
+        assert len(decided) == 50
+    finally:
+        assert up.stop() == 0
+
+    again = start_up(tmp_path, "three.yaml")
+    try:
+        again.wait_ready()
+        wait_until(lambda: "reconfigured to epoch 1" in again.stdout(), 120, "the transition")
+        report = json.loads(graven("status", "--json", cwd=tmp_path).stdout)
+        assert report["live_epochs"] == [1] and report["members_up"] == 3
+        for member in again.discovery()["members"]:  # each member answers for the old keys
+            rivals = [{"key": k, "value": "late"} for k in decided]
+            replies = _batch(member["url"], rivals, _client(again.data_dir))
+            assert {r["key"]: r["value"] for r in replies} == decided, member["name"]
+    finally:
+        assert again.stop() == 0
