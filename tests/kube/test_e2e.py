@@ -1033,6 +1033,43 @@ def _kill_operators(kubectl: Kubectl) -> dict[str, int]:
     return before
 
 
+def test_kubectl_apply_grows_one_member_to_three_and_changes_the_layout(
+    kubectl: Kubectl, operator: str, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """1 -> 3 members together with paxos -> fast by `kubectl apply` of an edited spec, then
+    fast -> flexible (q1 3, q2 1): the operator moves the live cluster; what the single member
+    decided reads back from every member afterwards and stays decided."""
+    name = "grow"
+    kubectl.apply(small(name))
+    ca = wait_for(
+        lambda: kubectl.get("secret", names.ca_secret(name), "-n", NS), 120, "the CA Secret"
+    )
+    (tmp_path / "ca.crt").write_bytes(base64.b64decode(ca["data"]["ca.crt"]))
+    access = Access(tmp_path / "ca.crt", tokens, tmp_path)
+    wait_for(lambda: _settled(kubectl, name, 0, 1), READY_TIMEOUT, "the single member Ready")
+    node = service_url(name)
+    decided = {f"grow/{i}": propose(access, node, f"grow/{i}", f"v{i}") for i in range(5)}
+    steps = [
+        (1, {"replicas": 3, "quorums": {"preset": "fast"}}),
+        (2, {"replicas": 3, "quorums": {"preset": "flexible", "q1": 3, "q2": 1}}),
+    ]
+    for epoch, spec in steps:
+        kubectl.apply(small(name, **spec))
+        wait_for(
+            lambda epoch=epoch: _settled(kubectl, name, epoch, 3),
+            600,
+            f"3 members serving epoch {epoch}",
+            interval=2,
+        )
+        for i in range(3):
+            for key, value in decided.items():
+                assert read_direct(access, member_url(name, i), key) == value, (epoch, i, key)
+    assert propose(access, node, "grow/0", "a later value") == "v0"  # write-once
+    reasons = [e["reason"] for e in events(kubectl, name)]
+    assert reasons.count("Reconfigured") == 2, reasons
+    kubectl("delete", "gcc", name, "-n", NS, "--wait=true", "--timeout=120s", timeout=150)
+
+
 def test_deleting_a_retain_cluster_keeps_its_volumes(kubectl: Kubectl, demo: str) -> None:
     assert example()["spec"]["storage"]["retention"]["whenDeleted"] == "Retain"
     kubectl("delete", "gcc", demo, "-n", NS, "--wait=true", "--timeout=120s", timeout=150)
