@@ -326,6 +326,18 @@ def _play_cert_manager(apiserver: Cluster, issuers: FakeIssuers) -> int:
 CM = {"certManager": {"issuerRef": {"name": "ca-old"}}}
 
 
+def refusal(api: Any, reason: str) -> dict:
+    """The Progressing condition of demo, once its reason is ``reason``."""
+    return wait_for(
+        lambda: (
+            (c := condition(api.get("ConsensusCluster", NAMESPACE, "demo"), "Progressing"))
+            and c.get("reason") == reason
+            and c
+        ),
+        what=f"the refusal {reason}",
+    )
+
+
 def test_missing_cert_manager_is_refused_and_nothing_is_created(
     apiserver: Cluster, crd: dict
 ) -> None:
@@ -333,14 +345,7 @@ def test_missing_cert_manager_is_refused_and_nothing_is_created(
     runner = OperatorRunner().start()
     try:
         api.create(demo(security=CM))
-        got = wait_for(
-            lambda: (
-                (c := condition(api.get("ConsensusCluster", NAMESPACE, "demo"), "Progressing"))
-                and c.get("reason") == "CertManagerMissing"
-                and c
-            ),
-            what="the refusal",
-        )
+        got = refusal(api, "CertManagerMissing")
         assert "certificates.cert-manager.io" in got["message"]
         events = api.events(NAMESPACE, "demo")
         assert any(e["reason"] == "CertManagerMissing" for e in events)
@@ -549,14 +554,7 @@ def test_a_foreign_secret_in_the_bundles_place_is_refused(apiserver: Cluster, cr
     runner = OperatorRunner().start()
     try:
         api.create(demo(security=CM))
-        got = wait_for(
-            lambda: (
-                (c := condition(api.get("ConsensusCluster", NAMESPACE, "demo"), "Progressing"))
-                and c.get("reason") == "ApplyFailed"
-                and c
-            ),
-            what="the refusal",
-        )
+        got = refusal(api, "ApplyFailed")
         assert "demo-ca" in got["message"]
         assert api.get("StatefulSet", NAMESPACE, "demo") is None
         assert api.list("Certificate", NAMESPACE) == []
