@@ -25,7 +25,7 @@ from graven.node.security import pki as node_pki
 from graven.node.security.identity import from_peercert
 from graven.operator import certmanager, names, pki, render
 from tests.operator.apiclient import condition, wait_for
-from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo
+from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo, open_crd
 from tests.operator.test_pki import overlap_problems, trusted
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -35,31 +35,7 @@ NEW = IssuerRef("ca-new", "ClusterIssuer")
 
 
 def certificate_crd() -> dict:
-    """cert-manager's Certificate CRD as far as the emulator needs it (served, any fields;
-    tests/kube installs the real one, whose schema the real apiserver checks)."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "certificates.cert-manager.io"},
-        "spec": {
-            "group": "cert-manager.io",
-            "scope": "Namespaced",
-            "names": {"kind": "Certificate", "plural": "certificates", "singular": "certificate"},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    return open_crd("cert-manager.io", "Certificate", "certificates")
 
 
 class FakeIssuers:
