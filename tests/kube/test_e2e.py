@@ -517,28 +517,29 @@ def _context(access: Access, root: Path, name: str, issued: pki.Issued) -> ssl.S
     return ctx
 
 
-def test_only_members_write_registers(
-    kubectl: Kubectl, demo: str, access: Access, tmp_path: Path
+def check_only_members_write(
+    name: str, signer: pki.Issued, access: Access, tmp_path: Path, prefix: str
 ) -> None:
-    signer = _signer(kubectl, demo)
-    hosts = opki.member_hosts(demo, NS, 0)
-    foreign = pki.new_ca(demo)  # same cluster name, another CA
+    """Strangers' register writes to member 0 are refused and change nothing, while a member
+    certificate from ``signer`` writes (so the refusals are about who asks)."""
+    hosts = opki.member_hosts(name, NS, 0)
+    foreign = pki.new_ca(name)  # same cluster name, another CA
     strangers = {
         "no certificate": access.context(),
         "member certificate from another CA": _context(
-            access, tmp_path, "foreign", pki.issue_member(foreign, demo, f"{demo}-0", hosts)
+            access, tmp_path, "foreign", pki.issue_member(foreign, name, f"{name}-0", hosts)
         ),
         "right CA, a name that is no member": _context(
-            access, tmp_path, "demo-9", pki.issue_member(signer, demo, f"{demo}-9", hosts)
+            access, tmp_path, "member-9", pki.issue_member(signer, name, f"{name}-9", hosts)
         ),
         "right CA, a read client": _context(
-            access, tmp_path, "reader", pki.issue_client(signer, demo, READ, "eve")
+            access, tmp_path, "reader", pki.issue_client(signer, name, READ, "eve")
         ),
     }
     member = _context(
-        access, tmp_path, "member", pki.issue_member(signer, demo, f"{demo}-1", hosts)
+        access, tmp_path, "member", pki.issue_member(signer, name, f"{name}-1", hosts)
     )
-    target = member_url(demo, 0)
+    target = member_url(name, 0)
 
     def written(key: str) -> bool:
         reply = call(
@@ -549,12 +550,12 @@ def test_only_members_write_registers(
 
     # rs 5 of the paxos layout is a client-restricted set: one owner, whose writes safety
     # rests on. A member certificate writes it (so the refusals below are about who asks).
-    write = {"writes": [{"key": "peer-check/member", "rs": 5, "value": "intruder"}]}
+    write = {"writes": [{"key": f"{prefix}/member", "rs": 5, "value": "intruder"}]}
     assert call(target, "POST", "/v1/registers/write", member, write)[0] == 200
-    assert written("peer-check/member")
+    assert written(f"{prefix}/member")
     refused = {}
     for who, ctx in strangers.items():
-        key = f"peer-check/{who}"
+        key = f"{prefix}/{who}"
         write = {"writes": [{"key": key, "rs": 5, "value": "intruder"}]}
         outcome = call(target, "POST", "/v1/registers/write", ctx, write)
         refused[who] = outcome if isinstance(outcome, str) else outcome[0]
@@ -563,6 +564,12 @@ def test_only_members_write_registers(
     assert str(refused["member certificate from another CA"]).startswith("refused"), refused
     assert refused["right CA, a name that is no member"] == 403
     assert refused["right CA, a read client"] == 403
+
+
+def test_only_members_write_registers(
+    kubectl: Kubectl, demo: str, access: Access, tmp_path: Path
+) -> None:
+    check_only_members_write(demo, _signer(kubectl, demo), access, tmp_path, "peer-check")
 
 
 def test_the_apiserver_accepts_the_network_policies_the_operator_renders(
