@@ -417,20 +417,16 @@ class Operator:
                 await self.post_event(body, ev.type, ev.reason, ev.message)
             await self.write_status(namespace, name, outcome)
 
-    async def finish_transition(self, namespace: str, name: str) -> None:
+    async def finish_transition(self, namespace: str, name: str, record: rc.Record) -> None:
         """After retirement: the steady render (scale down, topology of the new epoch), the
-        claims' record of what wrote them, the status; a queued spec change starts next."""
+        claims' record of what wrote them, the status; a queued spec change starts next.
+        ``record`` is the finished one, from its Driver: a spec edit that landed meanwhile
+        may already have replaced it in the ConfigMap with the next transition's."""
         async with self.lock(namespace, name):
             body = await self.current(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
-            record = reconfigure.finished(
-                await self.kube.get(path("ConfigMap", namespace, names.record_config_map(name)))
-            )
-            if record is not None:
-                await self.post_event(
-                    body, "Normal", "Reconfigured", reconfigure.step_message(record)
-                )
+            await self.post_event(body, "Normal", "Reconfigured", reconfigure.step_message(record))
             outcome, events = await self.reconcile(body)
             for event in events:
                 await self.post_event(body, event.type, event.reason, event.message)

@@ -129,14 +129,6 @@ def state_of(cm: Mapping[str, Any] | None) -> dict | None:
     return state if isinstance(state, dict) and "record" in state else None
 
 
-def finished(cm: Mapping[str, Any] | None) -> rc.Record | None:
-    state = state_of(cm)
-    if state is None:
-        return None
-    record = rc.Record.from_dict(state["record"])
-    return record if record.step == rc.DONE else None
-
-
 def config_for(
     name: str, namespace: str, spec: ClusterSpec, epoch: int, incarnation: str | None
 ) -> ClusterConfig:

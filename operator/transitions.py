@@ -275,7 +275,7 @@ class Transitions:
                     self.errors.pop(key, None)
                     continue
                 self.errors.pop(key, None)
-                await self.op.finish_transition(namespace, name)
+                await self.op.finish_transition(namespace, name, driver.orch.record)
         except Stopped as exc:
             log.info("%s: reconfiguration paused: %s", key, exc)
         except ApiError as exc:
