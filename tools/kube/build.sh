@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl,
-# CoreDNS and Prometheus from the Go modules pinned in tools/kube/gomod/, and cert-manager's
+# CoreDNS and Prometheus from the Go modules pinned in tools/kube/gomod/, cert-manager's
 # controllers (tools/kube/certmanager/: our main over the pinned cert-manager module, with its
-# CRDs copied beside it) into $KUBE_BIN. Each
+# CRDs copied beside it) and kube-router (tools/kube/kuberouter/: upstream's command, run as a
+# NetworkPolicy firewall only) into $KUBE_BIN. Each
 # group is skipped when its binaries for these pins and this Go are already there, so a second
 # run takes a second. Cold on 2 cores: see README ("Running on a real Kubernetes").
 #   build.sh --check   builds nothing; exits 1 (naming what is missing) unless every binary of
@@ -63,6 +64,10 @@ group "cert-manager-$CERT_MANAGER_VERSION" certmanager/ "-s -w" "$KUBE_BIN/grave
 if [ $check = 0 ] && { [ "$cm_before" != "$(cat "$cm_stamp")" ] || ! [ -d "$KUBE_BIN/cert-manager-crds" ]; }; then
   certmanager_crds
 fi
+# kube-router: upstream's command, pinned by the tool line of tools/kube/kuberouter/go.mod
+group "kube-router-$KUBE_ROUTER_VERSION" kuberouter/ \
+  "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+  "$KUBE_BIN/kube-router" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
 if [ $check = 1 ]; then
   [ -d "$KUBE_BIN/cert-manager-crds" ] || missing+=("cert-manager-crds")
   [ ${#missing[@]} = 0 ] || { echo "not cached in $KUBE_BIN: ${missing[*]}" >&2; exit 1; }
