@@ -155,8 +155,8 @@ def targets(kubectl: Kubectl, operator: str, write_token: str) -> Iterator[Targe
     finally:
         kubectl("delete", "gcc", NAME, "-n", NS, "--wait=true", "--timeout=120s", check=False)
         kubectl("delete", "pod", CLIENT.pod, "-n", NS, "--wait=false", check=False)
-        for ns in (OTHER_NS, MONITORING_NS):
-            kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        for ns in (OTHER_NS, MONITORING_NS):  # gone before a next run creates them again
+            kubectl("delete", "namespace", ns, "--wait=true", "--timeout=120s", check=False)
 
 
 def operator_pod(kubectl: Kubectl) -> Source:
