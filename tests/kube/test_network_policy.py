@@ -180,19 +180,33 @@ def decides(kubectl: Kubectl, token: str, key: str) -> dict:
     return json.loads(done.stdout)
 
 
-def blocked(result: dict[str, str]) -> bool:
-    return all(outcome != "connected" for outcome in result.values())
+def settles(kubectl: Kubectl, source: Source, hosts: list[str], outcome: str, what: str) -> None:
+    """Wait (bounded) until every host gives ``outcome`` to ``source``: kube-router programs a
+    new or changed policy within seconds. On a timeout, say what was seen and the live policy."""
+    last: dict[str, str] = {}
+
+    def probe() -> bool:
+        nonlocal last
+        last = connect(kubectl, source, hosts)
+        return set(last.values()) == {outcome}
+
+    try:
+        wait_for(probe, ENFORCED_TIMEOUT, what, interval=2)
+    except AssertionError as exc:
+        live = kubectl("get", "networkpolicy", "-n", NS, "-o", "yaml", check=False).stdout
+        raise AssertionError(f"{exc}\nlast from {source}: {last}\nlive policies:\n{live}") from None
 
 
 def test_the_default_network_policy_admits_members_namespace_monitoring_and_operator_only(
     kubectl: Kubectl, targets: Targets, write_token: str
 ) -> None:
     # kube-router programs the policy within seconds of the pods and the policy appearing
-    wait_for(
-        lambda: blocked(connect(kubectl, STRANGER, targets.all)),
-        ENFORCED_TIMEOUT,
+    settles(
+        kubectl,
+        STRANGER,
+        targets.all,
+        "ConnectionRefusedError",
         "the NetworkPolicy to refuse a pod of another namespace",
-        interval=2,
     )
     for stranger in (STRANGER, LOOKALIKE):
         result = connect(kubectl, stranger, targets.all)
@@ -220,11 +234,8 @@ def test_the_spec_moves_the_client_rule_and_the_firewall_follows(
     ]
     patch = {"spec": {"security": {"networkPolicy": {"clients": clients}}}}
     kubectl("patch", "gcc", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
-    wait_for(
-        lambda: set(connect(kubectl, STRANGER, targets.all).values()) == {"connected"},
-        ENFORCED_TIMEOUT,
-        "the pod of the other namespace to be admitted",
-        interval=2,
+    settles(
+        kubectl, STRANGER, targets.all, "connected", "the pod of the other namespace to be admitted"
     )
     # the members' labels still open nothing outside the namespace; the cluster's namespace
     # is no longer a client
