@@ -24,6 +24,7 @@ from ..cluster.config import ClusterConfig, ConfigError, dump, load, parse
 from ..cluster.render import member_config
 from ..cluster.spec import Manifest, SpecError, load_manifest
 from ..protocol.checker import check
+from ..storage.durable import replace_file
 
 DEFAULT_DATA_DIR = ".graven"
 DEFAULT_BASE_PORT = 7100
@@ -132,7 +133,7 @@ def check_same_cluster(previous: ClusterConfig, wanted: ClusterConfig, data_dir:
 
 def write_config(cfg: ClusterConfig, data_dir: Path) -> Path:
     path = data_dir / CONFIG_FILE
-    write_atomic(path, yaml.safe_dump(dump(cfg), sort_keys=False))
+    replace_file(path, yaml.safe_dump(dump(cfg), sort_keys=False))
     return path
 
 
@@ -203,7 +204,7 @@ def write_discovery(
     }
     if security is not None:
         doc["security"] = dict(security)
-    write_atomic(discovery_path(data_dir), json.dumps(doc, indent=2) + "\n")
+    replace_file(discovery_path(data_dir), json.dumps(doc, indent=2) + "\n")
 
 
 def read_discovery(data_dir: Path) -> dict[str, Any] | None:
@@ -249,22 +250,6 @@ def remove_discovery(data_dir: Path) -> None:
         discovery_path(data_dir).unlink()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` durably: readers (graven status, tests) never see a half-written
-    file, and a crash leaves the old or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class RecordFile:
     """A reconfiguration's record in a file of the data dir (``transition.RecordStore``)."""
 
@@ -277,4 +262,4 @@ class RecordFile:
         return json.loads(self.path.read_text(encoding="utf-8"))
 
     def save(self, state: Mapping[str, Any]) -> None:
-        write_atomic(self.path, json.dumps(state, indent=2, sort_keys=True))
+        replace_file(self.path, json.dumps(state, indent=2, sort_keys=True))

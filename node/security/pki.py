@@ -139,13 +139,21 @@ def issue(
             ),
             critical=False,
         )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
-            critical=False,
-        )
+        .add_extension(_authority_key_id(ca_cert), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return Issued(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The CA's own subject key identifier when it has one: verifiers (OpenSSL) find the issuer
+    by it, and CAs made elsewhere do not all derive it as SHA-1 of the key (Go 1.25+ and so
+    cert-manager take a truncated SHA-256): a recomputed one would not match them."""
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())  # type: ignore[arg-type]
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def issue_member(ca: Issued, cluster: str, name: str, hosts: Iterable[str], **kw: object) -> Issued:

@@ -10,9 +10,10 @@ with an older file or ConfigMap comes back in the configuration it had installed
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from .durable import replace_file
 
 FILE = "installed-config.json"
 
@@ -38,15 +39,4 @@ def load(data_dir: str | Path) -> Any | None:
 
 def save(data_dir: str | Path, doc: Any) -> None:
     """Replace the saved document durably (a crash leaves the old one or the new one)."""
-    target = path(data_dir)
-    tmp = target.with_name(FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(doc, sort_keys=True))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_file(path(data_dir), json.dumps(doc, sort_keys=True))

@@ -13,7 +13,6 @@ always safe (the disk holds everything that is not pending).
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 from array import array
 from bisect import bisect_left
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from ..protocol.acceptor import Change, KeyState, apply
 from . import identity
+from .durable import replace_file
 from .errors import StoreError
 from .identity import Identity, Recorded
 from .lock import DirLock
@@ -69,17 +69,7 @@ def mark_created(data_dir: Path) -> None:
     marker = data_dir / CREATED_MARKER
     if marker.exists():
         return
-    tmp = marker.with_name(CREATED_MARKER + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(f"{DB_NAME} created; it must never be missing or empty from now on\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, marker)
-    fd = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself
-    finally:
-        os.close(fd)
+    replace_file(marker, f"{DB_NAME} created; it must never be missing or empty from now on\n")
 
 
 class KeyFilter:

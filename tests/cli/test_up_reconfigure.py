@@ -89,3 +89,38 @@ def test_graven_up_again_reconfigures_and_resumes_after_sigkill(tmp_path: Path) 
         assert {r["key"]: r["value"] for r in replies} == decided
     finally:
         assert again.stop() == 0
+
+
+def test_graven_up_grows_one_member_to_three_then_takes_explicit_segments(tmp_path: Path) -> None:
+    # 1 -> 3: the old epoch's only member is its fence quorum and the source of every key;
+    # then paxos -> explicit quorum sets (a layout given as segments, not a preset)
+    _spec(tmp_path / "one.yaml", 1, {"preset": "paxos"})
+    _spec(tmp_path / "three.yaml", 3, {"preset": "paxos"})
+    pairs = {"type": "explicit", "sets": [[0, 1], [1, 2], [0, 2]]}
+    _spec(tmp_path / "sets.yaml", 3, {"segments": [{"phase1": pairs, "phase2": pairs}]})
+    up = start_up(tmp_path, "one.yaml", "--base-port", str(free_base_port(3)))
+    try:
+        url = up.wait_ready()["members"][0]["url"]
+        items = [{"key": f"solo{i}", "value": f"v{i}"} for i in range(50)]
+        decided = {r["key"]: r["value"] for r in _batch(url, items, _client(up.data_dir))}
+        assert len(decided) == 50
+    finally:
+        assert up.stop() == 0
+
+    for epoch, spec in ((1, "three.yaml"), (2, "sets.yaml")):
+        again = start_up(tmp_path, spec)
+        try:
+            again.wait_ready()
+            done = f"reconfigured to epoch {epoch}"
+            wait_until(lambda up=again, done=done: done in up.stdout(), 120, "the transition")
+            report = json.loads(graven("status", "--json", cwd=tmp_path).stdout)
+            assert report["live_epochs"] == [epoch] and report["members_up"] == 3
+            for member in again.discovery()["members"]:  # each member answers for old keys
+                rivals = [{"key": k, "value": "late"} for k in decided]
+                replies = _batch(member["url"], rivals, _client(again.data_dir))
+                assert {r["key"]: r["value"] for r in replies} == decided, member["name"]
+        finally:
+            assert again.stop() == 0
+    cluster = yaml.safe_load((tmp_path / ".graven" / "cluster.yaml").read_text())
+    assert cluster["epoch"] == 2
+    assert cluster["quorums"] == {"segments": [{"phase1": pairs, "phase2": pairs}]}

@@ -31,6 +31,7 @@ from test_e2e import (
     _context,
     _served,
     call,
+    check_only_members_write,
     condition,
     example,
     member_url,
@@ -257,47 +258,7 @@ def test_decisions_over_mtls_and_strangers_are_refused(
     # members reach a decision: they call each other with their cert-manager certificates
     assert propose(access, service_url(NAME), "cm/first", "v1") == "v1"
     assert propose(access, member_url(NAME, 2), "cm/first", "other") == "v1"
-    hosts = opki.member_hosts(NAME, NS, 0)
-    foreign = pki.new_ca(NAME)
-    strangers = {
-        "no certificate": access.context(),
-        "member certificate from another CA": _context(
-            access, tmp_path, "foreign", pki.issue_member(foreign, NAME, f"{NAME}-0", hosts)
-        ),
-        "right CA, a name that is no member": _context(
-            access, tmp_path, "cm-9", pki.issue_member(ca_issuer, NAME, f"{NAME}-9", hosts)
-        ),
-        "right CA, a read client": _context(
-            access, tmp_path, "reader", pki.issue_client(ca_issuer, NAME, READ, "eve")
-        ),
-    }
-    member = _context(
-        access, tmp_path, "member", pki.issue_member(ca_issuer, NAME, f"{NAME}-1", hosts)
-    )
-    target = member_url(NAME, 0)
-
-    def written(key: str) -> bool:
-        reply = call(
-            target, "POST", "/v1/registers/read", member, {"reads": [{"key": key, "rs": 0}]}
-        )
-        assert not isinstance(reply, str) and reply[0] == 200, reply
-        return "intruder" in json.dumps(reply[1])
-
-    refused = {}
-    for who, ctx in strangers.items():
-        key = f"cm-peer/{who}"
-        write = {"writes": [{"key": key, "rs": 5, "value": "intruder"}]}
-        outcome = call(target, "POST", "/v1/registers/write", ctx, write)
-        refused[who] = outcome if isinstance(outcome, str) else outcome[0]
-        assert not written(key), who
-    assert refused["no certificate"] == 401
-    assert str(refused["member certificate from another CA"]).startswith("refused"), refused
-    assert refused["right CA, a name that is no member"] == 403
-    assert refused["right CA, a read client"] == 403
-    # and a member certificate of this CA does write (the refusals are about who asks)
-    write = {"writes": [{"key": "cm-peer/member", "rs": 5, "value": "intruder"}]}
-    assert call(target, "POST", "/v1/registers/write", member, write)[0] == 200
-    assert written("cm-peer/member")
+    check_only_members_write(NAME, ca_issuer, access, tmp_path, "cm-peer")
 
 
 def test_a_renewal_by_cert_manager_is_picked_up_with_no_failed_request(

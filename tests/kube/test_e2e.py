@@ -517,28 +517,29 @@ def _context(access: Access, root: Path, name: str, issued: pki.Issued) -> ssl.S
     return ctx
 
 
-def test_only_members_write_registers(
-    kubectl: Kubectl, demo: str, access: Access, tmp_path: Path
+def check_only_members_write(
+    name: str, signer: pki.Issued, access: Access, tmp_path: Path, prefix: str
 ) -> None:
-    signer = _signer(kubectl, demo)
-    hosts = opki.member_hosts(demo, NS, 0)
-    foreign = pki.new_ca(demo)  # same cluster name, another CA
+    """Strangers' register writes to member 0 are refused and change nothing, while a member
+    certificate from ``signer`` writes (so the refusals are about who asks)."""
+    hosts = opki.member_hosts(name, NS, 0)
+    foreign = pki.new_ca(name)  # same cluster name, another CA
     strangers = {
         "no certificate": access.context(),
         "member certificate from another CA": _context(
-            access, tmp_path, "foreign", pki.issue_member(foreign, demo, f"{demo}-0", hosts)
+            access, tmp_path, "foreign", pki.issue_member(foreign, name, f"{name}-0", hosts)
         ),
         "right CA, a name that is no member": _context(
-            access, tmp_path, "demo-9", pki.issue_member(signer, demo, f"{demo}-9", hosts)
+            access, tmp_path, "member-9", pki.issue_member(signer, name, f"{name}-9", hosts)
         ),
         "right CA, a read client": _context(
-            access, tmp_path, "reader", pki.issue_client(signer, demo, READ, "eve")
+            access, tmp_path, "reader", pki.issue_client(signer, name, READ, "eve")
         ),
     }
     member = _context(
-        access, tmp_path, "member", pki.issue_member(signer, demo, f"{demo}-1", hosts)
+        access, tmp_path, "member", pki.issue_member(signer, name, f"{name}-1", hosts)
     )
-    target = member_url(demo, 0)
+    target = member_url(name, 0)
 
     def written(key: str) -> bool:
         reply = call(
@@ -549,12 +550,12 @@ def test_only_members_write_registers(
 
     # rs 5 of the paxos layout is a client-restricted set: one owner, whose writes safety
     # rests on. A member certificate writes it (so the refusals below are about who asks).
-    write = {"writes": [{"key": "peer-check/member", "rs": 5, "value": "intruder"}]}
+    write = {"writes": [{"key": f"{prefix}/member", "rs": 5, "value": "intruder"}]}
     assert call(target, "POST", "/v1/registers/write", member, write)[0] == 200
-    assert written("peer-check/member")
+    assert written(f"{prefix}/member")
     refused = {}
     for who, ctx in strangers.items():
-        key = f"peer-check/{who}"
+        key = f"{prefix}/{who}"
         write = {"writes": [{"key": key, "rs": 5, "value": "intruder"}]}
         outcome = call(target, "POST", "/v1/registers/write", ctx, write)
         refused[who] = outcome if isinstance(outcome, str) else outcome[0]
@@ -563,6 +564,12 @@ def test_only_members_write_registers(
     assert str(refused["member certificate from another CA"]).startswith("refused"), refused
     assert refused["right CA, a name that is no member"] == 403
     assert refused["right CA, a read client"] == 403
+
+
+def test_only_members_write_registers(
+    kubectl: Kubectl, demo: str, access: Access, tmp_path: Path
+) -> None:
+    check_only_members_write(demo, _signer(kubectl, demo), access, tmp_path, "peer-check")
 
 
 def test_the_apiserver_accepts_the_network_policies_the_operator_renders(
@@ -1032,6 +1039,43 @@ def _kill_operators(kubectl: Kubectl) -> dict[str, int]:
             os.kill(pid, signal.SIGKILL)
         before[pod["metadata"]["name"]] = pod["status"]["containerStatuses"][0]["restartCount"]
     return before
+
+
+def test_kubectl_apply_grows_one_member_to_three_and_changes_the_layout(
+    kubectl: Kubectl, operator: str, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """1 -> 3 members together with paxos -> fast by `kubectl apply` of an edited spec, then
+    fast -> flexible (q1 3, q2 1): the operator moves the live cluster; what the single member
+    decided reads back from every member afterwards and stays decided."""
+    name = "grow"
+    kubectl.apply(small(name))
+    ca = wait_for(
+        lambda: kubectl.get("secret", names.ca_secret(name), "-n", NS), 120, "the CA Secret"
+    )
+    (tmp_path / "ca.crt").write_bytes(base64.b64decode(ca["data"]["ca.crt"]))
+    access = Access(tmp_path / "ca.crt", tokens, tmp_path)
+    wait_for(lambda: _settled(kubectl, name, 0, 1), READY_TIMEOUT, "the single member Ready")
+    node = service_url(name)
+    decided = {f"grow/{i}": propose(access, node, f"grow/{i}", f"v{i}") for i in range(5)}
+    steps = [
+        (1, {"replicas": 3, "quorums": {"preset": "fast"}}),
+        (2, {"replicas": 3, "quorums": {"preset": "flexible", "q1": 3, "q2": 1}}),
+    ]
+    for epoch, spec in steps:
+        kubectl.apply(small(name, **spec))
+        wait_for(
+            lambda epoch=epoch: _settled(kubectl, name, epoch, 3),
+            600,
+            f"3 members serving epoch {epoch}",
+            interval=2,
+        )
+        for i in range(3):
+            for key, value in decided.items():
+                assert read_direct(access, member_url(name, i), key) == value, (epoch, i, key)
+    assert propose(access, node, "grow/0", "a later value") == "v0"  # write-once
+    reasons = [e["reason"] for e in events(kubectl, name)]
+    assert reasons.count("Reconfigured") == 2, reasons
+    kubectl("delete", "gcc", name, "-n", NS, "--wait=true", "--timeout=120s", timeout=150)
 
 
 def test_deleting_a_retain_cluster_keeps_its_volumes(kubectl: Kubectl, demo: str) -> None:

@@ -144,13 +144,15 @@ def demo(namespace: str = NAMESPACE, **spec: object) -> dict:
     return doc
 
 
-def monitoring_crd(kind: str, plural: str) -> dict:
+def open_crd(group: str, kind: str, plural: str) -> dict:
+    """A served CRD that takes any fields: for another project's kinds, as far as the emulator
+    needs them (tests/kube installs the real ones, whose schemas the real apiserver checks)."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "metadata": {"name": f"{plural}.{group}"},
         "spec": {
-            "group": "monitoring.coreos.com",
+            "group": group,
             "scope": "Namespaced",
             "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
             "versions": [
@@ -168,3 +170,7 @@ def monitoring_crd(kind: str, plural: str) -> dict:
             ],
         },
     }
+
+
+def monitoring_crd(kind: str, plural: str) -> dict:
+    return open_crd("monitoring.coreos.com", kind, plural)

@@ -25,7 +25,7 @@ from graven.node.security import pki as node_pki
 from graven.node.security.identity import from_peercert
 from graven.operator import certmanager, names, pki, render
 from tests.operator.apiclient import condition, wait_for
-from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo
+from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo, open_crd
 from tests.operator.test_pki import overlap_problems, trusted
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -35,31 +35,7 @@ NEW = IssuerRef("ca-new", "ClusterIssuer")
 
 
 def certificate_crd() -> dict:
-    """cert-manager's Certificate CRD as far as the emulator needs it (served, any fields;
-    tests/kube installs the real one, whose schema the real apiserver checks)."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "certificates.cert-manager.io"},
-        "spec": {
-            "group": "cert-manager.io",
-            "scope": "Namespaced",
-            "names": {"kind": "Certificate", "plural": "certificates", "singular": "certificate"},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    return open_crd("cert-manager.io", "Certificate", "certificates")
 
 
 class FakeIssuers:
@@ -326,6 +302,18 @@ def _play_cert_manager(apiserver: Cluster, issuers: FakeIssuers) -> int:
 CM = {"certManager": {"issuerRef": {"name": "ca-old"}}}
 
 
+def refusal(api: Any, reason: str) -> dict:
+    """The Progressing condition of demo, once its reason is ``reason``."""
+    return wait_for(
+        lambda: (
+            (c := condition(api.get("ConsensusCluster", NAMESPACE, "demo"), "Progressing"))
+            and c.get("reason") == reason
+            and c
+        ),
+        what=f"the refusal {reason}",
+    )
+
+
 def test_missing_cert_manager_is_refused_and_nothing_is_created(
     apiserver: Cluster, crd: dict
 ) -> None:
@@ -333,14 +321,7 @@ def test_missing_cert_manager_is_refused_and_nothing_is_created(
     runner = OperatorRunner().start()
     try:
         api.create(demo(security=CM))
-        got = wait_for(
-            lambda: (
-                (c := condition(api.get("ConsensusCluster", NAMESPACE, "demo"), "Progressing"))
-                and c.get("reason") == "CertManagerMissing"
-                and c
-            ),
-            what="the refusal",
-        )
+        got = refusal(api, "CertManagerMissing")
         assert "certificates.cert-manager.io" in got["message"]
         events = api.events(NAMESPACE, "demo")
         assert any(e["reason"] == "CertManagerMissing" for e in events)
@@ -549,14 +530,7 @@ def test_a_foreign_secret_in_the_bundles_place_is_refused(apiserver: Cluster, cr
     runner = OperatorRunner().start()
     try:
         api.create(demo(security=CM))
-        got = wait_for(
-            lambda: (
-                (c := condition(api.get("ConsensusCluster", NAMESPACE, "demo"), "Progressing"))
-                and c.get("reason") == "ApplyFailed"
-                and c
-            ),
-            what="the refusal",
-        )
+        got = refusal(api, "ApplyFailed")
         assert "demo-ca" in got["message"]
         assert api.get("StatefulSet", NAMESPACE, "demo") is None
         assert api.list("Certificate", NAMESPACE) == []

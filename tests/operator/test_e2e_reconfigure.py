@@ -222,7 +222,7 @@ def test_operator_reconfigures_live_and_survives_its_own_restart(
         assert claims[f"data-{NAME}-4"]["graven.dev/epoch"] == "1"  # removed: kept, as written
         reasons = [e["reason"] for e in api.events(NAMESPACE, NAME)]
         assert reasons.count("ReconfigurationStarted") == 2
-        assert reasons.count("Reconfigured") == 2
+        assert reasons.count("Reconfigured") == 2, (seen, stopped_at, reasons)
         print(
             f"stopped the operator at step {seen} (record: {stopped_at}); "
             f"{len(decided)} decisions checked, {writer.failures} failed writes retried, "

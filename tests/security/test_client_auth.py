@@ -42,6 +42,11 @@ async def _matrix(url: str, keys: Pki) -> dict[str, int | str]:
         "readyz none": ("GET", "/readyz", None, None),
         "unknown write": ("POST", "/v1/reconfigure", t["write"], b"{}"),
         "unknown admin": ("POST", "/v1/reconfigure", t["admin"], b"{}"),
+        # the reconfiguration orchestrator's routes: a newer configuration, carried keys
+        "config none": ("POST", "/v1/admin/config", None, b"{}"),
+        "config write": ("POST", "/v1/admin/config", t["write"], b"{}"),
+        "config admin": ("POST", "/v1/admin/config", t["admin"], b"{}"),
+        "carry write": ("POST", "/v1/admin/carry", t["write"], b'{"items": []}'),
     }
     out: dict[str, int | str] = {}
     for name, (method, path, token, body) in cases.items():
@@ -69,6 +74,10 @@ EXPECTED = {
     "readyz none": 200,
     "unknown write": 403,
     "unknown admin": 404,  # allowed through, and there is no such route
+    "config none": 401,
+    "config write": 403,
+    "config admin": 400,  # allowed through; an empty document is no configuration
+    "carry write": 403,
 }
 
 
