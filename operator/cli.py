@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 import re
 import secrets
 from typing import Any
@@ -129,6 +130,15 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
+        "--operator-namespace",
+        default=os.environ.get("POD_NAMESPACE") or None,
+        metavar="NS",
+        help=(
+            "the namespace this operator's pods run in; every cluster's NetworkPolicy admits "
+            "them (default: $POD_NAMESPACE, which the chart sets; unset: no such rule)"
+        ),
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -181,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
             probe_members=args.probe_members,
             ca_settle=datetime.timedelta(seconds=args.ca_rotation_settle),
             carry_batch=args.carry_batch,
+            operator_namespace=args.operator_namespace,
         ),
         metrics=metrics,
     )

@@ -36,7 +36,12 @@ MUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
     "ServiceMonitor": (("spec",),),
     "PrometheusRule": (("spec",),),
     "Certificate": (("spec",),),  # cert-manager.io/v1
+    "NetworkPolicy": (("spec",),),
 }
+# Kinds whose owned paths must equal the render, not just contain it: in a NetworkPolicy a
+# key added by hand (a namespaceSelector beside a podSelector, an egress section) widens or
+# changes who may connect. The apiserver defaults nothing in the spec the operator renders.
+EXACT = frozenset({"NetworkPolicy"})
 # Fields the apiserver refuses to change after creation.
 IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
     "Service": (("spec", "clusterIP"),),
@@ -203,9 +208,15 @@ def plan(
         diff = differences(want, have, ".".join(path), ignore) if want is not None else []
         if path == ("spec", "template"):
             diff.extend(_removed_pod_fields(desired, live))
+        exact = kind in EXACT and want is not None
+        if exact and not diff and have != want:
+            diff = [".".join(path)]  # live has more than the render
         if diff:
             result.drifted.extend(diff)
             _put(patch, path, want)
+            if exact and isinstance(have, Mapping):
+                # JSON merge patch keeps keys it does not mention (lists are replaced whole)
+                _put(patch, path, {**dict.fromkeys(have), **want})
             if path == ("spec", "template"):
                 # JSON merge patch keeps keys it does not mention: null removes ours.
                 pod_patch = patch["spec"]["template"] = _copy_template(want, have or {})

@@ -34,6 +34,9 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_VERSION = "app.kubernetes.io/version"
 APP = "graven"
 MANAGER = "graven-operator"
+# Labels every operator pod of the chart carries (charts/graven-operator, "labels"): a
+# cluster's NetworkPolicy admits pods with them from the operator's namespace.
+OPERATOR_POD_LABELS = {LABEL_COMPONENT: "operator", LABEL_PART_OF: APP}
 
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
 ANNOTATION_PDB_REASON = f"{GROUP}/pdb-reason"

@@ -74,6 +74,9 @@ class Options:
     member_address: Callable[[str, str, str], str] | None = None
     carry_batch: int = rc.DEFAULT_BATCH  # keys carried over per member request
     abandon_watch: float = abandon.WATCH  # seconds old members are watched after an abandon
+    # the namespace the operator's pods run in: each cluster's NetworkPolicy admits them
+    # (None: the operator runs outside the cluster, and no rule is rendered for it)
+    operator_namespace: str | None = None
 
 
 def default_probe_url(name: str, namespace: str, member: health.MemberHealth) -> str | None:
@@ -262,7 +265,15 @@ class Operator:
             epoch = running.epoch if running else 0
             tolerates = plan.tolerates if plan.tolerates is not None else verdict.tolerates or 0
             desired = render.render_all(
-                name, namespace, plan.spec, tolerates, caps, epoch, incarnation, plan.served
+                name,
+                namespace,
+                plan.spec,
+                tolerates,
+                caps,
+                epoch,
+                incarnation,
+                plan.served,
+                self.options.operator_namespace,
             )
             kopf.adopt(desired, owner=dict(body))
             pods = plan.served.replicas if plan.served else plan.spec.replicas

@@ -481,10 +481,13 @@ def service_monitor(name: str, namespace: str, spec: ClusterSpec | None = None) 
     }
 
 
-def network_policy(name: str, namespace: str, spec: ClusterSpec) -> dict:
+def network_policy(
+    name: str, namespace: str, spec: ClusterSpec, operator_namespace: str | None = None
+) -> dict:
     """Who may open connections to the members (one port serves peers, clients and metrics,
     so the rules are by source): the cluster's own members, the clients ``spec`` allows
-    (default: pods of this namespace), and Prometheus' namespace. Nothing else."""
+    (default: pods of this namespace), Prometheus' namespace, and the operator's pods when it
+    runs in ``operator_namespace`` (it pushes configurations to the members). Nothing else."""
     members = {"podSelector": {"matchLabels": names.selector(name)}}
     clients = (
         [dict(c) for c in spec.security.clients]
@@ -497,6 +500,19 @@ def network_policy(name: str, namespace: str, spec: ClusterSpec) -> dict:
         }
     }
     port = [{"protocol": "TCP", "port": names.PORT}]
+    ingress = [
+        {"from": [members], "ports": port},
+        {"from": clients, "ports": port},
+        {"from": [monitoring], "ports": port},
+    ]
+    if operator_namespace is not None:
+        operator = {
+            "namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": operator_namespace}
+            },
+            "podSelector": {"matchLabels": dict(names.OPERATOR_POD_LABELS)},
+        }
+        ingress.append({"from": [operator], "ports": port})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -504,11 +520,7 @@ def network_policy(name: str, namespace: str, spec: ClusterSpec) -> dict:
         "spec": {
             "podSelector": {"matchLabels": names.selector(name)},
             "policyTypes": ["Ingress"],
-            "ingress": [
-                {"from": [members], "ports": port},
-                {"from": clients, "ports": port},
-                {"from": [monitoring], "ports": port},
-            ],
+            "ingress": ingress,
         },
     }
 
@@ -532,6 +544,7 @@ def render_all(
     epoch: int = 0,
     incarnation: str | None = None,
     served: Served | None = None,
+    operator_namespace: str | None = None,
 ) -> list[dict]:
     """Every child object, in apply order (configuration and services before the pods)."""
     cm = config_map(name, namespace, spec, epoch, incarnation, served)
@@ -544,7 +557,7 @@ def render_all(
         pod_disruption_budget(name, namespace, tolerates),
     ]
     if spec.security.network_policy:
-        objs.append(network_policy(name, namespace, spec))
+        objs.append(network_policy(name, namespace, spec, operator_namespace))
     if spec.monitoring.service_monitor and caps.service_monitor:
         objs.append(service_monitor(name, namespace, spec))
     if spec.monitoring.prometheus_rule and caps.prometheus_rule:

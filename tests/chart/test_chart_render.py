@@ -10,6 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from graven.operator import names
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "graven-operator"
 MONITORING = REPO / "monitoring"
@@ -175,6 +177,9 @@ def test_deployment_runs_one_hardened_operator(helm_chart, variant):
     labels = spec["template"]["metadata"]["labels"]
     for k, v in spec["selector"]["matchLabels"].items():
         assert labels[k] == v
+    # every cluster's NetworkPolicy admits pods with these labels from the operator's namespace
+    for k, v in names.OPERATOR_POD_LABELS.items():
+        assert labels[k] == v
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -230,6 +235,8 @@ def test_image_reference(helm_chart):
     env = {e["name"]: e for e in c["env"]}
     # kopf's peering identity: kopf reads POD_ID (an env var of another name was ignored).
     assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # the operator's namespace, which every cluster's NetworkPolicy admits its pods from
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
     c = _container(helm_chart.template(VARIANTS["customised"]))
     assert c["image"] == "registry.example.org/graven@sha256:" + "ab" * 32

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from kubeenv import ENV, NS, REPO, Kubectl, wait_for
+from kubeenv import ENV, NS, OPERATOR_NS, REPO, Kubectl, wait_for
 
 from graven.node.client import Client, ClientError
 from graven.node.client.credentials import Credentials
@@ -576,7 +576,8 @@ def test_the_apiserver_accepts_the_network_policies_the_operator_renders(
     kubectl: Kubectl, demo: str
 ) -> None:
     spec = parse(example()["spec"])
-    rendered = render.network_policy(demo, NS, spec)
+    # the chart's operator pods run in OPERATOR_NS: the policy admits them (POD_NAMESPACE)
+    rendered = render.network_policy(demo, NS, spec, OPERATOR_NS)
     live = kubectl.json("get", "networkpolicy", demo, "-n", NS)
     assert live["spec"] == rendered["spec"]  # nothing dropped or defaulted away
     owner = live["metadata"]["ownerReferences"][0]

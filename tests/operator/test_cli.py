@@ -31,6 +31,7 @@ def test_help_lists_the_options() -> None:
     for option in (
         *("--namespace", "--all-namespaces", "--liveness", "--peering", "--standalone"),
         *("--metrics-port", "--metrics-address", "--ca-rotation-settle", "--carry-batch"),
+        "--operator-namespace",
     ):
         assert option in done.stdout
 

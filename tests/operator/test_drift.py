@@ -174,3 +174,35 @@ def test_a_field_the_apiserver_drops_is_learnt_not_patched_forever() -> None:
     # Other drift is still repaired.
     stored["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
     assert drift.plan(desired, stored, ignore).drifted == ["spec.template.spec.containers[0].image"]
+
+
+def test_a_changed_network_policy_spec_is_patched() -> None:
+    """spec.security.networkPolicy changed on a running cluster: the live policy follows (it
+    was never patched before: the real cluster's enforcement test found it)."""
+    live = as_served(rendered()["NetworkPolicy/demo"])
+    clients = [{"namespaceSelector": {"matchLabels": {"team": "b"}}}]
+    want = rendered({"security": {"networkPolicy": {"clients": clients}}})["NetworkPolicy/demo"]
+    plan = drift.plan(want, live)
+    assert plan.patch == {"spec": want["spec"]}, plan.patch
+    assert plan.immutable == []
+
+
+@pytest.mark.parametrize(
+    "widen",
+    [
+        # a namespaceSelector beside the namespace's podSelector: every pod of every namespace
+        lambda spec: spec["ingress"][1]["from"][0].update(namespaceSelector={}),
+        lambda spec: spec.update(egress=[{}]),
+        lambda spec: spec["ingress"].append({"from": [{"namespaceSelector": {}}]}),
+    ],
+)
+def test_a_widened_network_policy_is_drift_and_patched_back(widen) -> None:
+    want = rendered()["NetworkPolicy/demo"]
+    live = as_served(want)
+    assert drift.plan(want, live).patch is None
+    widen(live["spec"])
+    plan = drift.plan(want, live)
+    assert plan.patch is not None and plan.drifted
+    # the merge patch, applied as the apiserver does, gives back exactly the render
+    patched = {**live["spec"], **plan.patch["spec"]}
+    assert {k: v for k, v in patched.items() if v is not None} == want["spec"]

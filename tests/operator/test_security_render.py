@@ -103,6 +103,36 @@ def test_network_policy_follows_the_spec(source: dict, allowed: bool) -> None:
     assert admitted(policy, source, 7100) is allowed
 
 
+OPERATOR_LABELS = {
+    "app.kubernetes.io/component": "operator",
+    "app.kubernetes.io/part-of": "graven",
+    "app.kubernetes.io/name": "graven-operator",
+}
+OPERATOR = {"namespace": "graven-system", "labels": OPERATOR_LABELS}
+OPERATOR_ELSEWHERE = {"namespace": "team-b", "labels": OPERATOR["labels"]}
+OTHER_POD_OF_OPERATOR_NS = {"namespace": "graven-system", "labels": {"app": "web"}}
+
+
+@pytest.mark.parametrize(
+    ("source", "allowed"),
+    [
+        (OPERATOR, True),  # it pushes configurations and probes the members
+        (OPERATOR_ELSEWHERE, False),  # same labels, another namespace
+        (OTHER_POD_OF_OPERATOR_NS, False),
+        (APP_OTHER_NS, False),
+        (MEMBER, True),
+    ],
+)
+def test_network_policy_admits_the_operator_of_its_namespace(source: dict, allowed: bool) -> None:
+    spec = parse({})
+    policy = render.network_policy("demo", NS, spec, operator_namespace="graven-system")
+    kubernetes_validate.validate(policy, "1.33.0", strict=True)
+    assert admitted(policy, source, 7100) is allowed
+    assert not admitted(policy, source, 22)
+    # an operator outside the cluster (no namespace known): no rule for it
+    assert not admitted(render.network_policy("demo", NS, spec), OPERATOR, 7100)
+
+
 def test_network_policy_evaluator_can_fail() -> None:
     """The evaluator above is what the path tests rest on: an open policy admits strangers."""
     policy = objs({})["NetworkPolicy"]

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl,
-# CoreDNS and Prometheus from the Go modules pinned in tools/kube/gomod/, and cert-manager's
+# CoreDNS and Prometheus from the Go modules pinned in tools/kube/gomod/, cert-manager's
 # controllers (tools/kube/certmanager/: our main over the pinned cert-manager module, with its
-# CRDs copied beside it) into $KUBE_BIN. Each
+# CRDs copied beside it) and kube-router (tools/kube/kuberouter/: upstream's command, run as a
+# NetworkPolicy firewall only) into $KUBE_BIN. Each
 # group is skipped when its binaries for these pins and this Go are already there, so a second
 # run takes a second. Cold on 2 cores: see README ("Running on a real Kubernetes").
 #   build.sh --check   builds nothing; exits 1 (naming what is missing) unless every binary of
-#                      these pins is cached (.ci/run runs the real-cluster suite only then)
+#                      these pins is cached (.ci/run runs the real-cluster suite only then),
+#                      except the small groups (cert-manager, kube-router: minutes, not an
+#                      hour), which it names and leaves to `make kube` to build
 set -euo pipefail
 check=0; [ "${1:-}" = --check ] && check=1
 . "$(dirname "$0")/env.sh"
@@ -20,7 +23,8 @@ fi
 [ $check = 1 ] || mkdir -p "$KUBE_BIN"
 gov=$(go version)
 built=0
-missing=()
+missing=() quick=()
+QUICK_GROUPS="cert-manager-$CERT_MANAGER_VERSION kube-router-$KUBE_ROUTER_VERSION"
 group() { # name module-dir ldflags output-dir-or-file packages...: go build unless cached
   # module-dir: under tools/kube/gomod/, or (ending in /) under tools/kube/
   local name=$1 dir=$TOOLS_KUBE/gomod/$2 ldflags=$3 out=$4
@@ -30,7 +34,10 @@ group() { # name module-dir ldflags output-dir-or-file packages...: go build unl
   want=$(cat "$dir/go.mod" "$dir/go.sum" $(ls "$dir"/*.go 2>/dev/null) <(echo "$gov $ldflags $*") \
     | sha256sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
-  if [ $check = 1 ]; then missing+=("$name"); return 0; fi
+  if [ $check = 1 ]; then
+    if [[ " $QUICK_GROUPS " == *" $name "* ]]; then quick+=("$name"); else missing+=("$name"); fi
+    return 0
+  fi
   local t0; t0=$(date +%s)
   echo "building $name (cold: many minutes on 2 cores)"
   (cd "$dir" && go build -mod=readonly -ldflags "$ldflags" -o "$out" "$@")
@@ -63,9 +70,14 @@ group "cert-manager-$CERT_MANAGER_VERSION" certmanager/ "-s -w" "$KUBE_BIN/grave
 if [ $check = 0 ] && { [ "$cm_before" != "$(cat "$cm_stamp")" ] || ! [ -d "$KUBE_BIN/cert-manager-crds" ]; }; then
   certmanager_crds
 fi
+# kube-router: upstream's command, pinned by the tool line of tools/kube/kuberouter/go.mod
+group "kube-router-$KUBE_ROUTER_VERSION" kuberouter/ \
+  "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+  "$KUBE_BIN/kube-router" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
 if [ $check = 1 ]; then
-  [ -d "$KUBE_BIN/cert-manager-crds" ] || missing+=("cert-manager-crds")
+  [ -d "$KUBE_BIN/cert-manager-crds" ] || quick+=("cert-manager-crds")
   [ ${#missing[@]} = 0 ] || { echo "not cached in $KUBE_BIN: ${missing[*]}" >&2; exit 1; }
+  [ ${#quick[@]} = 0 ] || echo "make kube builds (minutes): ${quick[*]}"
   echo "kube binaries $KUBE_VERSION cached in $KUBE_BIN"
   exit 0
 fi

@@ -17,6 +17,7 @@ stop_pid() { # pid [label]
 stop() { [ -f "$R/$1.pid" ] && stop_pid "$(cat "$R/$1.pid")" "$1"; rm -f "$R/$1.pid"; }
 
 stop provisioner
+stop kube-router
 stop kube-proxy
 stop kubelet
 # The pods' containers, through containerd, so that their shims exit and release their mounts.

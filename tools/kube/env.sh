@@ -10,6 +10,11 @@ PROMETHEUS_RELEASE=3.7.3     # the release that module version is
 # github.com/cert-manager/cert-manager module: its controllers (tools/kube/certmanager/main.go)
 # and CRDs, for tests/kube/test_certmanager.py. The version is pinned in that go.mod too.
 CERT_MANAGER_VERSION=v1.21.2
+# github.com/cloudnativelabs/kube-router/v2 module: only its network policy controller runs
+# (tools/kube/up.sh), so that the bridge CNI's pods get NetworkPolicy enforced. v2.1.0 is the
+# only version the module proxy here serves; it has known security flaws, acceptable for a test
+# cluster closed in its own network namespace. The version is pinned in tools/kube/kuberouter/go.mod.
+KUBE_ROUTER_VERSION=v2.1.0
 DEBIAN_SUITE=bookworm         # base image of Graven's image, made with mmdebstrap from Debian packages
 KUBE_CACHE=${GRAVEN_KUBE_CACHE:-/var/cache/graven-kube}
 KUBE_STATE=${GRAVEN_KUBE_STATE:-/var/lib/graven-kube}

@@ -12,6 +12,7 @@ PACKAGES=(
   "podman=4.3.1+ds1-*" "buildah=1.28.2+ds1-*"      # build Graven's image from its Dockerfile
   "mmdebstrap=1.3.5-*"                             # the Debian base image, from Debian packages
   "conntrack=1:1.4.7-*" "socat=1.7.4.4-*" "ethtool=1:6.1-*"  # kube-proxy / port-forward
+  "ipset=7.17-*"                                   # kube-router's NetworkPolicy firewall
   "uidmap=1:4.13+dfsg1-*" "iptables=1.8.9-*" "openssl" "curl"
 )
 missing=()

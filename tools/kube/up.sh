@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a single-node Kubernetes inside the private network namespace $KUBE_NETNS: etcd,
 # containerd + runc, bridge CNI, kube-apiserver, kube-controller-manager, kube-scheduler,
-# CoreDNS, kubelet, kube-proxy and a tiny volume provisioner. Nothing listens in, or routes out
+# CoreDNS, kubelet, kube-proxy, kube-router's network policy controller (NetworkPolicy for the
+# bridge CNI's pods) and a tiny volume provisioner. Nothing listens in, or routes out
 # of, the machine's own namespace. Every process is recorded in $KUBE_STATE/run/NAME.pid and
 # stopped by down.sh. Idempotent: a component already running is left alone.
 set -euo pipefail
@@ -228,6 +229,24 @@ up_kube_proxy() {
   wait_for kube-proxy 60 curl -sf http://127.0.0.1:10256/healthz
 }
 
+up_kube_router() {
+  # The bridge CNI enforces no NetworkPolicy; kube-router's firewall does, with iptables and
+  # ipset in this namespace only (no routing, no service proxy: the bridge and kube-proxy keep
+  # those). Traffic between two pods on cni0 is bridged, not routed: br_netfilter must hand it
+  # to iptables, a per-namespace setting on this kernel.
+  $NSENTER sysctl -q -w net.bridge.bridge-nf-call-iptables=1 || {
+    echo "up: cannot set net.bridge.bridge-nf-call-iptables in $KUBE_NETNS (br_netfilter missing?)" >&2
+    return 1
+  }
+  start kube-router "$KUBE_BIN/kube-router" --kubeconfig="$KUBECONFIG_ADMIN" \
+    --run-firewall=true --run-router=false --run-service-proxy=false \
+    --hostname-override="$NODE_NAME" --service-cluster-ip-range="$SERVICE_CIDR" \
+    --health-port=20244 --metrics-port=0
+  wait_for kube-router 60 curl -sf http://127.0.0.1:20244/healthz
+  # its chains hooked into INPUT/FORWARD/OUTPUT: the firewall has started syncing
+  wait_for kube-router 60 iptables -w 5 -n -L KUBE-ROUTER-FORWARD
+}
+
 up_provisioner() {
   $NSENTER $KUBECTL apply -f - >/dev/null <<EOF
 apiVersion: storage.k8s.io/v1
@@ -254,5 +273,6 @@ up_scheduler
 up_coredns
 up_kubelet
 up_kube_proxy
+up_kube_router
 up_provisioner
 echo "kubernetes $KUBE_VERSION is up in network namespace $KUBE_NETNS"
