@@ -37,11 +37,21 @@ def graven(*args: str, cwd: Path, timeout: float = 60.0) -> subprocess.Completed
 def free_base_port(count: int, attempts: int = 200) -> int:
     """A base port with ``count`` consecutive free ports on 127.0.0.1."""
     rng = random.Random()
+    # below the kernel's ephemeral range: a port picked there can be taken by any outgoing
+    # connection (a client's, a member's) before graven up binds it (seen: "address in use")
+    top = _ephemeral_low() - count
     for _ in range(attempts):
-        base = rng.randrange(20000, 60000)
+        base = rng.randrange(10000, top)
         if all(port_free(base + i) for i in range(count)):
             return base
     raise RuntimeError("no run of free ports found")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def port_free(port: int) -> bool:
