@@ -36,14 +36,15 @@ from test_e2e import (
     example,
     member_url,
     propose,
+    serves_under_load,
     service_url,
+    token_secret,
 )
 
 from graven.node.client import Client
 from graven.node.client.credentials import Credentials
 from graven.node.security import pki
-from graven.node.security import tokens as tokenlib
-from graven.node.security.identity import ADMIN, READ, WRITE
+from graven.node.security.identity import WRITE
 from graven.operator import names, status
 from graven.operator import pki as opki
 
@@ -73,17 +74,7 @@ def served_api(kubectl: Kubectl) -> bool:
 
 @pytest.fixture(scope="module")
 def tokens(kubectl: Kubectl, operator: str) -> dict[str, str]:
-    by_role = {role: tokenlib.new_token() for role in (READ, WRITE, ADMIN)}
-    entries = [tokenlib.TokenEntry(f"cm-{r}", r, tokenlib.digest(t)) for r, t in by_role.items()]
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": TOKENS},
-            "stringData": {"tokens.yaml": tokenlib.dump(entries)},
-        }
-    )
-    return by_role
+    return token_secret(kubectl, TOKENS, "cm")
 
 
 @pytest.fixture(scope="module")
@@ -294,26 +285,7 @@ def test_a_renewal_by_cert_manager_is_picked_up_with_no_failed_request(
     # rotationPolicy: Always, a new key
     assert fresh.public_key().public_bytes(*der) != before.public_key().public_bytes(*der)
     fresh_der = fresh.public_bytes(serialization.Encoding.DER)
-    creds = Credentials(ca=str(access.ca), token=access.tokens[WRITE])
-    failures: list[str] = []
-    n = 0
-
-    def serving_the_new_one() -> bool:
-        nonlocal n
-        n += 1
-        try:  # the cluster keeps deciding, through the Service and through member 0
-            with Client([service_url(NAME)], credentials=creds, timeout=5) as c:
-                c.propose(f"cm-renewal/{n}", "v")
-            with Client([member_url(NAME, 0)], credentials=creds, timeout=5, route=False) as c:
-                c.propose(f"cm-renewal/{n}/direct", "v")
-        except Exception as exc:  # any failure is what this test counts
-            failures.append(f"{type(exc).__name__}: {exc}")
-        return _served(member_url(NAME, 0), access.context()) == fresh_der
-
-    # The kubelet refreshes Secret volumes about once a minute (plus its cache TTL).
-    wait_for(serving_the_new_one, 180, f"{NAME}-0 to serve the renewed certificate", 2)
-    assert failures == [], f"{len(failures)} of {n} rounds failed"
-    assert n >= 2
+    assert serves_under_load(access, NAME, fresh_der, "cm-renewal") >= 2
 
 
 def _ca_issuer(kubectl: Kubectl, name: str) -> pki.Issued:

@@ -131,20 +131,27 @@ def secret_data(kubectl: Kubectl, name: str) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in data.items()}
 
 
+def token_secret(kubectl: Kubectl, secret: str, prefix: str) -> dict[str, str]:
+    """One token per role, in Secret ``secret`` (hashed, as `graven token` writes them): apply
+    it before the cluster that names it exists, the members mount it."""
+    by_role = {role: tokenlib.new_token() for role in (READ, WRITE, ADMIN)}
+    entries = [
+        tokenlib.TokenEntry(f"{prefix}-{r}", r, tokenlib.digest(t)) for r, t in by_role.items()
+    ]
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": secret},
+            "stringData": {"tokens.yaml": tokenlib.dump(entries)},
+        }
+    )
+    return by_role
+
+
 @pytest.fixture(scope="module")
 def tokens(kubectl: Kubectl, operator: str) -> dict[str, str]:
-    """One token per role, in the Secret the clusters name (before any cluster exists: the
-    members mount it)."""
-    by_role = {role: tokenlib.new_token() for role in (READ, WRITE, ADMIN)}
-    entries = [tokenlib.TokenEntry(f"e2e-{r}", r, tokenlib.digest(t)) for r, t in by_role.items()]
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": TOKENS},
-        "stringData": {"tokens.yaml": tokenlib.dump(entries)},
-    }
-    kubectl.apply(secret)
-    return by_role
+    return token_secret(kubectl, TOKENS, "e2e")
 
 
 # --- the operator ------------------------------------------------------------------------
@@ -645,25 +652,32 @@ def test_the_operator_renews_an_expiring_member_certificate_while_serving(
 
     fresh = wait_for(renewed, 60, "the operator to renew the certificate")
     fresh_der = fresh.public_bytes(serialization.Encoding.DER)
+    serves_under_load(access, demo, fresh_der, "renewal")
+
+
+def serves_under_load(access: Access, name: str, der: bytes, prefix: str) -> int:
+    """Propose through the Service and through member 0 until member 0 serves the certificate
+    ``der``; asserts no proposal failed meanwhile. Returns the rounds made."""
     creds = Credentials(ca=str(access.ca), token=access.tokens[WRITE])
     failures: list[str] = []
     n = 0
 
-    def serving_the_new_one() -> bool:
+    def serving_it() -> bool:
         nonlocal n
         n += 1
         try:  # the cluster keeps deciding, through the Service and through member 0
-            with Client([service_url(demo)], credentials=creds, timeout=5) as c:
-                c.propose(f"renewal/{n}", "v")
-            with Client([member_url(demo, 0)], credentials=creds, timeout=5, route=False) as c:
-                c.propose(f"renewal/{n}/direct", "v")
+            with Client([service_url(name)], credentials=creds, timeout=5) as c:
+                c.propose(f"{prefix}/{n}", "v")
+            with Client([member_url(name, 0)], credentials=creds, timeout=5, route=False) as c:
+                c.propose(f"{prefix}/{n}/direct", "v")
         except Exception as exc:  # any failure is what this test counts
             failures.append(f"{type(exc).__name__}: {exc}")
-        return _served(member_url(demo, 0), access.context()) == fresh_der
+        return _served(member_url(name, 0), access.context()) == der
 
     # The kubelet refreshes Secret volumes about once a minute (plus its cache TTL).
-    wait_for(serving_the_new_one, 180, f"{member} to serve the renewed certificate", 2)
+    wait_for(serving_it, 180, f"{name}-0 to serve the renewed certificate", 2)
     assert failures == [], f"{len(failures)} of {n} rounds failed"
+    return n
 
 
 def _issuer_of(url: str, ctx: ssl.SSLContext) -> x509.Name:

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import pytest
 from kubeenv import NS, OPERATOR_NS, Kubectl, wait_for
-from test_e2e import READY_TIMEOUT, example, service_url
+from test_e2e import READY_TIMEOUT, example, service_url, token_secret
 
-from graven.node.security import tokens as tokenlib
 from graven.node.security.identity import WRITE
 from graven.operator import names
 
@@ -110,17 +109,7 @@ class Targets:
 
 @pytest.fixture(scope="module")
 def write_token(kubectl: Kubectl, operator: str) -> str:
-    token = tokenlib.new_token()
-    entries = [tokenlib.TokenEntry("np-writer", WRITE, tokenlib.digest(token))]
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": TOKENS},
-            "stringData": {"tokens.yaml": tokenlib.dump(entries)},
-        }
-    )
-    return token
+    return token_secret(kubectl, TOKENS, "np")[WRITE]
 
 
 @pytest.fixture(scope="module")
