@@ -50,6 +50,18 @@ current-context: test
 """
 
 
+def loopback_members(ports: list[int], scheme: str = "http") -> dict[str, object]:
+    """Operator options that reach member N of any cluster at 127.0.0.1:ports[N] (its probes
+    and its reconfiguration calls): for members run as local processes."""
+    return {
+        "probe_members": True,
+        "probe_url": lambda name, ns, m: f"{scheme}://127.0.0.1:{ports[m.index]}/readyz",
+        "member_address": lambda name, ns, member: (
+            f"{scheme}://127.0.0.1:{ports[int(member.rsplit('-', 1)[1])]}"
+        ),
+    }
+
+
 class OperatorRunner:
     """The real operator (kopf.run) in its own thread and event loop."""
 

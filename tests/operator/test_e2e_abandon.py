@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.operator.apiclient import wait_for
-from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo
+from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo, loopback_members
 from tests.operator.kubelet import Controller, ProcessStatefulSet
 from tests.operator.test_e2e_nodes import MISSING, free_ports
 
@@ -39,11 +39,7 @@ def test_a_stuck_scale_up_is_reported_and_abandoned_by_a_revert(
     api = apiserver.api
     ports = free_ports(4)
     runner = OperatorRunner(
-        probe_members=True,
-        probe_url=lambda name, ns, m: f"http://127.0.0.1:{ports[m.index]}/readyz",
-        member_address=lambda name, ns, member: (
-            f"http://127.0.0.1:{ports[int(member.rsplit('-', 1)[1])]}"
-        ),
+        **loopback_members(ports),
         abandon_watch=WATCH,
     ).start()
     kubelet = ProcessStatefulSet(api, NAMESPACE, NAME, tmp_path, ports)
@@ -152,11 +148,7 @@ def test_an_old_member_that_shows_the_abandoned_epoch_turns_the_abandon_into_goi
     api = apiserver.api
     ports = free_ports(4)
     runner = OperatorRunner(
-        probe_members=True,
-        probe_url=lambda name, ns, m: f"http://127.0.0.1:{ports[m.index]}/readyz",
-        member_address=lambda name, ns, member: (
-            f"http://127.0.0.1:{ports[int(member.rsplit('-', 1)[1])]}"
-        ),
+        **loopback_members(ports),
         abandon_watch=60.0,
     ).start()
     kubelet = ProcessStatefulSet(api, NAMESPACE, NAME, tmp_path, ports)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.operator.apiclient import condition, wait_for
-from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo
+from tests.operator.harness import NAMESPACE, Cluster, OperatorRunner, demo, loopback_members
 from tests.operator.kubelet import Controller, ProcessStatefulSet
 from tests.operator.test_e2e_nodes import MISSING, free_ports
 
@@ -99,11 +99,7 @@ def test_operator_reconfigures_live_and_survives_its_own_restart(
 
     def start_operator() -> OperatorRunner:
         return OperatorRunner(
-            probe_members=True,
-            probe_url=lambda name, ns, m: f"http://127.0.0.1:{ports[m.index]}/readyz",
-            member_address=lambda name, ns, member: (
-                f"http://127.0.0.1:{ports[int(member.rsplit('-', 1)[1])]}"
-            ),
+            **loopback_members(ports),
             carry_batch=16,
         ).start()
 
